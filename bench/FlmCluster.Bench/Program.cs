@@ -1,0 +1,14 @@
+using FlmCluster.Bench;
+
+// Each benchmark measures the thing and its baseline in the same run and prints a markdown table.
+var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
+{
+    ["train-step"] = TrainStepBenchmark.Run,
+};
+
+if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))
+{
+    Console.Error.WriteLine($"usage: FlmCluster.Bench <{string.Join("|", benchmarks.Keys)}> [--key value ...]");
+    return 2;
+}
+return run(BenchArgs.Parse(args[1..]));

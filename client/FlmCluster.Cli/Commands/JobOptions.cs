@@ -1,0 +1,51 @@
+using System.CommandLine;
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Parallel;
+
+namespace FlmCluster.Cli.Commands;
+
+/// <summary>The job arguments shared by every command that starts a job (train now, submit on a cluster).</summary>
+public sealed class JobOptions
+{
+    public Option<string> Config { get; } = new("--config", "-c")
+    {
+        Description = $"Preset ({string.Join(", ", Presets.Names)}) or path to a JSON job config",
+        DefaultValueFactory = _ => "tiny",
+    };
+
+    public Option<long?> Steps { get; } = new("--steps") { Description = "Optimizer steps (overrides train.steps)" };
+
+    public Option<string[]> Set { get; } = new("--set")
+    {
+        Description = "Override any config key, e.g. --set optimizer.lr=3e-4 (repeatable)",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    public Option<string?> Layout { get; } = new("--layout") { Description = "Parallel layout, e.g. dp=2,tp=2,pp=2" };
+
+    public Option<int?> MicroBatches { get; } = new("--micro-batches") { Description = "Micro-batches per step on each data-parallel rank" };
+
+    public void AddTo(Command command)
+    {
+        command.Add(Config);
+        command.Add(Steps);
+        command.Add(Set);
+        command.Add(Layout);
+        command.Add(MicroBatches);
+    }
+
+    /// <summary>Loads and validates the job; every problem is an FlmUserException before anything runs.</summary>
+    public JobConfig Load(ParseResult parse, string? baseConfig = null)
+    {
+        var overrides = new List<string>(parse.GetValue(Set) ?? []);
+        if (parse.GetValue(Steps) is { } steps)
+            overrides.Add($"train.steps={steps}");
+        var job = JobConfigLoader.Load(baseConfig ?? parse.GetValue(Config)!, overrides);
+        var layout = job.Layout;
+        if (parse.GetValue(Layout) is { } text)
+            layout = ParallelLayout.Parse(text, new LayoutConfig { MicroBatches = layout.MicroBatches });
+        if (parse.GetValue(MicroBatches) is { } micro)
+            layout = layout with { MicroBatches = micro };
+        return layout == job.Layout ? job : JobValidator.Validate(job with { Layout = layout });
+    }
+}

@@ -1,0 +1,70 @@
+using FlmCluster.Training.Engine;
+using Spectre.Console;
+
+namespace FlmCluster.Cli;
+
+/// <summary>Step lines while training (a live status line on a terminal) and a summary table at the end.</summary>
+public sealed class TrainingProgress(long totalSteps, int logEvery)
+{
+    private readonly List<StepSummary> _steps = [];
+    private readonly bool _interactive = !Console.IsOutputRedirected;
+    private bool _statusShown;
+
+    public void Report(StepSummary s)
+    {
+        _steps.Add(s);
+        var line = Format(s);
+        var logged = s.Step == 0 || (s.Step + 1) % logEvery == 0 || s.Step + 1 == totalSteps;
+        if (_interactive)
+        {
+            Console.Write("\r" + line.PadRight(Console.WindowWidth > 0 ? Math.Min(Console.WindowWidth - 1, 140) : 120));
+            _statusShown = true;
+            if (logged)
+            {
+                Console.WriteLine();
+                _statusShown = false;
+            }
+        }
+        else if (logged)
+            Console.WriteLine(line);
+    }
+
+    public void Finish()
+    {
+        if (_statusShown)
+            Console.WriteLine();
+    }
+
+    private string Format(StepSummary s)
+    {
+        var recent = _steps.TakeLast(10).ToList();
+        var secondsPerStep = recent.Average(x => x.Elapsed.TotalSeconds);
+        var eta = TimeSpan.FromSeconds(secondsPerStep * (totalSteps - s.Step - 1));
+        var tokensPerSecond = recent.Sum(x => x.Tokens) / recent.Sum(x => x.Elapsed.TotalSeconds);
+        var skipped = s.Skipped ? " | SKIPPED (non-finite gradient)" : "";
+        return $"step {s.Step + 1,6}/{totalSteps} | loss {s.Loss,8:0.0000} | lr {s.Lr:0.00e+00} | gnorm {s.GradNorm,7:0.000} | {tokensPerSecond,8:N0} tok/s | {secondsPerStep,6:0.000} s/step | ETA {Eta(eta)}{skipped}";
+    }
+
+    private static string Eta(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:00}m" : $"{t.Minutes}m{t.Seconds:00}s";
+
+    public void PrintSummary()
+    {
+        if (_steps.Count == 0)
+            return;
+        var first = _steps.Take(Math.Min(10, _steps.Count)).Average(s => s.Loss);
+        var last = _steps.TakeLast(Math.Min(10, _steps.Count)).Average(s => s.Loss);
+        var seconds = _steps.Sum(s => s.Elapsed.TotalSeconds);
+        var tokens = _steps.Sum(s => s.Tokens);
+        var table = new Table().Border(TableBorder.Rounded).AddColumn("summary").AddColumn(new TableColumn("value").RightAligned());
+        table.AddRow("steps run", $"{_steps.Count:N0} (to step {_steps[^1].Step + 1})");
+        table.AddRow("tokens", $"{tokens:N0}");
+        table.AddRow("wall time", $"{seconds:0.0} s");
+        table.AddRow("throughput", $"{tokens / seconds:N0} tokens/s");
+        table.AddRow("loss, first 10 steps (mean)", $"{first:0.0000}");
+        table.AddRow("loss, last 10 steps (mean)", $"{last:0.0000}");
+        table.AddRow("communication share", $"{_steps.Average(s => s.CommFraction):P1}");
+        if (_steps.Any(s => s.Skipped))
+            table.AddRow("skipped steps", $"{_steps.Count(s => s.Skipped)}");
+        AnsiConsole.Write(table);
+    }
+}

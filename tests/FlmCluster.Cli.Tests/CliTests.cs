@@ -1,0 +1,138 @@
+namespace FlmCluster.Cli.Tests;
+
+public sealed class CliTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("flm-cli-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private string OutDir => Path.Combine(_dir, "out");
+
+    public static TheoryData<string[], string> BadTrainInputs => new()
+    {
+        { ["--config", "nosuch"], "unknown preset 'nosuch'" },
+        { ["--set", "model.heads=3"], "heads (3) must divide model.hidden (128)" },
+        { ["--set", "data.paths=[\"/nonexistent/corpus.txt\"]"], "data path '/nonexistent/corpus.txt' does not exist" },
+        { ["--set", "optimizer.lr=-0.001"], "optimizer.lr must be positive" },
+        { ["--set", "optimizer.lrr=1"], "unknown config key 'optimizer.lrr'" },
+        { ["--set", "train.steps=ten"], "'train.steps' has a value of the wrong type" },
+        { ["--steps", "-5"], "train.steps must be positive" },
+        { ["--layout", "dp=2,tp=3"], "tp=3 does not divide model.heads=2" },
+        { ["--layout", "dp=3"], "train.global_batch=8 is not divisible by dp×micro_batches=3×1" },
+        { ["--layout", "pp=8"], "pp=8 exceeds model.layers=4" },
+        { ["--layout", "dp=2,xx=2"], "unknown axis 'xx'" },
+        { ["--set", "tokenizer=words"], "unknown tokenizer 'words'" },
+        { ["--stepz", "3"], "Unrecognized command or argument '--stepz'" },
+    };
+
+    [Theory]
+    [MemberData(nameof(BadTrainInputs))]
+    public void Bad_train_input_is_one_error_line_exit_2_and_nothing_written(string[] args, string expected)
+    {
+        var r = FlmProcess.Run(_dir, ["train", "--out", OutDir, .. args]);
+        Assert.Equal(2, r.ExitCode);
+        var line = Assert.Single(r.ErrorLines);
+        Assert.StartsWith("error: ", line);
+        Assert.Contains(expected, line);
+        Assert.DoesNotContain(r.Error.Split('\n'), l => l.TrimStart().StartsWith("at ", StringComparison.Ordinal)); // no stack trace
+        Assert.Equal("", r.Output);
+        Assert.False(Directory.Exists(OutDir));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_dir));
+    }
+
+    [Fact]
+    public void Malformed_config_file_is_rejected_with_its_position()
+    {
+        var config = Path.Combine(_dir, "job.json");
+        File.WriteAllText(config, "{ \"base\": \"tiny\", \"train\": { \"steps\": 5, } ,, }");
+        var r = FlmProcess.Run(_dir, "train", "--config", config, "--out", OutDir);
+        Assert.Equal(2, r.ExitCode);
+        var line = Assert.Single(r.ErrorLines);
+        Assert.Contains("is malformed JSON", line);
+        Assert.Contains("LineNumber: 0", line);
+        Assert.False(Directory.Exists(OutDir));
+    }
+
+    [Fact]
+    public void Config_file_extends_a_preset_and_set_overrides_it()
+    {
+        var config = Path.Combine(_dir, "job.json");
+        File.WriteAllText(config, """
+            // a job file: starts from the tiny preset
+            { "base": "tiny", "tokenizer": "bytes", "model": { "vocab_pad_multiple": 128 }, "train": { "steps": 2, "global_batch": 4 } }
+            """);
+        var r = FlmProcess.Run(_dir, "train", "--config", config, "--set", "train.log_every=1", "--set", "model.seq_len=64");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("seq 64, tokenizer bytes", r.Output);
+        Assert.Contains("global batch 4 × 64 tokens", r.Output);
+        Assert.Contains("step      2/2", r.Output);
+    }
+
+    [Fact]
+    public void Train_then_generate_with_the_card_prompt()
+    {
+        var train = FlmProcess.Run(_dir, "train", "--config", "tiny", "--set", "tokenizer=bytes", "--steps", "3", "--out", OutDir);
+        Assert.Equal(0, train.ExitCode);
+        Assert.Contains("saved model and optimizer state at step 3", train.Output);
+        foreach (var file in new[] { "config.json", "model.safetensors", "optimizer.safetensors", "trainer.json" })
+            Assert.True(File.Exists(Path.Combine(OutDir, file)), file);
+
+        const string prompt = "A house without books is like a body without a soul;";
+        var generate = FlmProcess.Run(_dir, "generate", "--model", OutDir, "--prompt", prompt, "--max-new-tokens", "16", "--repetition-penalty", "1.1");
+        Assert.Equal(0, generate.ExitCode);
+        Assert.StartsWith(prompt, generate.Output);
+        Assert.True(generate.Output.Trim().Length > prompt.Length);
+
+        var resumed = FlmProcess.Run(_dir, "train", "--resume", OutDir, "--steps", "5", "--out", OutDir);
+        Assert.Equal(0, resumed.ExitCode);
+        Assert.Contains("resumed from", resumed.Output);
+        Assert.Contains("step      5/5", resumed.Output);
+    }
+
+    [Theory]
+    [InlineData(new[] { "generate", "--model", "/nonexistent/model", "--prompt", "hi" }, "does not exist")]
+    [InlineData(new[] { "generate", "--model", ".", "--prompt", "hi" }, "is not a model directory")]
+    [InlineData(new[] { "generate", "--prompt", "hi" }, "Option '--model' is required")]
+    [InlineData(new[] { "params", "--preset", "101b", "--layout", "tp=3" }, "tp=3 does not divide model.heads=80")]
+    [InlineData(new[] { "params", "--preset", "7b" }, "unknown preset '7b'")]
+    [InlineData(new[] { "data", "prepare", "--input", "/nonexistent/a.txt", "--out", "corpus" }, "does not exist")]
+    [InlineData(new[] { "data", "prepare", "--input", "bundled", "--out", "corpus", "--tokenizer", "gpt5" }, "unknown tokenizer 'gpt5'")]
+    public void Other_bad_input_is_one_error_line_and_exit_2(string[] args, string expected)
+    {
+        var r = FlmProcess.Run(_dir, args);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(expected, Assert.Single(r.ErrorLines));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_dir));
+    }
+
+    [Fact]
+    public void Params_reports_101b_count_and_memory_with_and_without_the_distributed_optimizer()
+    {
+        var r = FlmProcess.Run(_dir, "params", "--preset", "101b");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("101,701,570,560", r.Output);
+        Assert.Contains("dp=12,tp=4,pp=4", r.Output);
+        Assert.Contains("optimizer (distributed)", r.Output);
+    }
+
+    [Fact]
+    public void Data_prepare_writes_a_token_file_that_training_reads()
+    {
+        var prefix = Path.Combine(_dir, "tokens", "bilingual");
+        var prepare = FlmProcess.Run(_dir, "data", "prepare", "--input", "bundled", "--out", prefix, "--tokenizer", "bytes");
+        Assert.Equal(0, prepare.ExitCode);
+        Assert.True(File.Exists(prefix + ".bin") && File.Exists(prefix + ".idx"));
+        var train = FlmProcess.Run(_dir, "train", "--config", "tiny", "--set", "tokenizer=bytes", "--set", $"data.paths=[\"{prefix}\"]", "--steps", "2");
+        Assert.Equal(0, train.ExitCode);
+        Assert.Contains("documents", train.Output);
+    }
+
+    [Fact]
+    public void Help_lists_the_commands()
+    {
+        var r = FlmProcess.Run(_dir, "--help");
+        Assert.Equal(0, r.ExitCode);
+        foreach (var command in new[] { "train", "generate", "params", "data" })
+            Assert.Contains(command, r.Output);
+    }
+}

@@ -1,0 +1,151 @@
+using System.Buffers.Binary;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using static TorchSharp.torch;
+
+namespace FlmCluster.Training.Checkpoint;
+
+/// <summary>
+/// The safetensors file format: an 8-byte little-endian header length, a JSON header mapping each name to
+/// dtype, shape and byte range (plus optional string metadata), then the raw little-endian tensor bytes.
+/// </summary>
+public static class SafeTensors
+{
+    public static string DTypeName(ScalarType type) => type switch
+    {
+        ScalarType.Float32 => "F32",
+        ScalarType.Float64 => "F64",
+        ScalarType.BFloat16 => "BF16",
+        ScalarType.Float16 => "F16",
+        ScalarType.Int64 => "I64",
+        ScalarType.Int32 => "I32",
+        ScalarType.Byte => "U8",
+        _ => throw new NotSupportedException($"safetensors: unsupported dtype {type}"),
+    };
+
+    public static ScalarType ParseDType(string name) => name switch
+    {
+        "F32" => ScalarType.Float32,
+        "F64" => ScalarType.Float64,
+        "BF16" => ScalarType.BFloat16,
+        "F16" => ScalarType.Float16,
+        "I64" => ScalarType.Int64,
+        "I32" => ScalarType.Int32,
+        "U8" => ScalarType.Byte,
+        _ => throw new InvalidDataException($"safetensors: unsupported dtype '{name}'"),
+    };
+
+    /// <summary>Writes the tensors (sorted by name) and fsyncs the file.</summary>
+    public static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var names = tensors.Keys.Order(StringComparer.Ordinal).ToList();
+        var header = new JsonObject();
+        if (metadata is { Count: > 0 })
+            header["__metadata__"] = new JsonObject(metadata.Select(kv => new KeyValuePair<string, JsonNode?>(kv.Key, kv.Value)));
+        long offset = 0;
+        var hosts = new List<Tensor>();
+        foreach (var name in names)
+        {
+            var t = tensors[name].detach().cpu().contiguous();
+            hosts.Add(t);
+            var bytes = t.NumberOfElements * t.ElementSize;
+            header[name] = new JsonObject
+            {
+                ["dtype"] = DTypeName(t.dtype),
+                ["shape"] = new JsonArray(t.shape.Select(s => (JsonNode)s).ToArray()),
+                ["data_offsets"] = new JsonArray(offset, offset + bytes),
+            };
+            offset += bytes;
+        }
+        var json = Encoding.UTF8.GetBytes(header.ToJsonString());
+        var padded = (json.Length + 7) / 8 * 8;
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        Span<byte> length = stackalloc byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(length, padded);
+        stream.Write(length);
+        stream.Write(json);
+        for (var i = json.Length; i < padded; i++)
+            stream.WriteByte((byte)' ');
+        foreach (var t in hosts)
+        {
+            stream.Write(t.bytes);
+            t.Dispose();
+        }
+        stream.Flush(flushToDisk: true);
+    }
+
+    /// <summary>Reads every tensor of a file onto the CPU.</summary>
+    public static Dictionary<string, Tensor> Read(string path) => Read(path, out _);
+
+    public static Dictionary<string, Tensor> Read(string path, out Dictionary<string, string> metadata)
+    {
+        var file = File.ReadAllBytes(path);
+        var (entries, meta, dataStart) = ParseHeader(file, path);
+        metadata = meta;
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var e in entries)
+        {
+            var t = empty(e.Shape, dtype: e.DType);
+            var bytes = file.AsSpan((int)(dataStart + e.Begin), (int)(e.End - e.Begin));
+            if (bytes.Length != t.NumberOfElements * t.ElementSize)
+                throw new InvalidDataException($"{path}: tensor '{e.Name}' has {bytes.Length} bytes for shape [{string.Join(",", e.Shape)}]");
+            bytes.CopyTo(t.bytes);
+            result[e.Name] = t;
+        }
+        return result;
+    }
+
+    public sealed record Entry(string Name, ScalarType DType, long[] Shape, long Begin, long End);
+
+    /// <summary>Reads just the header: names, dtypes, shapes (no tensor data).</summary>
+    public static (List<Entry> Entries, Dictionary<string, string> Metadata) ReadHeader(string path)
+    {
+        using var stream = File.OpenRead(path);
+        Span<byte> length = stackalloc byte[8];
+        stream.ReadExactly(length);
+        var n = BinaryPrimitives.ReadInt64LittleEndian(length);
+        if (n <= 0 || n > 100_000_000 || n > stream.Length - 8)
+            throw new InvalidDataException($"{path}: not a safetensors file (header length {n})");
+        var header = new byte[8 + n];
+        length.CopyTo(header);
+        stream.ReadExactly(header.AsSpan(8));
+        var (entries, meta, _) = ParseHeader(header, path);
+        return (entries, meta);
+    }
+
+    private static (List<Entry>, Dictionary<string, string>, long) ParseHeader(byte[] file, string path)
+    {
+        if (file.Length < 8)
+            throw new InvalidDataException($"{path}: too short for a safetensors file");
+        var n = BinaryPrimitives.ReadInt64LittleEndian(file);
+        if (n <= 0 || 8 + n > file.Length)
+            throw new InvalidDataException($"{path}: not a safetensors file (header length {n})");
+        JsonObject header;
+        try
+        {
+            header = JsonNode.Parse(file.AsSpan(8, (int)n))!.AsObject();
+        }
+        catch (Exception ex) when (ex is JsonException or InvalidOperationException)
+        {
+            throw new InvalidDataException($"{path}: unreadable safetensors header ({ex.Message})");
+        }
+        var entries = new List<Entry>();
+        var metadata = new Dictionary<string, string>();
+        foreach (var (name, node) in header)
+        {
+            if (name == "__metadata__")
+            {
+                foreach (var (k, v) in node!.AsObject())
+                    metadata[k] = v!.GetValue<string>();
+                continue;
+            }
+            var o = node!.AsObject();
+            var offsets = o["data_offsets"]!.AsArray();
+            entries.Add(new Entry(name, ParseDType(o["dtype"]!.GetValue<string>()),
+                o["shape"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray(),
+                offsets[0]!.GetValue<long>(), offsets[1]!.GetValue<long>()));
+        }
+        return (entries, metadata, 8 + n);
+    }
+}

@@ -1,0 +1,90 @@
+namespace FlmCluster.Training.Config;
+
+/// <summary>
+/// Everything that defines a training job. Serialised as JSON with snake_case keys; every field can be
+/// overridden on the command line with <c>--set section.key=value</c>. Later sections (growth stages,
+/// checkpoint policy) extend this record.
+/// </summary>
+public sealed record JobConfig
+{
+    /// <summary>Preset this config starts from (files only): its values are defaults for the file's.</summary>
+    public string? Base { get; init; }
+
+    public string Name { get; init; } = "job";
+
+    /// <summary><c>cl100k</c> (FLM's vocabulary, end-of-text 100256) or <c>bytes</c> (UTF-8 bytes, for fast tests).</summary>
+    public string Tokenizer { get; init; } = "cl100k";
+
+    public ModelConfig Model { get; init; } = new();
+    public DataConfig Data { get; init; } = new();
+    public TrainConfig Train { get; init; } = new();
+    public OptimizerConfig Optimizer { get; init; } = new();
+    public LayoutConfig Layout { get; init; } = new();
+}
+
+public sealed record DataConfig
+{
+    /// <summary>
+    /// Text (.txt), JSON-lines (.jsonl, field "text") or prepared token files (.bin + .idx), or folders of
+    /// them. <c>bundled</c> is the bilingual corpus shipped in data/bilingual.
+    /// </summary>
+    public IReadOnlyList<string> Paths { get; init; } = ["bundled"];
+
+    /// <summary>Seed of the sample order; with it, global sample i is the same sequence on every worker.</summary>
+    public ulong Seed { get; init; } = 1234;
+}
+
+public sealed record TrainConfig
+{
+    public long Steps { get; init; } = 100;
+
+    /// <summary>Sequences per optimizer step, summed over data-parallel ranks and micro-batches.</summary>
+    public int GlobalBatch { get; init; } = 8;
+
+    /// <summary>Seed of parameter initialisation (and dropout).</summary>
+    public ulong Seed { get; init; } = 42;
+
+    /// <summary><c>auto</c> (bf16 mixed precision on CUDA, fp32 on CPU), <c>fp32</c>, <c>bf16</c>, <c>fp64</c>.</summary>
+    public string Precision { get; init; } = "auto";
+
+    /// <summary><c>cpu</c> or <c>cuda</c> / <c>cuda:N</c> (CUDA builds only).</summary>
+    public string Device { get; init; } = "cpu";
+
+    /// <summary>Torch intra-op threads; 0 = one per core.</summary>
+    public int Threads { get; init; }
+
+    public int LogEvery { get; init; } = 10;
+}
+
+public sealed record OptimizerConfig
+{
+    /// <summary>Peak learning rate η (μP: matrix-like weights use η / m).</summary>
+    public double Lr { get; init; } = 1e-3;
+    public double MinLr { get; init; } = 1e-4;
+    public long WarmupSteps { get; init; } = 10;
+
+    /// <summary><c>cosine</c>, <c>linear</c> or <c>constant</c> decay after warmup.</summary>
+    public string Decay { get; init; } = "cosine";
+
+    /// <summary>Steps over which the LR decays to min_lr, counted from the start; 0 = the job's steps.</summary>
+    public long DecaySteps { get; init; }
+
+    public double WeightDecay { get; init; } = 0.1;
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.95;
+    public double Eps { get; init; } = 1e-8;
+
+    /// <summary>Global gradient-norm clip; 0 disables.</summary>
+    public double ClipGrad { get; init; } = 1.0;
+}
+
+/// <summary>Parallel layout of the job: data × tensor × pipeline ranks and micro-batches per step.</summary>
+public sealed record LayoutConfig
+{
+    public int Dp { get; init; } = 1;
+    public int Tp { get; init; } = 1;
+    public int Pp { get; init; } = 1;
+
+    /// <summary>Micro-batches per step on each data-parallel rank (gradient accumulation, pipeline fill).</summary>
+    public int MicroBatches { get; init; } = 1;
+}

@@ -1,0 +1,58 @@
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Parallel;
+
+namespace FlmCluster.Training.Engine;
+
+/// <summary>Parameters and state bytes one rank holds for a model, layout and precision.</summary>
+public sealed record RankMemory(
+    int Stage,
+    long Parameters,
+    long WeightBytes,
+    long GradientBytes,
+    long OptimizerBytesReplicated,
+    long OptimizerBytesDistributed)
+{
+    public long TotalReplicated => WeightBytes + GradientBytes + OptimizerBytesReplicated;
+    public long TotalDistributed => WeightBytes + GradientBytes + OptimizerBytesDistributed;
+}
+
+/// <summary>
+/// Per-rank parameter and memory arithmetic of this engine (activations excluded): weights and gradients in
+/// the parameter dtype; Adam moments in fp32 (fp64 for fp64 runs) plus fp32 master weights when the
+/// parameters are bf16; the distributed optimizer divides the optimizer part by dp.
+/// </summary>
+public static class MemoryPlanner
+{
+    /// <summary>Parameters a rank of pipeline stage <paramref name="stage"/> holds (all TP ranks hold the same count).</summary>
+    public static long RankParameters(ModelConfig model, ParallelLayout layout, int stage)
+    {
+        long d = model.Hidden, f = model.FfnSize, tp = layout.Tp;
+        var shardedPerBlock = (3 * d * d + 3 * d) + d * d + (d * f + f) + f * d;
+        var replicatedPerBlock = 4 * d + 2 * d; // two LayerNorms, two row-parallel biases
+        var blocks = (long)model.Layers / layout.Pp;
+        var count = blocks * (shardedPerBlock / tp + replicatedPerBlock);
+        var first = stage == 0;
+        var last = stage == layout.Pp - 1;
+        if (first || last)
+            count += (long)model.PaddedVocab * d / tp;
+        if (last)
+            count += 2 * d;
+        return count;
+    }
+
+    public static RankMemory ForStage(ModelConfig model, ParallelLayout layout, int stage, string precision, string device)
+    {
+        var paramBytes = precision switch
+        {
+            "fp64" => 8,
+            "bf16" => 2,
+            "fp32" => 4,
+            _ => device.StartsWith("cuda", StringComparison.Ordinal) ? 2 : 4,
+        };
+        var stateBytes = paramBytes == 8 ? 8 : 4;
+        var masterBytes = paramBytes == 2 ? 4 : 0;
+        var p = RankParameters(model, layout, stage);
+        var optimizer = p * (2L * stateBytes + masterBytes);
+        return new RankMemory(stage, p, p * paramBytes, p * paramBytes, optimizer, (long)Math.Ceiling((double)optimizer / layout.Dp));
+    }
+}

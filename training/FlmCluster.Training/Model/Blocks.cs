@@ -1,0 +1,112 @@
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Parallel;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace FlmCluster.Training.Model;
+
+/// <summary>
+/// Causal self-attention with packed [Q‖K‖V] projection (column-parallel, heads split over TP ranks), xPos on
+/// q and k, scaled dot-product attention (1/√head_dim) and a row-parallel output projection.
+/// </summary>
+public sealed class Attention : nn.Module
+{
+    private readonly int _localHeads;
+    private readonly int _headDim;
+    private readonly double _dropout;
+
+    public ColumnParallelLinear QkvProjection { get; }
+    public RowParallelLinear OutputProjection { get; }
+
+    public Attention(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device) : base("Attention")
+    {
+        _localHeads = config.Heads / tp.Size;
+        _headDim = config.HeadDim;
+        _dropout = config.Dropout;
+        QkvProjection = new ColumnParallelLinear(config.Hidden, 3L * config.Hidden, tp, dtype, device);
+        OutputProjection = new RowParallelLinear(config.Hidden, config.Hidden, tp, dtype, device);
+        register_module("c_attn", QkvProjection);
+        register_module("c_proj", OutputProjection);
+    }
+
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache)
+    {
+        var batch = x.shape[0];
+        var time = x.shape[1];
+        var width = (long)_localHeads * _headDim;
+        var qkv = QkvProjection.Forward(x);
+        Tensor Heads(long offset) => qkv.narrow(-1, offset, width).view(batch, time, _localHeads, _headDim).transpose(1, 2);
+        var q = Heads(0);
+        var k = Heads(width);
+        var v = Heads(2 * width);
+        if (cache is not null)
+            (k, v) = cache.Append(k, v);
+        (q, k) = xpos.Apply(q, k);
+        var lq = q.shape[2];
+        var lk = k.shape[2];
+        var p = training ? _dropout : 0.0;
+        Tensor attended;
+        if (lq == lk)
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, p, true);
+        else if (lq == 1)
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, p, false);
+        else
+        {
+            // Queries are the last lq positions: query i may see keys 0 … lk − lq + i.
+            var mask = ones(lq, lk, dtype: ScalarType.Bool, device: q.device).tril(lk - lq);
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, mask, p, false);
+        }
+        var merged = attended.transpose(1, 2).reshape(batch, time, width);
+        return OutputProjection.Forward(merged);
+    }
+}
+
+/// <summary>FFN d → f → d with tanh-approximate GELU; column-parallel in, row-parallel out.</summary>
+public sealed class Mlp : nn.Module
+{
+    public ColumnParallelLinear Input { get; }
+    public RowParallelLinear Output { get; }
+
+    public Mlp(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device) : base("Mlp")
+    {
+        Input = new ColumnParallelLinear(config.Hidden, config.FfnSize, tp, dtype, device);
+        Output = new RowParallelLinear(config.FfnSize, config.Hidden, tp, dtype, device);
+        register_module("c_fc", Input);
+        register_module("c_proj", Output);
+    }
+
+    public Tensor Forward(Tensor x) =>
+        Output.Forward(nn.functional.gelu(Input.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh));
+}
+
+/// <summary>Pre-LN residual block: x + Attn(LN1(x)), then x + MLP(LN2(x)).</summary>
+public sealed class Block : nn.Module
+{
+    private readonly double _dropout;
+
+    public LayerNormLayer Ln1 { get; }
+    public Attention Attention { get; }
+    public LayerNormLayer Ln2 { get; }
+    public Mlp Mlp { get; }
+
+    public Block(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device) : base("Block")
+    {
+        _dropout = config.Dropout;
+        Ln1 = new LayerNormLayer(config.Hidden, config.LnEps, dtype, device);
+        Attention = new Attention(config, tp, dtype, device);
+        Ln2 = new LayerNormLayer(config.Hidden, config.LnEps, dtype, device);
+        Mlp = new Mlp(config, tp, dtype, device);
+        register_module("ln_1", Ln1);
+        register_module("attn", Attention);
+        register_module("ln_2", Ln2);
+        register_module("mlp", Mlp);
+    }
+
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache)
+    {
+        x = x + Dropout(Attention.Forward(Ln1.Forward(x), xpos, cache));
+        return x + Dropout(Mlp.Forward(Ln2.Forward(x)));
+    }
+
+    private Tensor Dropout(Tensor x) => training && _dropout > 0 ? nn.functional.dropout(x, _dropout, true) : x;
+}
