@@ -4,6 +4,9 @@ using FlmCluster.Bench;
 var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
     ["train-step"] = TrainStepBenchmark.Run,
+    ["collectives"] = CollectivesBenchmark.Run,
+    ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
+    ["layouts"] = LayoutThroughputBenchmark.Run,
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))
