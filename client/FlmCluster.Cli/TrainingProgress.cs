@@ -7,12 +7,14 @@ namespace FlmCluster.Cli;
 public sealed class TrainingProgress(long totalSteps, int logEvery)
 {
     private readonly List<StepSummary> _steps = [];
+    private readonly List<string> _stageOf = [];
     private readonly bool _interactive = !Console.IsOutputRedirected;
     private bool _statusShown;
 
-    public void Report(StepSummary s)
+    public void Report(string stage, StepSummary s)
     {
         _steps.Add(s);
+        _stageOf.Add(stage);
         var line = Format(s);
         var logged = s.Step == 0 || (s.Step + 1) % logEvery == 0 || s.Step + 1 == totalSteps;
         if (_interactive)
@@ -66,5 +68,18 @@ public sealed class TrainingProgress(long totalSteps, int logEvery)
         if (_steps.Any(s => s.Skipped))
             table.AddRow("skipped steps", $"{_steps.Count(s => s.Skipped)}");
         AnsiConsole.Write(table);
+        var stages = _stageOf.Distinct().ToList();
+        if (stages.Count < 2)
+            return;
+        var perStage = new Table().Border(TableBorder.Rounded);
+        foreach (var column in new[] { "stage", "steps", "tokens", "tokens/s", "loss first 5", "loss last 5" })
+            perStage.AddColumn(new TableColumn(column).RightAligned());
+        foreach (var stage in stages)
+        {
+            var steps = _steps.Where((_, i) => _stageOf[i] == stage).ToList();
+            perStage.AddRow(stage, $"{steps.Count}", $"{steps.Sum(x => x.Tokens):N0}", $"{steps.Sum(x => x.Tokens) / steps.Sum(x => x.Elapsed.TotalSeconds):N0}",
+                $"{steps.Take(5).Average(x => x.Loss):0.0000}", $"{steps.TakeLast(5).Average(x => x.Loss):0.0000}");
+        }
+        AnsiConsole.Write(perStage);
     }
 }

@@ -38,9 +38,12 @@ public sealed class JobOptions
     public JobConfig Load(ParseResult parse, string? baseConfig = null)
     {
         var overrides = new List<string>(parse.GetValue(Set) ?? []);
-        if (parse.GetValue(Steps) is { } steps)
+        var steps = parse.GetValue(Steps);
+        if (steps is not null)
             overrides.Add($"train.steps={steps}");
         var job = JobConfigLoader.Load(baseConfig ?? parse.GetValue(Config)!, overrides);
+        if (steps is not null && job.Stages.Count > 0 && steps != job.Train.Steps)
+            throw new Training.FlmUserException($"--steps: this job has growth stages whose steps add up to {job.Train.Steps}; set a stage's steps with --set stages.N.steps=…");
         var layout = job.Layout;
         if (parse.GetValue(Layout) is { } text)
             layout = ParallelLayout.Parse(text, new LayoutConfig { MicroBatches = layout.MicroBatches });

@@ -24,6 +24,14 @@ public static class TrainCommand
         return command;
     }
 
+    private static string Describe(ModelConfig m) => $"{m.Layers} layers × {m.Hidden} ({m.Heads} heads of {m.HeadDim}, FFN {m.FfnSize})";
+
+    private static void PrintTransition(TransitionReport t)
+    {
+        Console.WriteLine($"── growth {t.FromStage} → {t.ToStage} at step {t.Step}: {Describe(t.Before)} → {Describe(t.After)}, {t.Before.ParameterCount:N0} → {t.After.ParameterCount:N0} parameters, layout {t.LayoutBefore} → {t.LayoutAfter}");
+        Console.WriteLine($"   loss of the next batch: {t.LossBefore:0.000000} before, {t.LossAfter:0.000000} after (difference {t.LossAfter - t.LossBefore:+0.0e+00;-0.0e+00;0}); masks ramp over {t.RampSteps} steps; {t.Elapsed.TotalSeconds:0.0} s");
+    }
+
     private static int Run(JobOptions options, ParseResult parse, string? output, string? resume)
     {
         if (output is not null && File.Exists(output))
@@ -42,17 +50,19 @@ public static class TrainCommand
             job = options.Load(parse);
 
         var loadWatch = Stopwatch.StartNew();
-        using var engine = LocalEngine.Create(job);
-        var layout = ParallelLayout.FromConfig(job.Layout);
-        var m = job.Model;
-        Console.WriteLine($"job {job.Name}: {m.Layers} layers × {m.Hidden} ({m.Heads} heads, FFN {m.FfnSize}), {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
-        Console.WriteLine($"layout {layout} ({layout.WorldSize} rank{(layout.WorldSize == 1 ? "" : "s")} in this process), global batch {job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {engine.Ranks[0].Model.DType}");
-
-        Console.WriteLine($"data: {engine.Data.DocumentCount:N0} documents, {engine.Data.TokenCount:N0} tokens (ready in {loadWatch.Elapsed.TotalSeconds:0.0} s)");
+        using var run = TrainingRun.Create(job);
+        var m = run.Stage.Job.Model;
+        Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
+        if (run.Stages.Count > 1)
+            foreach (var stage in run.Stages)
+                Console.WriteLine($"  stage {stage.Name}: {Describe(stage.Job.Model)}, {stage.Job.Model.ParameterCount:N0} parameters, {stage.Job.Train.Steps} steps, peak LR {stage.Job.Optimizer.Lr:0.0e+00}, layout {ParallelLayout.FromConfig(stage.Job.Layout)}");
+        var layout = run.Engine.Layout;
+        Console.WriteLine($"layout {layout} ({layout.WorldSize} rank{(layout.WorldSize == 1 ? "" : "s")} in this process), global batch {run.Stage.Job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {run.Engine.Ranks[0].Model.DType}");
+        Console.WriteLine($"data: {run.Data.DocumentCount:N0} documents, {run.Data.TokenCount:N0} tokens (ready in {loadWatch.Elapsed.TotalSeconds:0.0} s)");
         if (resume is not null)
         {
-            LocalCheckpoint.Restore(resume, engine);
-            Console.WriteLine($"resumed from {resume} at step {engine.NextStep}");
+            run.Restore(resume);
+            Console.WriteLine($"resumed from {resume} at step {run.NextStep} (stage {run.Stage.Name})");
         }
 
         using var cancel = new CancellationTokenSource();
@@ -64,14 +74,22 @@ public static class TrainCommand
         Console.CancelKeyPress += onCancel;
         try
         {
-            var progress = new TrainingProgress(job.Train.Steps, job.Train.LogEvery);
-            while (engine.NextStep < job.Train.Steps && !cancel.IsCancellationRequested)
-                progress.Report(engine.RunStep());
+            var progress = new TrainingProgress(run.TotalSteps, job.Train.LogEvery);
+            while (!run.Finished && !cancel.IsCancellationRequested)
+            {
+                if (run.AtStageEnd)
+                {
+                    progress.Finish();
+                    PrintTransition(run.Grow());
+                    continue;
+                }
+                progress.Report(run.Stage.Name, run.RunStep());
+            }
             progress.Finish();
             if (output is not null)
             {
-                LocalCheckpoint.Save(output, engine);
-                Console.WriteLine($"saved model and optimizer state at step {engine.NextStep} to {output}");
+                LocalCheckpoint.Save(output, run);
+                Console.WriteLine($"saved model and optimizer state at step {run.NextStep} to {output}");
             }
             progress.PrintSummary();
         }

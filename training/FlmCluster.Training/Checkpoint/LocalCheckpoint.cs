@@ -6,7 +6,11 @@ using static TorchSharp.torch;
 namespace FlmCluster.Training.Checkpoint;
 
 /// <summary>Progress that a resumed run needs besides tensors.</summary>
-public sealed record TrainerProgress(long Step, long SamplesConsumed, long AdamStep, string DataFingerprint);
+/// <param name="Stage">Index of the growth stage the model belongs to.</param>
+/// <param name="StageStartStep">First step of that stage (LR schedule and mask ramp count from it).</param>
+/// <param name="Growth">New structure of the stage's model, while its masks may still be ramping.</param>
+public sealed record TrainerProgress(long Step, long SamplesConsumed, long AdamStep, string DataFingerprint,
+    int Stage = 0, long StageStartStep = 0, Model.GrowthShape? Growth = null);
 
 /// <summary>
 /// A whole-model checkpoint of a local run: config.json (the job), model.safetensors (parameters by
@@ -21,14 +25,20 @@ public static class LocalCheckpoint
     public const string OptimizerFile = "optimizer.safetensors";
     public const string ProgressFile = "trainer.json";
 
-    public static void Save(string directory, LocalEngine engine)
+    /// <summary>Saves a whole job (all stages' config) at the current stage.</summary>
+    public static void Save(string directory, TrainingRun run) => Save(directory, run.Engine, run.Job, run.StageIndex);
+
+    /// <summary>Saves one engine; <paramref name="job"/> is the whole job when the engine is one stage of it.</summary>
+    public static void Save(string directory, LocalEngine engine, JobConfig? job = null, int stage = 0)
     {
         var parameters = StateAssembler.GatherParameters(engine.Ranks);
         var optimizer = StateAssembler.GatherOptimizer(engine.Ranks);
-        var progress = new TrainerProgress(engine.NextStep, engine.SamplesConsumed, engine.Ranks[0].Optimizer.Step, engine.Data.Fingerprint);
+        var growth = engine.NextMaskValue < 1.0 ? engine.Growth : null;
+        var progress = new TrainerProgress(engine.NextStep, engine.SamplesConsumed, engine.Ranks[0].Optimizer.Step, engine.Data.Fingerprint,
+            stage, engine.StageStartStep, growth);
         try
         {
-            Save(directory, engine.Job, parameters, optimizer, progress);
+            Save(directory, job ?? engine.Job, parameters, optimizer, progress);
         }
         finally
         {
@@ -89,9 +99,10 @@ public static class LocalCheckpoint
         ?? throw new InvalidDataException($"{directory}/{ProgressFile} is empty");
 
     /// <summary>Restores parameters, optimizer state and progress into an engine of any layout.</summary>
-    public static void Restore(string directory, LocalEngine engine)
+    public static void Restore(string directory, LocalEngine engine) => Restore(directory, engine, ReadProgress(directory));
+
+    internal static void Restore(string directory, LocalEngine engine, TrainerProgress progress)
     {
-        var progress = ReadProgress(directory);
         if (progress.DataFingerprint != engine.Data.Fingerprint)
             throw new FlmUserException($"checkpoint '{directory}' was trained on different data (fingerprint {progress.DataFingerprint[..12]}… vs {engine.Data.Fingerprint[..12]}…); resume with the same data.paths and tokenizer");
         var parameters = ReadParameters(directory);

@@ -20,6 +20,9 @@ public sealed record JobConfig
     public TrainConfig Train { get; init; } = new();
     public OptimizerConfig Optimizer { get; init; } = new();
     public LayoutConfig Layout { get; init; } = new();
+
+    /// <summary>Growth schedule: when present the job trains these stages in order, growing the model between them.</summary>
+    public IReadOnlyList<StageConfig> Stages { get; init; } = [];
 }
 
 public sealed record DataConfig

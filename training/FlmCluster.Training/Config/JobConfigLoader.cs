@@ -120,21 +120,37 @@ public static class JobConfigLoader
         var segments = path.Split('.');
         if (segments.Any(string.IsNullOrWhiteSpace))
             throw new FlmUserException($"--set '{assignment}': key '{path}' has an empty part");
-        var node = root;
+        JsonNode node = root;
         foreach (var segment in segments[..^1])
         {
-            if (node[segment] is JsonObject child)
+            if (node is JsonArray array)
             {
-                node = child;
+                if (!int.TryParse(segment, out var index) || index < 0 || index >= array.Count)
+                    throw new FlmUserException($"--set '{assignment}': '{segment}' is not an index of the {array.Count} entries of that list");
+                node = array[index] ?? throw new FlmUserException($"--set '{assignment}': entry {index} is empty");
                 continue;
             }
-            if (node.ContainsKey(segment) && node[segment] is not null)
+            var obj = (JsonObject)node;
+            if (obj[segment] is JsonObject or JsonArray)
+            {
+                node = obj[segment]!;
+                continue;
+            }
+            if (obj.ContainsKey(segment) && obj[segment] is not null)
                 throw new FlmUserException($"--set '{assignment}': '{segment}' is a value, not a section");
             var created = new JsonObject();
-            node[segment] = created;
+            obj[segment] = created;
             node = created;
         }
-        node[segments[^1]] = ParseValue(raw);
+        var last = segments[^1];
+        if (node is JsonArray list)
+        {
+            if (!int.TryParse(last, out var index) || index < 0 || index >= list.Count)
+                throw new FlmUserException($"--set '{assignment}': '{last}' is not an index of the {list.Count} entries of that list");
+            list[index] = ParseValue(raw);
+        }
+        else
+            ((JsonObject)node)[last] = ParseValue(raw);
     }
 
     private static JsonNode? ParseValue(string raw)

@@ -11,8 +11,20 @@ public static class JobValidator
 
     public static JobConfig Validate(JobConfig job)
     {
+        if (job.Stages.Count > 0)
+        {
+            // A growth schedule: every stage is a job of its own; the whole job's steps are their sum.
+            var stages = Growth.GrowthSchedule.Resolve(job with { Model = FillVocabulary(job) });
+            return job with
+            {
+                Model = stages[0].Job.Model,
+                Train = job.Train with { Steps = stages.Sum(s => s.Job.Train.Steps), GlobalBatch = stages[0].Job.Train.GlobalBatch },
+                Layout = stages[0].Job.Layout,
+            };
+        }
+
         var tokenizerVocab = TokenizerFactory.VocabSize(job.Tokenizer);
-        var model = job.Model.VocabSize == 0 ? job.Model with { VocabSize = tokenizerVocab } : job.Model;
+        var model = FillVocabulary(job);
         model.Validate();
         Require(model.VocabSize >= tokenizerVocab,
             $"model.vocab_size={model.VocabSize} is smaller than the '{job.Tokenizer}' tokenizer's {tokenizerVocab} ids; set it to 0 to follow the tokenizer");
@@ -42,6 +54,9 @@ public static class JobValidator
         ParallelLayout.FromConfig(job.Layout).Validate(model, t.GlobalBatch);
         return job with { Model = model };
     }
+
+    private static ModelConfig FillVocabulary(JobConfig job) =>
+        job.Model.VocabSize == 0 ? job.Model with { VocabSize = TokenizerFactory.VocabSize(job.Tokenizer) } : job.Model;
 
     private static void Require(bool condition, string message)
     {

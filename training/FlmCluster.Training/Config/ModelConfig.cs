@@ -10,6 +10,12 @@ public sealed record ModelConfig
     /// <summary>FFN inner size; 0 means 4 × hidden.</summary>
     public int Ffn { get; init; }
 
+    /// <summary>
+    /// Size of one attention head; 0 means hidden / heads. Growth keeps it fixed and adds heads, so after
+    /// growing heads and hidden separately the attention width (heads × head size) may differ from hidden.
+    /// </summary>
+    public int HeadSize { get; init; }
+
     /// <summary>Logical vocabulary (ordinary ids + end-of-text); 0 means "take it from the tokenizer".</summary>
     public int VocabSize { get; init; }
 
@@ -23,19 +29,22 @@ public sealed record ModelConfig
     public XposConfig Xpos { get; init; } = new();
 
     public int FfnSize => Ffn > 0 ? Ffn : 4 * Hidden;
-    public int HeadDim => Heads > 0 ? Hidden / Heads : 0;
+    public int HeadDim => HeadSize > 0 ? HeadSize : Heads > 0 ? Hidden / Heads : 0;
+
+    /// <summary>Width of the attention inner space: heads × head size (equals hidden unless set otherwise).</summary>
+    public int AttentionWidth => Heads * HeadDim;
     public int PaddedVocab => RoundUp(VocabSize, VocabPadMultiple);
 
     /// <summary>μP width multiplier m = d / d_base.</summary>
     public double WidthMult => (double)Hidden / Mup.BaseWidth;
 
-    /// <summary>Parameters of one block: c_attn (3d²+3d), attn.c_proj (d²+d), c_fc (d·f+f), mlp.c_proj (f·d+d), 2 LayerNorms (4d).</summary>
+    /// <summary>Parameters of one block (a = attention width): c_attn (3a·d+3a), attn.c_proj (d·a+d), c_fc (d·f+f), mlp.c_proj (f·d+d), 2 LayerNorms (4d).</summary>
     public long BlockParameters
     {
         get
         {
-            long d = Hidden, f = FfnSize;
-            return 3 * d * d + 3 * d + d * d + d + d * f + f + f * d + d + 4 * d;
+            long d = Hidden, f = FfnSize, a = AttentionWidth;
+            return 3 * a * d + 3 * a + d * a + d + d * f + f + f * d + d + 4 * d;
         }
     }
 
@@ -47,7 +56,8 @@ public sealed record ModelConfig
         Require(Layers > 0, $"{where}.layers must be positive (got {Layers})");
         Require(Hidden > 0, $"{where}.hidden must be positive (got {Hidden})");
         Require(Heads > 0, $"{where}.heads must be positive (got {Heads})");
-        Require(Hidden % Heads == 0, $"{where}.heads ({Heads}) must divide {where}.hidden ({Hidden}); pick heads so that hidden/heads is the head size");
+        Require(HeadSize >= 0, $"{where}.head_size must be positive, or 0 for hidden/heads (got {HeadSize})");
+        Require(HeadSize > 0 || Hidden % Heads == 0, $"{where}.heads ({Heads}) must divide {where}.hidden ({Hidden}); pick heads so that hidden/heads is the head size");
         Require(HeadDim % 2 == 0, $"{where}: head size hidden/heads = {HeadDim} must be even for xPos rotary");
         Require(Ffn >= 0, $"{where}.ffn must be positive, or 0 for 4 × hidden (got {Ffn})");
         Require(VocabSize > 0, $"{where}.vocab_size must be positive (got {VocabSize})");

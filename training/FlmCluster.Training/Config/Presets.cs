@@ -47,10 +47,41 @@ public static class Presets
             Train = new TrainConfig { Steps = 300, GlobalBatch = 8, LogEvery = 10 },
             Optimizer = new OptimizerConfig { Lr = 2e-3, MinLr = 2e-4, WarmupSteps = 30 },
         },
+        ["tiny-growth"] = new JobConfig
+        {
+            Name = "tiny-growth",
+            Model = new ModelConfig
+            {
+                Layers = 2, Hidden = 64, Heads = 2, SeqLen = 128,
+                Mup = new MupConfig { BaseWidth = 64, OutputMult = 1.0 },
+            },
+            Train = new TrainConfig { GlobalBatch = 8, LogEvery = 10 },
+            Optimizer = new OptimizerConfig { Lr = 3e-3, MinLr = 3e-4, WarmupSteps = 10 },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = 80, Lr = 3e-3, WarmupSteps = 10 },
+                new StageConfig { Name = "b", Layers = 3, Hidden = 96, Heads = 3, Steps = 40, Lr = 2.5e-3, WarmupSteps = 5, MaskRampSteps = 10 },
+                new StageConfig { Name = "c", Layers = 4, Hidden = 128, Heads = 4, Steps = 40, Lr = 2e-3, WarmupSteps = 5, MaskRampSteps = 10, DepthPlacement = "interpolate" },
+            ],
+        },
+        ["flm-101b"] = new JobConfig
+        {
+            Name = "flm-101b",
+            Model = Model16B,
+            Train = new TrainConfig { GlobalBatch = 2304, Precision = "bf16", Device = "cuda", LogEvery = 1 },
+            Optimizer = new OptimizerConfig { WeightDecay = 0.1, ClipGrad = 1.0 },
+            // The card's three stages; mask ramp length and depth placement are not published (ours: 100 steps, stack).
+            Stages =
+            [
+                FlmGrowthStage("16b", Model16B, 2304, 4e-4, 4_610_000, 52_000, new LayoutConfig { Dp = 96, Tp = 2, Pp = 1, MicroBatches = 24 }),
+                FlmGrowthStage("51b", Model51B, 2304, 3.4e-4, 230_000, 8_400, new LayoutConfig { Dp = 24, Tp = 4, Pp = 2, MicroBatches = 96 }),
+                FlmGrowthStage("101b", Model101B, 2160, 2e-4, 230_000, 6_000, new LayoutConfig { Dp = 12, Tp = 4, Pp = 4, MicroBatches = 180 }),
+            ],
+        },
         // FLM-101B stages: batch, peak LR and warmup from the model card; warmup samples / batch = steps.
-        ["16b"] = FlmStage("16b", Model16B, batch: 2304, lr: 4e-4, warmupSamples: 4_610_000, tokens: 245.37e9, dp: 96, tp: 2, pp: 1),
-        ["51b"] = FlmStage("51b", Model51B, batch: 2304, lr: 3.4e-4, warmupSamples: 230_000, tokens: 39.64e9, dp: 24, tp: 4, pp: 2),
-        ["101b"] = FlmStage("101b", Model101B, batch: 2160, lr: 2e-4, warmupSamples: 230_000, tokens: 26.54e9, dp: 12, tp: 4, pp: 4),
+        ["16b"] = FlmStage("16b", Model16B, batch: 2304, lr: 4e-4, warmupSamples: 4_610_000, steps: 52_000, dp: 96, tp: 2, pp: 1),
+        ["51b"] = FlmStage("51b", Model51B, batch: 2304, lr: 3.4e-4, warmupSamples: 230_000, steps: 8_400, dp: 24, tp: 4, pp: 2),
+        ["101b"] = FlmStage("101b", Model101B, batch: 2160, lr: 2e-4, warmupSamples: 230_000, steps: 6_000, dp: 12, tp: 4, pp: 4),
     };
 
     public static IReadOnlyCollection<string> Names => [.. Jobs.Keys];
@@ -61,9 +92,17 @@ public static class Presets
         ? job
         : throw new FlmUserException($"unknown preset '{name}'; known presets: {string.Join(", ", Names)} (or give a path to a .json config file)");
 
-    private static JobConfig FlmStage(string name, ModelConfig model, int batch, double lr, long warmupSamples, double tokens, int dp, int tp, int pp)
+    // Steps: the card's tokens (245.37B, 39.64B, 26.54B) are 52,000, 8,400 and 6,000 steps × batch × 2048, rounded.
+    private static StageConfig FlmGrowthStage(string name, ModelConfig model, int batch, double lr, long warmupSamples, long steps, LayoutConfig layout) => new()
     {
-        var steps = (long)Math.Round(tokens / ((double)batch * model.SeqLen));
+        Name = name,
+        Layers = model.Layers, Hidden = model.Hidden, Heads = model.Heads, Ffn = model.Ffn,
+        Steps = steps, GlobalBatch = batch, Lr = lr, MinLr = lr / 10, WarmupSamples = warmupSamples,
+        Layout = layout, MaskRampSteps = 100,
+    };
+
+    private static JobConfig FlmStage(string name, ModelConfig model, int batch, double lr, long warmupSamples, long steps, int dp, int tp, int pp)
+    {
         return new JobConfig
         {
             Name = name,

@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
+using FlmCluster.Training.Growth;
+using FlmCluster.Training.Model;
 using FlmCluster.Training.Optim;
 using FlmCluster.Training.Parallel;
 
@@ -19,6 +21,9 @@ public sealed record StepSummary(
     double CommFraction,
     long SamplesConsumed);
 
+/// <summary>Where a stage engine sits in a growth schedule.</summary>
+public sealed record StageContext(long StartStep, GrowthShape? Growth, GrowthRamp Ramp);
+
 /// <summary>
 /// Runs every rank of a job inside this process, one device thread per rank, over in-process collectives.
 /// It plays the coordinator's part for a local run: plans each step (data cursor, LR), fans it out to
@@ -29,7 +34,7 @@ public sealed class LocalEngine : IDisposable
     private readonly InProcessFabric _fabric;
     private readonly DeviceThread[] _threads;
     private readonly RankTrainer[] _ranks;
-    private readonly bool _ownsData;
+    private bool _ownsData;
 
     public JobConfig Job { get; }
     public ParallelLayout Layout { get; }
@@ -43,12 +48,22 @@ public sealed class LocalEngine : IDisposable
     /// <summary>Global samples consumed so far: the data cursor.</summary>
     public long SamplesConsumed { get; private set; }
 
-    private LocalEngine(JobConfig job, TokenDataset data, bool ownsData, TimeSpan? collectiveTimeout)
+    /// <summary>Step at which this engine's stage started (LR schedule and mask ramp count from it).</summary>
+    public long StageStartStep { get; }
+
+    /// <summary>New structure of a model grown at the start of this stage, or null.</summary>
+    public GrowthShape? Growth { get; }
+
+    public GrowthRamp Ramp { get; }
+
+    private LocalEngine(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout, StageContext? stage)
     {
+        StageStartStep = stage?.StartStep ?? 0;
+        Growth = stage?.Growth;
+        Ramp = stage?.Ramp ?? new GrowthRamp(0);
         Job = job;
         Layout = ParallelLayout.FromConfig(job.Layout);
         Data = data;
-        _ownsData = ownsData;
         Schedule = new LrSchedule(job.Optimizer, job.Train.Steps);
         TorchEnvironment.ConfigureThreads(job.Train.Threads, Layout.WorldSize);
         _fabric = new InProcessFabric(Layout.WorldSize, collectiveTimeout);
@@ -58,7 +73,7 @@ public sealed class LocalEngine : IDisposable
         {
             for (var r = 0; r < Layout.WorldSize; r++)
                 _threads[r] = new DeviceThread($"rank{r}");
-            Fan(r => _ranks[r] = new RankTrainer(job, new RankGroups(Layout, r), _fabric.ForRank(r), data));
+            Fan(r => _ranks[r] = new RankTrainer(job, new RankGroups(Layout, r), _fabric.ForRank(r), data, Growth));
         }
         catch
         {
@@ -71,11 +86,12 @@ public sealed class LocalEngine : IDisposable
     public static LocalEngine Create(JobConfig job, TimeSpan? collectiveTimeout = null)
     {
         job = JobValidator.Validate(job);
-        var tokenizer = TokenizerFactory.Create(job.Tokenizer);
-        var data = TokenDataset.Load(job.Data.Paths, tokenizer, job.Model.PaddedVocab);
+        var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         try
         {
-            return new LocalEngine(job, data, ownsData: true, collectiveTimeout);
+            var engine = Create(job, data, collectiveTimeout);
+            engine._ownsData = true;
+            return engine;
         }
         catch
         {
@@ -85,12 +101,20 @@ public sealed class LocalEngine : IDisposable
     }
 
     /// <summary>Builds all ranks over an already loaded dataset (shared, read-only).</summary>
-    public static LocalEngine Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null) =>
-        new(JobValidator.Validate(job), data, ownsData: false, collectiveTimeout);
+    public static LocalEngine Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null, StageContext? stage = null)
+    {
+        job = JobValidator.Validate(job);
+        if (job.Stages.Count > 0)
+            throw new ArgumentException("a job with growth stages runs through TrainingRun, one engine per stage", nameof(job));
+        return new(job, data, collectiveTimeout, stage);
+    }
+
+    /// <summary>Mask value of the next step: ramps from 0 right after growth to exactly 1.</summary>
+    public double NextMaskValue => Growth is null ? 1.0 : Ramp.ValueAt(NextStep - StageStartStep);
 
     public StepSummary RunStep()
     {
-        var plan = new StepPlan(NextStep, SamplesConsumed, Schedule.At(NextStep));
+        var plan = new StepPlan(NextStep, SamplesConsumed, Schedule.At(NextStep - StageStartStep), NextMaskValue);
         var started = Stopwatch.GetTimestamp();
         var reports = Fan(r => _ranks[r].TrainStep(plan));
         var elapsed = Stopwatch.GetElapsedTime(started);
@@ -101,6 +125,14 @@ public sealed class LocalEngine : IDisposable
         var comm = reports.Average(r => r.CommTime.TotalSeconds / Math.Max(1e-9, r.Elapsed.TotalSeconds));
         return new StepSummary(plan.Step, lossRanks.Sum(r => r.LossSum) / tokens, tokens, plan.Lr,
             reports[0].GradNorm, reports[0].Skipped, elapsed, tokens / elapsed.TotalSeconds, comm, SamplesConsumed);
+    }
+
+    /// <summary>Mean token loss of the global batch starting at <paramref name="firstSample"/>, without training.</summary>
+    public double EvaluateLoss(long firstSample)
+    {
+        var mask = NextMaskValue;
+        var reports = Fan(r => _ranks[r].EvaluateLoss(firstSample, mask));
+        return reports.Sum(x => x.LossSum) / reports.Sum(x => x.Tokens);
     }
 
     /// <summary>Sets the progress counters after restoring state (the optimizer's step is restored with it).</summary>

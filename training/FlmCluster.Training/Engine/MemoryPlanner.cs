@@ -1,4 +1,5 @@
 using FlmCluster.Training.Config;
+using FlmCluster.Training.Model;
 using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Training.Engine;
@@ -24,21 +25,9 @@ public sealed record RankMemory(
 public static class MemoryPlanner
 {
     /// <summary>Parameters a rank of pipeline stage <paramref name="stage"/> holds (all TP ranks hold the same count).</summary>
-    public static long RankParameters(ModelConfig model, ParallelLayout layout, int stage)
-    {
-        long d = model.Hidden, f = model.FfnSize, tp = layout.Tp;
-        var shardedPerBlock = (3 * d * d + 3 * d) + d * d + (d * f + f) + f * d;
-        var replicatedPerBlock = 4 * d + 2 * d; // two LayerNorms, two row-parallel biases
-        var blocks = (long)model.Layers / layout.Pp;
-        var count = blocks * (shardedPerBlock / tp + replicatedPerBlock);
-        var first = stage == 0;
-        var last = stage == layout.Pp - 1;
-        if (first || last)
-            count += (long)model.PaddedVocab * d / tp;
-        if (last)
-            count += 2 * d;
-        return count;
-    }
+    public static long RankParameters(ModelConfig model, ParallelLayout layout, int stage) =>
+        ParamCatalog.For(model, StagePlan.For(model, stage, layout.Pp))
+            .Sum(x => x.Spec.LocalShape(layout.Tp).Aggregate(1L, (a, b) => a * b));
 
     public static RankMemory ForStage(ModelConfig model, ParallelLayout layout, int stage, string precision, string device)
     {

@@ -13,7 +13,8 @@ namespace FlmCluster.Training.Engine;
 /// <param name="Step">0-based step number.</param>
 /// <param name="FirstSample">Global index of the step's first sample (the data cursor).</param>
 /// <param name="Lr">Peak-group learning rate for this step.</param>
-public sealed record StepPlan(long Step, long FirstSample, double Lr);
+/// <param name="MaskValue">Growth mask value c (1 = no masks).</param>
+public sealed record StepPlan(long Step, long FirstSample, double Lr, double MaskValue = 1.0);
 
 /// <summary>One rank's account of a step.</summary>
 public sealed record RankStepReport(
@@ -49,7 +50,7 @@ public sealed class RankTrainer : IDisposable
     public FlatParameters Flat { get; }
     public DistributedAdamW Optimizer { get; }
 
-    public RankTrainer(JobConfig job, RankGroups groups, ICollectives comm, TokenDataset data)
+    public RankTrainer(JobConfig job, RankGroups groups, ICollectives comm, TokenDataset data, GrowthShape? growth = null)
     {
         Job = job;
         Groups = groups;
@@ -62,7 +63,7 @@ public sealed class RankTrainer : IDisposable
         var device = TorchEnvironment.ResolveDevice(job.Train.Device);
         var dtype = TorchEnvironment.ResolvePrecision(job.Train.Precision, job.Train.Device);
         var tp = new TensorParallelContext(comm, groups.Tensor);
-        Model = new FlmModel(config, StagePlan.For(config, groups.Coords.Pp, Layout.Pp), tp, dtype, device);
+        Model = new FlmModel(config, StagePlan.For(config, groups.Coords.Pp, Layout.Pp), tp, dtype, device, growth);
         ModelInitializer.Initialize(Model, job.Train.Seed);
         Flat = new FlatParameters(Model.Parameters, groups.Coords.Tp, Layout.Dp);
         Optimizer = new DistributedAdamW(Flat, comm, groups.Data, groups.World, job.Optimizer, config.WidthMult);
@@ -79,6 +80,7 @@ public sealed class RankTrainer : IDisposable
         using (NewDisposeScope())
         {
             Model.train();
+            Model.SetMaskValue(plan.MaskValue);
             Flat.ZeroGrads();
             var firstSample = plan.FirstSample + (long)Groups.Coords.Dp * (_globalBatch / Layout.Dp);
             // Each micro-batch's loss is divided by the tokens of the whole global batch, so accumulated
@@ -169,6 +171,39 @@ public sealed class RankTrainer : IDisposable
             }
         }
         return lossSum;
+    }
+
+    /// <summary>
+    /// Σ token losses of the global batch starting at <paramref name="firstSample"/> with no gradient and no
+    /// update (reported by the same ranks that report training loss). Every rank of the job must call it.
+    /// </summary>
+    public (double LossSum, long Tokens) EvaluateLoss(long firstSample, double maskValue)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        Model.eval();
+        Model.SetMaskValue(maskValue);
+        var start = firstSample + (long)Groups.Coords.Dp * (_globalBatch / Layout.Dp);
+        var shape = new long[] { _microBatchSize, Job.Model.SeqLen, Job.Model.Hidden };
+        double lossSum = 0;
+        for (var k = 0; k < Layout.MicroBatches; k++)
+        {
+            using var inner = NewDisposeScope();
+            Tensor hidden;
+            if (Groups.IsFirstStage)
+                hidden = Model.Embed(LoadMicroBatch(start, k).Ids);
+            else
+            {
+                hidden = empty(shape, dtype: Model.DType, device: Model.Device);
+                _comm.Recv(hidden, Groups.PreviousStageRank!.Value, 2 * k);
+            }
+            var output = Model.RunBlocks(hidden);
+            if (Groups.IsLastStage)
+                lossSum += Model.LossSum(output, LoadMicroBatch(start, k).Targets).ToScalar().ToDouble();
+            else
+                _comm.Send(output.contiguous(), Groups.NextStageRank!.Value, 2 * k);
+        }
+        return ReportsLoss ? (lossSum, (long)(_globalBatch / Layout.Dp) * Job.Model.SeqLen) : (0, 0);
     }
 
     /// <summary>Inputs and next-token targets [mbs, S] of micro-batch k of this DP rank's share.</summary>

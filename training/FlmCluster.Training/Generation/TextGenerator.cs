@@ -99,10 +99,16 @@ public static class TextGenerator
     /// <summary>Loads a model directory written by <c>flm train --out</c> onto one CPU rank.</summary>
     public static (JobConfig Job, FlmModel Model, ITextTokenizer Tokenizer) LoadModel(string directory)
     {
-        var job = JobValidator.Validate(LocalCheckpoint.ReadJob(directory));
+        var whole = JobValidator.Validate(LocalCheckpoint.ReadJob(directory));
+        var progress = File.Exists(Path.Combine(directory, LocalCheckpoint.ProgressFile)) ? LocalCheckpoint.ReadProgress(directory) : null;
+        var stages = Growth.GrowthSchedule.Resolve(whole);
+        var stage = stages[Math.Clamp(progress?.Stage ?? 0, 0, stages.Count - 1)];
+        var job = stage.Job;
         var parameters = LocalCheckpoint.ReadParameters(directory);
         var dtype = parameters.TryGetValue("transformer.wte.weight", out var wte) ? wte.dtype : ScalarType.Float32;
-        var model = new FlmModel(job.Model, dtype: dtype == ScalarType.BFloat16 ? ScalarType.Float32 : dtype);
+        var model = new FlmModel(job.Model, dtype: dtype == ScalarType.BFloat16 ? ScalarType.Float32 : dtype, growth: progress?.Growth);
+        if (progress?.Growth is not null)
+            model.SetMaskValue(stage.Ramp.ValueAt(progress.Step - progress.StageStartStep));
         using (no_grad())
         {
             foreach (var p in model.Parameters)

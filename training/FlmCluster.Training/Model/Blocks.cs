@@ -7,7 +7,7 @@ namespace FlmCluster.Training.Model;
 
 /// <summary>
 /// Causal self-attention with packed [Q‖K‖V] projection (column-parallel, heads split over TP ranks), xPos on
-/// q and k, scaled dot-product attention (1/√head_dim) and a row-parallel output projection.
+/// q and k, scaled dot-product attention (1/√head_size) and a row-parallel output projection.
 /// </summary>
 public sealed class Attention : nn.Module
 {
@@ -23,19 +23,26 @@ public sealed class Attention : nn.Module
         _localHeads = config.Heads / tp.Size;
         _headDim = config.HeadDim;
         _dropout = config.Dropout;
-        QkvProjection = new ColumnParallelLinear(config.Hidden, 3L * config.Hidden, tp, dtype, device);
-        OutputProjection = new RowParallelLinear(config.Hidden, config.Hidden, tp, dtype, device);
+        QkvProjection = new ColumnParallelLinear(config.Hidden, 3L * config.AttentionWidth, tp, dtype, device);
+        OutputProjection = new RowParallelLinear(config.AttentionWidth, config.Hidden, tp, dtype, device);
         register_module("c_attn", QkvProjection);
         register_module("c_proj", OutputProjection);
     }
 
-    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache)
+    /// <param name="headMask">Growth mask over this rank's attention width (new heads' q, k, v scaled by c), or null.</param>
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, Tensor? headMask = null)
     {
         var batch = x.shape[0];
         var time = x.shape[1];
         var width = (long)_localHeads * _headDim;
         var qkv = QkvProjection.Forward(x);
-        Tensor Heads(long offset) => qkv.narrow(-1, offset, width).view(batch, time, _localHeads, _headDim).transpose(1, 2);
+        Tensor Heads(long offset)
+        {
+            var part = qkv.narrow(-1, offset, width);
+            if (headMask is not null)
+                part = part * headMask;
+            return part.view(batch, time, _localHeads, _headDim).transpose(1, 2);
+        }
         var q = Heads(0);
         var k = Heads(width);
         var v = Heads(2 * width);
@@ -75,8 +82,14 @@ public sealed class Mlp : nn.Module
         register_module("c_proj", Output);
     }
 
-    public Tensor Forward(Tensor x) =>
-        Output.Forward(nn.functional.gelu(Input.Forward(x), TorchSharp.Modules.GELU.Approximate.tanh));
+    /// <param name="ffnMask">Growth mask over this rank's FFN units, applied before GELU (GELU(0) = 0), or null.</param>
+    public Tensor Forward(Tensor x, Tensor? ffnMask = null)
+    {
+        var inner = Input.Forward(x);
+        if (ffnMask is not null)
+            inner = inner * ffnMask;
+        return Output.Forward(nn.functional.gelu(inner, TorchSharp.Modules.GELU.Approximate.tanh));
+    }
 }
 
 /// <summary>Pre-LN residual block: x + Attn(LN1(x)), then x + MLP(LN2(x)).</summary>
@@ -102,11 +115,20 @@ public sealed class Block : nn.Module
         register_module("mlp", Mlp);
     }
 
-    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache)
+    /// <summary>
+    /// With growth masks: LayerNorms use masked statistics, branch outputs are multiplied by the hidden mask, and
+    /// an inserted layer is blended in as c·Block(x) + (1 − c)·x = x + c·(attention + MLP branch).
+    /// </summary>
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, GrowthMasks? masks = null, double blend = 1.0)
     {
-        x = x + Dropout(Attention.Forward(Ln1.Forward(x), xpos, cache));
-        return x + Dropout(Mlp.Forward(Ln2.Forward(x)));
+        var hidden = masks?.Hidden;
+        var attention = Mask(Dropout(Attention.Forward(Ln1.Forward(x, hidden), xpos, cache, masks?.Heads)), hidden);
+        var h = x + attention;
+        var mlp = Mask(Dropout(Mlp.Forward(Ln2.Forward(h, hidden), masks?.Ffn)), hidden);
+        return blend == 1.0 ? h + mlp : x + (attention + mlp) * blend;
     }
+
+    private static Tensor Mask(Tensor x, Tensor? mask) => mask is null ? x : x * mask;
 
     private Tensor Dropout(Tensor x) => training && _dropout > 0 ? nn.functional.dropout(x, _dropout, true) : x;
 }

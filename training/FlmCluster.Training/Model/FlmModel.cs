@@ -24,6 +24,7 @@ public sealed record StagePlan(int Stage, int Stages, int FirstLayer, int LayerC
 /// The FLM decoder (or one pipeline stage of it, one tensor-parallel shard wide): tied vocab-parallel
 /// embedding, pre-LN blocks with xPos attention, final LayerNorm, μP readout
 /// logits = LN_f(h)·Wᵀ · output_mult/m. The model code knows parallelism only through its layer types.
+/// A grown model also carries <see cref="GrowthShape"/> and applies the growth masks of the current step.
 /// </summary>
 public sealed class FlmModel : nn.Module
 {
@@ -40,13 +41,20 @@ public sealed class FlmModel : nn.Module
     public IReadOnlyList<Block> Blocks => _blocks;
     public LayerNormLayer? FinalNorm { get; }
 
+    /// <summary>New structure of a grown model, or null.</summary>
+    public GrowthShape? Growth { get; }
+
+    /// <summary>Masks of the current step (null when the model has no growth ramp in progress).</summary>
+    public GrowthMasks? Masks { get; private set; }
+
     /// <summary>This rank's parameters with their global specs, in a fixed order.</summary>
     public IReadOnlyList<ModelParameter> Parameters => _paramList;
 
-    /// <summary>Multiplier applied to the logits: output_mult / m (μP readout).</summary>
-    public double OutputScale => Config.Mup.OutputMult / Config.WidthMult;
+    /// <summary>Multiplier applied to the logits: output_mult / m (μP readout), ramped during hidden growth.</summary>
+    public double OutputScale => Config.Mup.OutputMult / (Masks is { Shape.HiddenGrew: true } masks ? masks.ReadoutWidthMult(Config.WidthMult) : Config.WidthMult);
 
-    public FlmModel(ModelConfig config, StagePlan? plan = null, TensorParallelContext? tp = null, ScalarType dtype = ScalarType.Float32, Device? device = null)
+    public FlmModel(ModelConfig config, StagePlan? plan = null, TensorParallelContext? tp = null, ScalarType dtype = ScalarType.Float32,
+        Device? device = null, GrowthShape? growth = null)
         : base("FlmModel")
     {
         Config = config;
@@ -54,55 +62,55 @@ public sealed class FlmModel : nn.Module
         Tp = tp ?? TensorParallelContext.None;
         DType = dtype;
         Device = device ?? CPU;
+        Growth = growth;
         _xpos = new XPos(config.HeadDim, config.Xpos);
 
-        var std = config.Mup.InitStd;
-        var m = config.WidthMult;
-        var hiddenStd = std / Math.Sqrt(m);
-        var residualStd = std / Math.Sqrt(2.0 * config.Layers * m);
-        long d = config.Hidden, f = config.FfnSize;
-
+        var tensors = new Dictionary<string, TorchSharp.Modules.Parameter>();
         if (Plan.HasEmbedding || Plan.HasHead)
         {
-            Embedding = new VocabParallelEmbedding(config.PaddedVocab, d, Tp, dtype, Device);
+            Embedding = new VocabParallelEmbedding(config.PaddedVocab, config.Hidden, Tp, dtype, Device);
             register_module("wte", Embedding);
-            _paramList.Add(new ModelParameter(
-                new ParamSpec("transformer.wte.weight", [config.PaddedVocab, d], TpSplit.Dim0, ParamGroup.Embedding, std),
-                Embedding.Weight, IsTiedCopy: !Plan.HasEmbedding));
+            tensors[ParamCatalog.Embedding] = Embedding.Weight;
         }
-
         var list = new TorchSharp.Modules.ModuleList<Block>();
         for (var local = 0; local < Plan.LayerCount; local++)
         {
             var block = new Block(config, Tp, dtype, Device);
             _blocks.Add(block);
             list.Add(block);
-            var p = $"transformer.h.{Plan.FirstLayer + local}.";
-            AddNorm(p + "ln_1", block.Ln1, d);
-            _paramList.Add(new(new ParamSpec(p + "attn.c_attn.weight", [3 * d, d], TpSplit.PackedQkvDim0, ParamGroup.Matrix, hiddenStd), block.Attention.QkvProjection.Weight));
-            _paramList.Add(new(new ParamSpec(p + "attn.c_attn.bias", [3 * d], TpSplit.PackedQkvDim0, ParamGroup.NoDecay, 0), block.Attention.QkvProjection.Bias));
-            _paramList.Add(new(new ParamSpec(p + "attn.c_proj.weight", [d, d], TpSplit.Dim1, ParamGroup.Matrix, residualStd), block.Attention.OutputProjection.Weight));
-            _paramList.Add(new(new ParamSpec(p + "attn.c_proj.bias", [d], TpSplit.Replicated, ParamGroup.NoDecay, 0), block.Attention.OutputProjection.Bias));
-            AddNorm(p + "ln_2", block.Ln2, d);
-            _paramList.Add(new(new ParamSpec(p + "mlp.c_fc.weight", [f, d], TpSplit.Dim0, ParamGroup.Matrix, hiddenStd), block.Mlp.Input.Weight));
-            _paramList.Add(new(new ParamSpec(p + "mlp.c_fc.bias", [f], TpSplit.Dim0, ParamGroup.NoDecay, 0), block.Mlp.Input.Bias));
-            _paramList.Add(new(new ParamSpec(p + "mlp.c_proj.weight", [d, f], TpSplit.Dim1, ParamGroup.Matrix, residualStd), block.Mlp.Output.Weight));
-            _paramList.Add(new(new ParamSpec(p + "mlp.c_proj.bias", [d], TpSplit.Replicated, ParamGroup.NoDecay, 0), block.Mlp.Output.Bias));
+            var p = ParamCatalog.Block(Plan.FirstLayer + local);
+            tensors[p + "ln_1.weight"] = block.Ln1.Weight;
+            tensors[p + "ln_1.bias"] = block.Ln1.Bias;
+            tensors[p + "attn.c_attn.weight"] = block.Attention.QkvProjection.Weight;
+            tensors[p + "attn.c_attn.bias"] = block.Attention.QkvProjection.Bias;
+            tensors[p + "attn.c_proj.weight"] = block.Attention.OutputProjection.Weight;
+            tensors[p + "attn.c_proj.bias"] = block.Attention.OutputProjection.Bias;
+            tensors[p + "ln_2.weight"] = block.Ln2.Weight;
+            tensors[p + "ln_2.bias"] = block.Ln2.Bias;
+            tensors[p + "mlp.c_fc.weight"] = block.Mlp.Input.Weight;
+            tensors[p + "mlp.c_fc.bias"] = block.Mlp.Input.Bias;
+            tensors[p + "mlp.c_proj.weight"] = block.Mlp.Output.Weight;
+            tensors[p + "mlp.c_proj.bias"] = block.Mlp.Output.Bias;
         }
         register_module("h", list);
-
         if (Plan.HasHead)
         {
-            FinalNorm = new LayerNormLayer(d, config.LnEps, dtype, Device);
+            FinalNorm = new LayerNormLayer(config.Hidden, config.LnEps, dtype, Device);
             register_module("ln_f", FinalNorm);
-            AddNorm("transformer.ln_f", FinalNorm, d);
+            tensors[ParamCatalog.FinalNormWeight] = FinalNorm.Weight;
+            tensors[ParamCatalog.FinalNormBias] = FinalNorm.Bias;
         }
+        foreach (var (spec, tiedCopy) in ParamCatalog.For(config, Plan))
+            _paramList.Add(new ModelParameter(spec, tensors[spec.Name], tiedCopy));
     }
 
-    private void AddNorm(string prefix, LayerNormLayer norm, long d)
+    /// <summary>
+    /// Sets the growth mask value c for the coming forward passes; at c ≥ 1 (or without growth) the masks are off
+    /// and the model is the plain grown model.
+    /// </summary>
+    public void SetMaskValue(double value)
     {
-        _paramList.Add(new(new ParamSpec(prefix + ".weight", [d], TpSplit.Replicated, ParamGroup.NoDecay, 0, InitConstant: 1), norm.Weight));
-        _paramList.Add(new(new ParamSpec(prefix + ".bias", [d], TpSplit.Replicated, ParamGroup.NoDecay, 0), norm.Bias));
+        Masks = Growth is null || value >= 1.0 ? null : new GrowthMasks(Growth, value, Config, Tp.Rank, Tp.Size, DType, Device);
     }
 
     /// <summary>Token ids [B,T] → hidden states [B,T,d] (first stage only).</summary>
@@ -113,6 +121,8 @@ public sealed class FlmModel : nn.Module
         var h = Embedding!.Forward(ids);
         if (Config.Mup.InputMult != 1.0)
             h = h * Config.Mup.InputMult;
+        if (Masks?.Hidden is { } mask)
+            h = h * mask;
         return training && Config.Dropout > 0 ? nn.functional.dropout(h, Config.Dropout, true) : h;
     }
 
@@ -120,7 +130,7 @@ public sealed class FlmModel : nn.Module
     public Tensor RunBlocks(Tensor hidden, KvCache? cache = null)
     {
         for (var i = 0; i < _blocks.Count; i++)
-            hidden = _blocks[i].Forward(hidden, _xpos, cache?[i]);
+            hidden = _blocks[i].Forward(hidden, _xpos, cache?[i], Masks, Masks?.LayerBlend(Plan.FirstLayer + i) ?? 1.0);
         return hidden;
     }
 
@@ -129,11 +139,11 @@ public sealed class FlmModel : nn.Module
     {
         if (!Plan.HasHead)
             throw new InvalidOperationException($"stage {Plan.Stage} has no head");
-        var normed = FinalNorm!.Forward(hidden);
+        var normed = FinalNorm!.Forward(hidden, Masks?.Hidden);
         return nn.functional.linear(Tp.CopyToRegion(normed), Embedding!.Weight) * OutputScale;
     }
 
-    /// <summary>Per-token cross-entropy [B,T] of the next-token targets; logits are never gathered whole.</summary>
+    /// <summary>Per-token cross-entropy [B,T] of the next-token targets from full local logits (reference path).</summary>
     public Tensor TokenLosses(Tensor hidden, Tensor targets) =>
         VocabParallelLoss.TokenLosses(LocalLogits(hidden), targets, Tp, Embedding!.VocabStart);
 
@@ -152,7 +162,7 @@ public sealed class FlmModel : nn.Module
             var logits = LocalLogits(hidden);
             return nn.functional.cross_entropy(logits.reshape(tokens, -1), targets.reshape(-1), reduction: nn.Reduction.Sum);
         }
-        var normed = Tp.CopyToRegion(FinalNorm!.Forward(hidden));
+        var normed = Tp.CopyToRegion(FinalNorm!.Forward(hidden, Masks?.Hidden));
         var d = normed.shape[^1];
         return FusedLinearCrossEntropy.LossSum(normed.reshape(-1, d), Embedding!.Weight, targets.reshape(-1), OutputScale, Tp, Embedding.VocabStart);
     }

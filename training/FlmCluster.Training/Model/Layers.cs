@@ -29,6 +29,22 @@ public sealed class LayerNormLayer : nn.Module
     }
 
     public Tensor Forward(Tensor x) => nn.functional.layer_norm(x, [Weight.shape[0]], Weight, Bias, _eps);
+
+    /// <summary>
+    /// Masked LayerNorm for hidden growth: mean and variance weighted by the mask (old coordinates 1, new c),
+    /// output multiplied by the mask. At c = 0 it is the old LayerNorm on the old coordinates and 0 elsewhere;
+    /// at c = 1 it is the plain LayerNorm.
+    /// </summary>
+    public Tensor Forward(Tensor x, Tensor? mask)
+    {
+        if (mask is null)
+            return Forward(x);
+        var total = mask.sum();
+        var mean = (x * mask).sum(-1, keepdim: true) / total;
+        var centred = x - mean;
+        var variance = (centred.square() * mask).sum(-1, keepdim: true) / total;
+        return (centred * (variance + _eps).rsqrt() * Weight + Bias) * mask;
+    }
 }
 
 /// <summary>

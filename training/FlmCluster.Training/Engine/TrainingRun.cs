@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using FlmCluster.Training.Checkpoint;
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Data;
+using FlmCluster.Training.Growth;
+using FlmCluster.Training.Parallel;
+
+namespace FlmCluster.Training.Engine;
+
+/// <summary>What happened at a growth transition.</summary>
+/// <param name="LossBefore">Mean loss of the next batch under the old model.</param>
+/// <param name="LossAfter">Mean loss of the same batch under the grown model at mask 0 (equal when growth preserves the function).</param>
+public sealed record TransitionReport(
+    string FromStage,
+    string ToStage,
+    long Step,
+    ModelConfig Before,
+    ModelConfig After,
+    ParallelLayout LayoutBefore,
+    ParallelLayout LayoutAfter,
+    double LossBefore,
+    double LossAfter,
+    long RampSteps,
+    TimeSpan Elapsed);
+
+/// <summary>
+/// A whole job: one or more stages, each trained by a <see cref="LocalEngine"/> of its own shape and layout.
+/// Between stages it gathers the whole state, grows it (<see cref="ModelGrowth"/>), and loads it into the
+/// next stage's engine, keeping the data cursor and Adam's step count; the next stage ramps the masks.
+/// </summary>
+public sealed class TrainingRun : IDisposable
+{
+    private readonly bool _ownsData;
+    private readonly TimeSpan? _timeout;
+
+    public JobConfig Job { get; }
+    public IReadOnlyList<ResolvedStage> Stages { get; }
+    public TokenDataset Data { get; }
+    public int StageIndex { get; private set; }
+    public LocalEngine Engine { get; private set; }
+    public ResolvedStage Stage => Stages[StageIndex];
+
+    /// <summary>First global step of each stage.</summary>
+    public IReadOnlyList<long> StageStarts { get; }
+
+    public long TotalSteps => StageStarts[^1] + Stages[^1].Job.Train.Steps;
+    public long NextStep => Engine.NextStep;
+    public bool Finished => NextStep >= TotalSteps;
+
+    /// <summary>True when the current stage's steps are done and another stage follows.</summary>
+    public bool AtStageEnd => StageIndex < Stages.Count - 1 && NextStep >= StageStarts[StageIndex + 1];
+
+    private TrainingRun(JobConfig job, TokenDataset data, bool ownsData, TimeSpan? timeout)
+    {
+        Job = job;
+        Data = data;
+        _ownsData = ownsData;
+        _timeout = timeout;
+        Stages = GrowthSchedule.Resolve(job);
+        var starts = new List<long>();
+        long step = 0;
+        foreach (var stage in Stages)
+        {
+            starts.Add(step);
+            step += stage.Job.Train.Steps;
+        }
+        StageStarts = starts;
+        Engine = LocalEngine.Create(Stages[0].Job, data, timeout, new StageContext(0, null, new GrowthRamp(0)));
+    }
+
+    public static TrainingRun Create(JobConfig job, TimeSpan? collectiveTimeout = null)
+    {
+        job = JobValidator.Validate(job);
+        var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        try
+        {
+            return new TrainingRun(job, data, ownsData: true, collectiveTimeout);
+        }
+        catch
+        {
+            data.Dispose();
+            throw;
+        }
+    }
+
+    public static TrainingRun Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null) =>
+        new(JobValidator.Validate(job), data, ownsData: false, collectiveTimeout);
+
+    public StepSummary RunStep()
+    {
+        if (Finished)
+            throw new InvalidOperationException("the job has run all its steps");
+        if (AtStageEnd)
+            throw new InvalidOperationException("the stage is done: call Grow() to move to the next stage");
+        return Engine.RunStep();
+    }
+
+    /// <summary>Grows the model into the next stage's shape and layout; the function is unchanged (masks at 0).</summary>
+    public TransitionReport Grow()
+    {
+        if (!AtStageEnd)
+            throw new InvalidOperationException("growth happens when a stage's steps are done");
+        var watch = Stopwatch.StartNew();
+        var old = Engine;
+        var from = Stage;
+        var to = Stages[StageIndex + 1];
+        var evalBatch = old.SamplesConsumed;
+        var lossBefore = old.EvaluateLoss(evalBatch);
+        var parameters = StateAssembler.GatherParameters(old.Ranks);
+        var optimizer = StateAssembler.GatherOptimizer(old.Ranks);
+        var adamStep = old.Ranks[0].Optimizer.Step;
+        var (step, samples) = (old.NextStep, old.SamplesConsumed);
+        var grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer, to.Options, SeedFor(to));
+        DisposeAll(parameters, optimizer);
+        old.Dispose();
+        try
+        {
+            Engine = LocalEngine.Create(to.Job, Data, _timeout, new StageContext(step, grown.Shape, to.Ramp));
+            Engine.Fan(r =>
+            {
+                StateAssembler.ScatterParameters(Engine.Ranks[r], grown.Parameters);
+                StateAssembler.ScatterOptimizer(Engine.Ranks[r], grown.Optimizer!, adamStep);
+            });
+            Engine.SetProgress(step, samples);
+        }
+        finally
+        {
+            DisposeAll(grown.Parameters, grown.Optimizer!);
+        }
+        StageIndex++;
+        var lossAfter = Engine.EvaluateLoss(evalBatch);
+        return new TransitionReport(from.Name, to.Name, step, from.Job.Model, to.Job.Model, old.Layout, Engine.Layout,
+            lossBefore, lossAfter, to.Ramp.Steps, watch.Elapsed);
+    }
+
+    /// <summary>Continues from a checkpoint of this job: moves to its stage (building that stage's engine) and loads it.</summary>
+    public void Restore(string directory)
+    {
+        var progress = LocalCheckpoint.ReadProgress(directory);
+        if (progress.Stage < 0 || progress.Stage >= Stages.Count)
+            throw new FlmUserException($"checkpoint '{directory}' is at stage {progress.Stage}, but the job has {Stages.Count} stage(s)");
+        if (progress.Stage != StageIndex)
+        {
+            Engine.Dispose();
+            StageIndex = progress.Stage;
+            Engine = LocalEngine.Create(Stage.Job, Data, _timeout, new StageContext(progress.StageStartStep, progress.Growth, Stage.Ramp));
+        }
+        LocalCheckpoint.Restore(directory, Engine, progress);
+    }
+
+    /// <summary>Seed for a stage's new weights: from the job seed and the stage, so reruns grow identically.</summary>
+    private ulong SeedFor(ResolvedStage stage) => SampleOrder.Mix(Job.Train.Seed ^ (ulong)(stage.Index + 1) * 0x9E3779B97F4A7C15UL);
+
+    private static void DisposeAll(params Dictionary<string, TorchSharp.torch.Tensor>[] sets)
+    {
+        foreach (var set in sets)
+            foreach (var t in set.Values)
+                t.Dispose();
+    }
+
+    public void Dispose()
+    {
+        Engine.Dispose();
+        if (_ownsData)
+            Data.Dispose();
+    }
+}

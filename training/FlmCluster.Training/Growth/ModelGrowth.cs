@@ -1,0 +1,170 @@
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Model;
+using static TorchSharp.torch;
+
+namespace FlmCluster.Training.Growth;
+
+/// <summary>How a growth event places and fills new layers.</summary>
+/// <param name="DepthPlacement"><c>stack</c>: new layers on top, copying layers bottom-up (MSG's default order); <c>interpolate</c>: a copy right after existing layers, from the top down.</param>
+/// <param name="NewBlockInit"><c>copy</c>: a new layer starts as a copy of its source layer; <c>random</c>: fresh initialisation.</param>
+public sealed record GrowthOptions(string DepthPlacement = "stack", string NewBlockInit = "copy")
+{
+    public static readonly string[] Placements = ["stack", "interpolate"];
+    public static readonly string[] Inits = ["copy", "random"];
+}
+
+/// <summary>The result of a growth event: the bigger config and state, which structure is new, where layers came from.</summary>
+public sealed record GrownState(
+    ModelConfig Config,
+    Dictionary<string, Tensor> Parameters,
+    Dictionary<string, Tensor>? Optimizer,
+    GrowthShape Shape,
+    IReadOnlyList<int> LayerSources);
+
+/// <summary>
+/// Masked Structural Growth (MSG, flm-recipe.md §3) as pure functions of (config, state) → (bigger config,
+/// bigger state) on whole tensors by global name: hidden size, FFN size, heads (head size fixed) and layers,
+/// in any combination. Old tensors land in the top-left block of the new ones (per Q, K, V block for the
+/// packed projection); everything else is freshly initialised (μP rules at the new width) and masked to
+/// zero by the model until the mask ramps up. Adam moments are copied into the old block and zero elsewhere;
+/// the step count is kept by the caller.
+/// </summary>
+public static class ModelGrowth
+{
+    /// <summary>Checks that <paramref name="to"/> is reachable from <paramref name="from"/> by growth.</summary>
+    public static void Validate(ModelConfig from, ModelConfig to, string where)
+    {
+        void Grows(string key, long before, long after)
+        {
+            if (after < before)
+                throw new FlmUserException($"{where}: model.{key} shrinks from {before} to {after}; growth can only add structure");
+        }
+        Grows("layers", from.Layers, to.Layers);
+        Grows("hidden", from.Hidden, to.Hidden);
+        Grows("heads", from.Heads, to.Heads);
+        Grows("ffn", from.FfnSize, to.FfnSize);
+        if (to.HeadDim != from.HeadDim)
+            throw new FlmUserException($"{where}: the head size would change from {from.HeadDim} to {to.HeadDim}; growth adds heads of a fixed size (keep hidden/heads = {from.HeadDim}, or set model.head_size={from.HeadDim} to grow hidden without heads)");
+        if (to.VocabSize != from.VocabSize || to.PaddedVocab != from.PaddedVocab)
+            throw new FlmUserException($"{where}: the vocabulary changes from {from.PaddedVocab} to {to.PaddedVocab} rows; all stages share one vocabulary");
+        if (to.Mup != from.Mup || to.Xpos != from.Xpos || to.LnEps != from.LnEps)
+            throw new FlmUserException($"{where}: μP, xPos and LayerNorm settings must stay the same across growth stages");
+    }
+
+    /// <summary>For each layer of the grown model: the old layer it comes from, and whether it is new.</summary>
+    public static (int Source, bool IsNew)[] LayerSources(int oldLayers, int newLayers, string placement)
+    {
+        var added = newLayers - oldLayers;
+        var result = new List<(int, bool)>(newLayers);
+        if (placement == "interpolate")
+        {
+            // Each old layer is followed by its copies; the top (added mod L) layers get one copy more.
+            for (var i = 0; i < oldLayers; i++)
+            {
+                result.Add((i, false));
+                var copies = added / oldLayers + (i >= oldLayers - added % oldLayers ? 1 : 0);
+                for (var c = 0; c < copies; c++)
+                    result.Add((i, true));
+            }
+        }
+        else
+        {
+            // Old layers keep their places; new ones go on top: whole copies of [0, L) then the top (added mod L).
+            for (var i = 0; i < oldLayers; i++)
+                result.Add((i, false));
+            for (var round = 0; round < added / oldLayers; round++)
+                for (var i = 0; i < oldLayers; i++)
+                    result.Add((i, true));
+            for (var i = oldLayers - added % oldLayers; i < oldLayers; i++)
+                result.Add((i, true));
+        }
+        return [.. result];
+    }
+
+    public static GrownState Grow(ModelConfig from, ModelConfig to, IReadOnlyDictionary<string, Tensor> parameters,
+        IReadOnlyDictionary<string, Tensor>? optimizer, GrowthOptions options, ulong seed)
+    {
+        Validate(from, to, "growth");
+        var layers = LayerSources(from.Layers, to.Layers, options.DepthPlacement);
+        var copyNew = options.NewBlockInit == "copy";
+        var grownParams = new Dictionary<string, Tensor>();
+        var grownOptimizer = optimizer is null ? null : new Dictionary<string, Tensor>();
+        var optimizerPrefixes = optimizer is null ? [] : new[] { "exp_avg.", "exp_avg_sq.", "master." }
+            .Where(prefix => optimizer.Keys.Any(k => k.StartsWith(prefix, StringComparison.Ordinal))).ToArray();
+
+        using var _ = no_grad();
+        foreach (var spec in ParamCatalog.Whole(to))
+        {
+            // Which old tensor (if any) this one grows from, and whether its old values are copied in.
+            var (oldName, copyValues, oldLayer) = Source(spec.Name, layers, copyNew);
+            var fresh = ModelInitializer.Generate(spec, seed, to.Mup.QueryZeroInit);
+            var dtype = oldName is not null ? parameters[oldName].dtype : parameters[ParamCatalog.Embedding].dtype;
+            var value = fresh.to(dtype);
+            if (oldName is not null && copyValues)
+                EmbedTopLeft(value, parameters[oldName], spec, to);
+            grownParams[spec.Name] = value;
+            foreach (var prefix in optimizerPrefixes)
+            {
+                Tensor state;
+                if (prefix == "master.")
+                {
+                    // Master weights are the parameters in fp32: same layout as the values.
+                    state = fresh.to(optimizer![prefix + ParamCatalog.Embedding].dtype);
+                    if (oldName is not null && copyValues)
+                        EmbedTopLeft(state, optimizer[prefix + oldName], spec, to);
+                }
+                else
+                {
+                    var like = optimizer![prefix + ParamCatalog.Embedding];
+                    state = zeros(spec.Shape, dtype: like.dtype);
+                    // Moments: old block copied only for old layers and shared tensors, zero for inserted layers.
+                    if (oldName is not null && !oldLayer.IsNew)
+                        EmbedTopLeft(state, optimizer[prefix + oldName], spec, to);
+                }
+                grownOptimizer![prefix + spec.Name] = state;
+            }
+        }
+        var shape = new GrowthShape(
+            to.Hidden > from.Hidden ? from.Hidden : null,
+            to.AttentionWidth > from.AttentionWidth ? from.AttentionWidth : null,
+            to.FfnSize > from.FfnSize ? from.FfnSize : null,
+            layers.Select((l, i) => (l, i)).Where(x => x.l.IsNew).Select(x => x.i).ToList(),
+            from.WidthMult);
+        return new GrownState(to, grownParams, grownOptimizer, shape, layers.Select(l => l.Source).ToList());
+    }
+
+    private static (string? OldName, bool CopyValues, (int Source, bool IsNew) Layer) Source(string name, (int Source, bool IsNew)[] layers, bool copyNew)
+    {
+        const string prefix = "transformer.h.";
+        if (!name.StartsWith(prefix, StringComparison.Ordinal))
+            return (name, true, (-1, false));
+        var dot = name.IndexOf('.', prefix.Length);
+        var index = int.Parse(name[prefix.Length..dot], System.Globalization.CultureInfo.InvariantCulture);
+        var layer = layers[index];
+        var oldName = $"{prefix}{layer.Source}{name[dot..]}";
+        return (oldName, !layer.IsNew || copyNew, layer);
+    }
+
+    /// <summary>Copies <paramref name="old"/> into the leading block of <paramref name="target"/> (per Q/K/V block for packed projections).</summary>
+    public static void EmbedTopLeft(Tensor target, Tensor old, ParamSpec spec, ModelConfig to)
+    {
+        if (spec.Split == TpSplit.PackedQkvDim0)
+        {
+            var newWidth = to.AttentionWidth;
+            var oldWidth = old.shape[0] / 3;
+            var targetView = target.view([3, newWidth, .. target.shape.Skip(1)]);
+            var oldView = old.view([3, oldWidth, .. old.shape.Skip(1)]);
+            Block(targetView, oldView.shape).copy_(oldView);
+        }
+        else
+            Block(target, old.shape).copy_(old);
+    }
+
+    private static Tensor Block(Tensor t, long[] shape)
+    {
+        var view = t;
+        for (var dim = 0; dim < shape.Length; dim++)
+            view = view.narrow(dim, 0, shape[dim]);
+        return view;
+    }
+}
