@@ -7,6 +7,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
     ["layouts"] = LayoutThroughputBenchmark.Run,
+    ["growth"] = GrowthBenchmark.Run,
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

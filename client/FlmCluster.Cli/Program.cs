@@ -13,5 +13,7 @@ var root = new RootCommand("flm: train FLM-style language models, locally or on 
     GenerateCommand.Create(),
     ParamsCommand.Create(),
     DataCommand.Create(),
+    ScalingCommands.Mup(),
+    ScalingCommands.PredictLoss(),
 };
 return CliRunner.Run(root, args);

@@ -136,3 +136,48 @@ public sealed class CliTests : IDisposable
             Assert.Contains(command, r.Output);
     }
 }
+
+public sealed class ScalingCliTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("flm-scaling-").FullName;
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void Predict_loss_writes_data_fit_plot_and_the_predicted_curve()
+    {
+        var r = FlmProcess.Run(_dir, "predict-loss", "--widths", "16,32,48", "--holdout", "64", "--steps", "40", "--eval-every", "20", "--eval-batches", "1", "--out", "pl");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("predicted", r.Output);
+        Assert.Matches(@"error [+-]\d+\.\d\d%", r.Output);
+        var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(_dir, "pl", "prediction.json"))).RootElement;
+        Assert.Equal(2, json.GetProperty("predicted_loss_curve").GetArrayLength());
+        Assert.Equal(3, json.GetProperty("ladder").GetArrayLength());
+        Assert.True(json.GetProperty("fit").GetProperty("c").GetDouble() >= 0);
+        Assert.StartsWith("<svg", File.ReadAllText(Path.Combine(_dir, "pl", "prediction.svg")));
+        Assert.Equal(1 + 4 * 2, File.ReadAllLines(Path.Combine(_dir, "pl", "ladder.csv")).Length);
+    }
+
+    [Fact]
+    public void Mup_sweep_reports_an_optimum_per_width()
+    {
+        var r = FlmProcess.Run(_dir, "mup", "sweep", "--lrs", "1e-3,1e-2", "--widths", "32", "--steps", "20", "--eval-every", "20", "--eval-batches", "1", "--out", "sweep");
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("optimum at width 32: lr", r.Output);
+        Assert.Equal(3, File.ReadAllLines(Path.Combine(_dir, "sweep", "sweep.csv")).Length);
+    }
+
+    [Theory]
+    [InlineData(new[] { "predict-loss", "--widths", "32,48", "--holdout", "64" }, "at least three widths")]
+    [InlineData(new[] { "predict-loss", "--widths", "16,32,48", "--holdout", "40" }, "must be larger than the ladder's largest")]
+    [InlineData(new[] { "predict-loss", "--widths", "16,24,48", "--holdout", "64" }, "width 24 is not a multiple of the head size 16")]
+    [InlineData(new[] { "mup", "sweep", "--lrs", "1e-3,-1", "--widths", "32" }, "learning rates must be positive")]
+    [InlineData(new[] { "mup", "sweep", "--lrs", "fast" }, "is not a comma-separated list of numbers")]
+    public void Bad_scaling_input_is_rejected(string[] args, string expected)
+    {
+        var r = FlmProcess.Run(_dir, args);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(expected, Assert.Single(r.ErrorLines));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_dir));
+    }
+}

@@ -170,3 +170,32 @@ public class GrowthTests
         Assert.Contains(expected, ex.Message);
     }
 }
+
+public class PowerLawTests
+{
+    [Theory]
+    [InlineData(5.0, -0.3, 1.7)]
+    [InlineData(12.0, -0.08, 2.2)]
+    [InlineData(0.9, -0.5, 0.0)]
+    public void Fit_recovers_known_parameters_from_exact_data(double a, double b, double c)
+    {
+        var n = new[] { 1e4, 3e4, 1e5, 3e5, 1e6, 3e6 };
+        var loss = n.Select(x => a * Math.Pow(x, b) + c).ToArray();
+        var fit = FlmCluster.Training.Scaling.PowerLaw.Fit(n, loss);
+        Assert.Equal(a, fit.A, a * 1e-5);
+        Assert.Equal(b, fit.B, 1e-6);
+        Assert.Equal(c, fit.C, 1e-5);
+        Assert.True(fit.Rmse < 1e-8);
+    }
+
+    [Fact]
+    public void Noisy_data_still_predicts_a_held_out_point()
+    {
+        var rng = new Random(3);
+        double Law(double x) => 8.0 * Math.Pow(x, -0.25) + 1.9;
+        var n = new[] { 2e4, 5e4, 1e5, 2e5, 5e5 };
+        var loss = n.Select(x => Law(x) * (1 + 0.001 * (rng.NextDouble() - 0.5))).ToArray();
+        var fit = FlmCluster.Training.Scaling.PowerLaw.Fit(n, loss);
+        Assert.InRange(fit.Predict(2e6) / Law(2e6), 0.99, 1.01);
+    }
+}

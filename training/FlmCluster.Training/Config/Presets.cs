@@ -47,6 +47,19 @@ public static class Presets
             Train = new TrainConfig { Steps = 300, GlobalBatch = 8, LogEvery = 10 },
             Optimizer = new OptimizerConfig { Lr = 2e-3, MinLr = 2e-4, WarmupSteps = 30 },
         },
+        // μP proxy for sweeps and loss prediction: byte vocabulary, heads of 16, base width 64.
+        ["mup-proxy"] = new JobConfig
+        {
+            Name = "mup-proxy",
+            Tokenizer = "bytes",
+            Model = new ModelConfig
+            {
+                Layers = 2, Hidden = 64, Heads = 4, SeqLen = 64, VocabPadMultiple = 128,
+                Mup = new MupConfig { BaseWidth = 64, OutputMult = 1.0, InitStd = 0.02 },
+            },
+            Train = new TrainConfig { Steps = 500, GlobalBatch = 16, LogEvery = 50 },
+            Optimizer = new OptimizerConfig { Lr = 3e-3, MinLr = 3e-4, WarmupSteps = 10 },
+        },
         ["tiny-growth"] = new JobConfig
         {
             Name = "tiny-growth",
