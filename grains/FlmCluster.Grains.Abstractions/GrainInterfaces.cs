@@ -1,0 +1,66 @@
+using Orleans.Concurrency;
+
+namespace FlmCluster.Grains.Abstractions;
+
+/// <summary>One GPU of one server (key "node/gpuK"). Holds one rank of one job; no durable state.</summary>
+public interface IGpuWorkerGrain : IGrainWithStringKey
+{
+    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice.</summary>
+    [ResponseTimeout("00:10:00")]
+    Task Assign(WorkerAssignment assignment);
+
+    /// <summary>Runs one step (idempotent: repeating the last step returns its report).</summary>
+    [ResponseTimeout("01:00:00")]
+    Task<WorkerStepReport> RunStep(WorkerStep step);
+
+    /// <summary>Gives up the job's rank and frees its memory.</summary>
+    Task Release(string jobId, int incarnation);
+
+    /// <summary>Receives a piece of a tensor message from a worker on another silo.</summary>
+    [AlwaysInterleave]
+    Task Deliver(TensorChunk chunk);
+
+    [AlwaysInterleave]
+    Task<WorkerStatus> GetStatus();
+
+    /// <summary>Runs data-plane collectives with the other workers of the probe (an idle worker only).</summary>
+    [ResponseTimeout("00:10:00")]
+    Task<ProbeResult> Probe(ProbeRequest request);
+}
+
+/// <summary>One job (key = job id): persisted spec and progress; drives the steps of its workers.</summary>
+public interface IJobCoordinatorGrain : IGrainWithStringKey
+{
+    Task Initialize(JobSubmission submission, DateTime submittedAt);
+
+    /// <summary>Starts the job on the allocated workers (from the scheduler).</summary>
+    Task Start(JobAllocation allocation);
+
+    [AlwaysInterleave]
+    Task<JobStatus> GetStatus();
+
+    Task Cancel(string reason);
+    Task Pause();
+    Task Resume();
+}
+
+/// <summary>The cluster's GPUs and job queue (one per cluster, key "cluster").</summary>
+public interface IClusterSchedulerGrain : IGrainWithStringKey
+{
+    /// <summary>Queues a job and returns its id; rejects a layout the cluster can never host.</summary>
+    Task<string> Submit(JobSubmission submission);
+
+    Task<IReadOnlyList<JobStatus>> ListJobs();
+
+    Task<ClusterInventory> GetInventory();
+
+    /// <summary>Cancels a queued or running job; false when the id is unknown.</summary>
+    Task<bool> Cancel(string jobId);
+
+    /// <summary>
+    /// Called by a coordinator when its job ends: frees its GPUs and starts queued jobs. Interleaves, because
+    /// a coordinator may report its end while the scheduler is waiting on it (cancel).
+    /// </summary>
+    [AlwaysInterleave]
+    Task JobEnded(string jobId, string state);
+}

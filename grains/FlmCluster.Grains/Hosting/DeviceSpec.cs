@@ -1,0 +1,25 @@
+using System.Globalization;
+
+namespace FlmCluster.Grains;
+
+/// <summary>A server's device list: "cpu:N", "cuda:N" (GPU builds) or "sim:N" (reserved for the simulator).</summary>
+public readonly record struct DeviceSpec(string Kind, int Count)
+{
+    public static bool TryParse(string text, out DeviceSpec spec)
+    {
+        spec = default;
+        var colon = text.IndexOf(':');
+        if (colon <= 0 || !int.TryParse(text[(colon + 1)..], NumberStyles.Integer, CultureInfo.InvariantCulture, out var count) || count < 0)
+            return false;
+        spec = new DeviceSpec(text[..colon].Trim().ToLowerInvariant(), count);
+        return spec.Kind is "cpu" or "cuda" or "sim";
+    }
+
+    public static DeviceSpec Parse(string text) =>
+        TryParse(text, out var spec) ? spec : throw new ArgumentException($"devices '{text}' is not cpu:N, cuda:N or sim:N");
+
+    /// <summary>The torch device of GPU k on this server.</summary>
+    public string TorchDevice(int index) => Kind == "cuda" ? $"cuda:{index}" : "cpu";
+
+    public override string ToString() => $"{Kind}:{Count}";
+}

@@ -1,0 +1,59 @@
+using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Storage;
+using FlmCluster.Grains.Workers;
+using Microsoft.Extensions.DependencyInjection;
+using Orleans.Runtime.Hosting;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+
+namespace FlmCluster.Grains;
+
+/// <summary>What one server contributes to the cluster.</summary>
+public sealed record FlmNodeOptions
+{
+    /// <summary>The server's name; its GPU workers are "Node/gpuK".</summary>
+    public required string Node { get; init; }
+
+    public DeviceSpec Devices { get; init; } = new("cpu", 1);
+
+    /// <summary>How long a worker waits for a peer's tensor before failing the step.</summary>
+    public TimeSpan CollectiveTimeout { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
+    public int TorchThreads { get; init; }
+}
+
+public static class FlmSiloBuilderExtensions
+{
+    /// <summary>Name of the grain storage provider that coordinators and the scheduler persist to.</summary>
+    public const string StorageName = "flm";
+
+    /// <summary>
+    /// Registers FlmCluster's grains and per-silo services on a silo: node metadata, the node-pinned and
+    /// control-plane placement directors, the local worker registry (in-process tensor exchange) and the
+    /// silo's dataset cache. Clustering, storage and reminders are the host's choice.
+    /// </summary>
+    public static ISiloBuilder AddFlmNode(this ISiloBuilder silo, FlmNodeOptions options)
+    {
+        if (options.Devices.Kind == "sim")
+            throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
+        silo.UseSiloMetadata(new Dictionary<string, string>
+        {
+            [NodeMetadata.Node] = options.Node,
+            [NodeMetadata.Devices] = options.Devices.ToString(),
+        });
+        silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
+        silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
+        silo.Services.AddSingleton(options);
+        silo.Services.AddSingleton<LocalWorkers>();
+        silo.Services.AddSingleton<SiloDatasets>();
+        return silo;
+    }
+
+    /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
+    public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
+    {
+        silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
+        return silo;
+    }
+}

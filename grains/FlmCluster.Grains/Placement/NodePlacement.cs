@@ -1,0 +1,83 @@
+using Orleans.Placement;
+using Orleans.Runtime;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+using Orleans.Runtime.Placement;
+
+namespace FlmCluster.Grains.Placement;
+
+/// <summary>Silo metadata keys every FlmCluster silo publishes.</summary>
+public static class NodeMetadata
+{
+    /// <summary>The server's node name; GPU workers "node/gpuK" live only on the silo with this name.</summary>
+    public const string Node = "flm.node";
+
+    /// <summary>The server's devices, e.g. "cpu:2" or "cuda:8" ("cpu:0" for a control-plane-only silo).</summary>
+    public const string Devices = "flm.devices";
+
+    /// <summary>Node name of a worker key "node/gpuK".</summary>
+    public static string NodeOfWorker(string workerKey)
+    {
+        var slash = workerKey.IndexOf('/');
+        return slash > 0 ? workerKey[..slash] : throw new ArgumentException($"worker key '{workerKey}' is not node/gpuK");
+    }
+}
+
+/// <summary>Pins a grain whose key starts with "node/" to the silo of that node.</summary>
+[GenerateSerializer, Immutable, SuppressReferenceTracking, Alias("flm.NodePinnedPlacement")]
+public sealed class NodePinnedPlacementStrategy : PlacementStrategy;
+
+[AttributeUsage(AttributeTargets.Class)]
+public sealed class NodePinnedPlacementAttribute() : PlacementAttribute(new NodePinnedPlacementStrategy());
+
+/// <summary>
+/// Places "node/gpuK" only on the active silo whose metadata names that node, and refuses (throws) when no
+/// such silo is active: a GPU's worker never lands on another server.
+/// </summary>
+public sealed class NodePinnedPlacementDirector(ISiloMetadataCache metadata) : IPlacementDirector
+{
+    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    {
+        var key = target.GrainIdentity.Key.ToString()!;
+        var node = NodeMetadata.NodeOfWorker(key);
+        foreach (var silo in context.GetCompatibleSilos(target))
+            if (metadata.GetSiloMetadata(silo).Metadata.TryGetValue(NodeMetadata.Node, out var n) && n == node)
+                return Task.FromResult(silo);
+        throw new OrleansException($"No active silo for node '{node}': worker '{key}' can only run on that server");
+    }
+}
+
+/// <summary>Prefers silos without devices (control-plane nodes) for coordinators and the scheduler.</summary>
+[GenerateSerializer, Immutable, SuppressReferenceTracking, Alias("flm.ControlPlanePlacement")]
+public sealed class ControlPlanePlacementStrategy : PlacementStrategy;
+
+[AttributeUsage(AttributeTargets.Class)]
+public sealed class ControlPlanePlacementAttribute() : PlacementAttribute(new ControlPlanePlacementStrategy());
+
+/// <summary>
+/// Control-plane grains go to a silo that hosts no GPUs when one exists (so losing a GPU server never takes
+/// a coordinator with it), otherwise to any compatible silo; the choice is spread by the grain's key.
+/// </summary>
+public sealed class ControlPlanePlacementDirector(ISiloMetadataCache metadata) : IPlacementDirector
+{
+    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    {
+        var silos = context.GetCompatibleSilos(target).OrderBy(s => s.ToString(), StringComparer.Ordinal).ToArray();
+        if (silos.Length == 0)
+            throw new OrleansException("No compatible silo for a control-plane grain");
+        var controlOnly = silos.Where(s => DeviceCount(metadata.GetSiloMetadata(s)) == 0).ToArray();
+        var pool = controlOnly.Length > 0 ? controlOnly : silos;
+        var index = (int)((uint)StableHash(target.GrainIdentity.Key.ToString()!) % (uint)pool.Length);
+        return Task.FromResult(pool[index]);
+    }
+
+    private static int DeviceCount(SiloMetadata m) =>
+        m.Metadata.TryGetValue(NodeMetadata.Devices, out var devices) && DeviceSpec.TryParse(devices, out var spec) ? spec.Count : -1;
+
+    private static int StableHash(string s)
+    {
+        var h = 17;
+        foreach (var c in s)
+            h = h * 31 + c;
+        return h;
+    }
+}

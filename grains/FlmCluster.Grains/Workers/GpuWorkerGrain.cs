@@ -1,0 +1,181 @@
+using System.Diagnostics;
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.Placement;
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Engine;
+using FlmCluster.Training.Parallel;
+using FlmCluster.Training.Telemetry;
+using Microsoft.Extensions.Logging;
+using Orleans.Concurrency;
+using Orleans.Placement;
+
+namespace FlmCluster.Grains.Workers;
+
+/// <summary>
+/// One GPU ("node/gpuK"), activated only on its node's silo and never moved or collected. It holds one rank
+/// of one job — model slice, flat buffers, optimizer shard — built and run on a dedicated device thread, so
+/// compute never occupies the Orleans scheduler and collectives may block. Holds no durable state: what a
+/// lost worker held is rebuilt by the coordinator.
+/// </summary>
+[NodePinnedPlacement, Immovable, KeepAlive]
+public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
+    : Grain, IGpuWorkerGrain
+{
+    private readonly WorkerMailbox _mailbox = new();
+    private DeviceThread? _thread;
+    private WorkerAssignment? _assignment;
+    private RankTrainer? _trainer;
+    private WorkerStepReport? _lastReport;
+    private long _nextStep;
+    private string _state = "idle";
+    private string? _detail;
+    private long _idleSince = Stopwatch.GetTimestamp();
+
+    private string Key => this.GetPrimaryKeyString();
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        var key = Key;
+        var slash = key.IndexOf('/');
+        if (NodeMetadata.NodeOfWorker(key) != node.Node || !key[(slash + 1)..].StartsWith("gpu", StringComparison.Ordinal)
+            || !int.TryParse(key[(slash + 4)..], out var index) || index < 0 || index >= node.Devices.Count)
+            throw new InvalidOperationException($"worker '{key}' does not exist on node {node.Node} ({node.Devices})");
+        _thread = new DeviceThread(key);
+        local.Register(key, _mailbox);
+        return Task.CompletedTask;
+    }
+
+    public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        local.Unregister(Key);
+        await DropJob();
+        _thread?.Dispose();
+    }
+
+    public async Task Assign(WorkerAssignment a)
+    {
+        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation)
+            return;
+        await DropJob();
+        var job = JobValidator.Validate(JobConfigLoader.FromJson(a.JobJson, $"job {a.JobId}"));
+        var layout = ParallelLayout.FromConfig(job.Layout);
+        if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
+            throw new ArgumentException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+        var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
+        job = job with { Train = job.Train with { Device = node.Devices.TorchDevice(gpu) } };
+        _state = "loading";
+        _detail = $"rank {a.Rank} of {layout.WorldSize}";
+        _mailbox.Accept(a.JobId, a.Incarnation);
+        var comm = new OrleansCollectives(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, local, grains, node.CollectiveTimeout);
+        try
+        {
+            _trainer = await _thread!.Run(() =>
+            {
+                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
+                return new RankTrainer(job, new RankGroups(layout, a.Rank), comm, datasets.For(job));
+            });
+        }
+        catch (Exception ex)
+        {
+            _state = "failed";
+            _detail = ex.Message;
+            _mailbox.Close(a.JobId, a.Incarnation);
+            throw;
+        }
+        _assignment = a;
+        _nextStep = a.NextStep;
+        _lastReport = null;
+        _state = "ready";
+        _idleSince = Stopwatch.GetTimestamp();
+        log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation})", Key, a.Rank, a.JobId, a.Incarnation);
+    }
+
+    public async Task<WorkerStepReport> RunStep(WorkerStep step)
+    {
+        if (_assignment is not { } a || a.JobId != step.JobId || a.Incarnation != step.Incarnation || _trainer is null)
+            throw new InvalidOperationException($"worker {Key} does not hold job {step.JobId} (incarnation {step.Incarnation})");
+        if (_lastReport is { } last && last.Step == step.Step)
+            return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
+        if (step.Step != _nextStep)
+            throw new InvalidOperationException($"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
+        var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
+        FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
+        _state = "training";
+        _detail = $"step {step.Step}";
+        using var activity = FlmTelemetry.Source.StartActivity("worker.step");
+        activity?.SetTag("job", a.JobId);
+        activity?.SetTag("rank", a.Rank);
+        activity?.SetTag("step", step.Step);
+        var trainer = _trainer;
+        RankStepReport report;
+        try
+        {
+            report = await _thread!.Run(() => trainer.TrainStep(new StepPlan(step.Step, step.FirstSample, step.Lr, step.MaskValue)));
+        }
+        catch (Exception ex)
+        {
+            _state = "failed";
+            _detail = ex.Message;
+            throw;
+        }
+        _nextStep = step.Step + 1;
+        _state = "ready";
+        _idleSince = Stopwatch.GetTimestamp();
+        FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
+        FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
+        FlmTelemetry.WorkerBytes.Add(report.CommBytes, tags);
+        _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
+            report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
+        return _lastReport;
+    }
+
+    public async Task Release(string jobId, int incarnation)
+    {
+        if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
+            await DropJob();
+    }
+
+    public Task Deliver(TensorChunk chunk)
+    {
+        _mailbox.Put(chunk);
+        return Task.CompletedTask;
+    }
+
+    public Task<WorkerStatus> GetStatus() =>
+        Task.FromResult(new WorkerStatus(Key, _state, _assignment?.JobId, _assignment?.Rank ?? -1, _nextStep, _detail, RuntimeIdentity));
+
+    public async Task<ProbeResult> Probe(ProbeRequest request)
+    {
+        if (_assignment is { } held)
+            throw new ClusterRequestException($"worker {Key} is busy with job {held.JobId}; probe idle workers");
+        if (request.RankWorkers.Count == 0 || request.Rank < 0 || request.Rank >= request.RankWorkers.Count || request.RankWorkers[request.Rank] != Key)
+            throw new ClusterRequestException($"probe {request.ProbeId} does not give rank {request.Rank} to worker {Key}");
+        _mailbox.Accept(request.ProbeId, 0);
+        _state = "probing";
+        try
+        {
+            var comm = new OrleansCollectives(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox, local, grains, node.CollectiveTimeout);
+            var silo = RuntimeIdentity;
+            return await _thread!.Run(() => ProbeRunner.Run(request, comm, silo));
+        }
+        finally
+        {
+            _mailbox.Close(request.ProbeId, 0);
+            _state = "idle";
+        }
+    }
+
+    private async Task DropJob()
+    {
+        if (_assignment is { } a)
+            _mailbox.Close(a.JobId, a.Incarnation);
+        if (_trainer is { } trainer)
+            await _thread!.Run(trainer.Dispose);
+        _trainer = null;
+        _assignment = null;
+        _lastReport = null;
+        _state = "idle";
+        _detail = null;
+    }
+}

@@ -1,0 +1,100 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Data;
+using FlmCluster.Training.Engine;
+using Orleans.TestingHost;
+
+namespace FlmCluster.Grains.Tests;
+
+/// <summary>Jobs on a cluster of two GPU servers (2 CPU devices each) and one control-plane silo.</summary>
+[Collection("Cluster jobs")]
+public sealed class JobTests : IAsyncLifetime
+{
+    private InProcessTestCluster _cluster = null!;
+    private string _storage = "";
+
+    public async ValueTask InitializeAsync() => (_cluster, _storage) = await TestClusters.Start(2, 2, 0);
+
+    public async ValueTask DisposeAsync() => await TestClusters.Stop(_cluster, _storage);
+
+    private IClusterSchedulerGrain Scheduler => _cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
+
+    private static List<double> LocalLosses(JobConfig job)
+    {
+        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        using var engine = LocalEngine.Create(job, data);
+        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
+    }
+
+    [Theory]
+    [InlineData(2, 2, 1, 1)]
+    [InlineData(2, 1, 2, 2)]
+    public async Task A_job_on_the_cluster_gives_the_in_process_engines_losses(int dp, int tp, int pp, int micro)
+    {
+        var job = TestClusters.MicroJob(dp, tp, pp, micro, steps: 5);
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        Assert.Equal(JobStates.Completed, status.State);
+        Assert.Equal(5, status.Step);
+        // Ranks are spread over both servers, TP groups inside one.
+        Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
+        var expected = LocalLosses(job);
+        // The Orleans data plane reduces in the same member order as the in-process one: identical numbers.
+        Assert.Equal(expected, status.Recent.Select(p => p.Loss));
+    }
+
+    [Fact]
+    public async Task Jobs_share_the_cluster_queue_for_gpus_and_cancel_frees_them()
+    {
+        var first = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(2, 1, 1, 1, steps: 400) with { Name = "first" }));
+        var second = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(1, 2, 1, 1, steps: 5) with { Name = "second" }));
+        // Two GPUs each: both run at once on the four GPUs.
+        await TestClusters.WaitFor(_cluster.Client, first, s => s.State == JobStates.Running && s.Step > 0);
+        var secondStatus = await TestClusters.WaitFor(_cluster.Client, second, s => JobStates.IsFinal(s.State));
+        Assert.Equal(JobStates.Completed, secondStatus.State);
+
+        // Four GPUs: waits for the first job.
+        var big = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(4, 1, 1, 1, steps: 3) with { Name = "big" }));
+        var inventory = await Scheduler.GetInventory();
+        Assert.Equal([big], inventory.Queue);
+        Assert.Equal(2, inventory.FreeGpus);
+        Assert.Equal(JobStates.Queued, (await _cluster.Client.GetGrain<IJobCoordinatorGrain>(big).GetStatus()).State);
+
+        Assert.True(await Scheduler.Cancel(first));
+        var cancelled = await TestClusters.WaitFor(_cluster.Client, first, s => JobStates.IsFinal(s.State));
+        Assert.Equal(JobStates.Cancelled, cancelled.State);
+        var bigStatus = await TestClusters.WaitFor(_cluster.Client, big, s => JobStates.IsFinal(s.State));
+        Assert.Equal(JobStates.Completed, bigStatus.State);
+        Assert.Equal(4, bigStatus.Workers.Distinct().Count());
+        Assert.Equal(4, (await Scheduler.GetInventory()).FreeGpus);
+        Assert.False(await Scheduler.Cancel("no-such-job"));
+        Assert.Equal(3, (await Scheduler.ListJobs()).Count(j => j.State == JobStates.Completed || j.State == JobStates.Cancelled));
+    }
+
+    [Fact]
+    public async Task A_layout_the_cluster_cannot_host_is_rejected()
+    {
+        // tp = 4 needs four GPUs on one server; these servers have two.
+        var job = TestClusters.MicroJob(1, 4, 1, 1, steps: 2);
+        var ex = await Assert.ThrowsAsync<ClusterRequestException>(() => Scheduler.Submit(TestClusters.Submission(job)));
+        Assert.Contains("needs 1 groups of 4 GPUs on one server", ex.Message);
+        Assert.Empty(await Scheduler.ListJobs());
+    }
+
+    [Fact]
+    public async Task The_job_resumes_at_the_committed_step_after_the_coordinators_silo_dies()
+    {
+        var job = TestClusters.MicroJob(2, 1, 1, 1, steps: 60);
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
+        await TestClusters.WaitFor(_cluster.Client, id, s => s.Step >= 10);
+        // Coordinators prefer the control-plane silo (no GPUs): kill it, the workers on the GPU servers survive.
+        var control = _cluster.Silos.Single(s => s.Name == "Silo_2");
+        await _cluster.KillSiloAsync(control, TestContext.Current.CancellationToken);
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        Assert.Equal(JobStates.Completed, status.State);
+        Assert.Contains(status.Events, e => e.Kind == "resumed");
+        // Every step exactly once, with the numbers of an uninterrupted run.
+        Assert.Equal(Enumerable.Range(0, 60).Select(i => (long)i), status.Recent.Select(p => p.Step));
+        Assert.Equal(LocalLosses(job), status.Recent.Select(p => p.Loss));
+    }
+}

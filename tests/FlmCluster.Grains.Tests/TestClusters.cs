@@ -1,0 +1,75 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Config;
+using FlmCluster.Training.Data;
+using Orleans.Hosting;
+using Orleans.TestingHost;
+
+namespace FlmCluster.Grains.Tests;
+
+/// <summary>In-process Orleans clusters whose silos are FlmCluster nodes (real grains, file storage, placement).</summary>
+public static class TestClusters
+{
+    /// <summary>Starts a cluster: silo i is node "Silo_i" with <paramref name="devices"/>[i] CPU devices (0 = control plane only).</summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices)
+    {
+        var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
+        var builder = new InProcessTestClusterBuilder((short)devices.Length);
+        builder.ConfigureSilo((options, silo) =>
+        {
+            var index = int.Parse(options.SiloName[(options.SiloName.IndexOf('_') + 1)..]);
+            silo.AddFlmNode(new FlmNodeOptions
+            {
+                Node = options.SiloName,
+                Devices = new DeviceSpec("cpu", devices[index]),
+                CollectiveTimeout = TimeSpan.FromSeconds(60),
+                TorchThreads = 1,
+            });
+            silo.AddFlmFileStorage(storage);
+            silo.UseInMemoryReminderService();
+        });
+        var cluster = builder.Build();
+        await cluster.DeployAsync();
+        return (cluster, storage);
+    }
+
+    public static async Task Stop(InProcessTestCluster cluster, string storage)
+    {
+        await cluster.StopAllSilosAsync();
+        await cluster.DisposeAsync();
+        Directory.Delete(storage, recursive: true);
+    }
+
+    /// <summary>A small byte-level job (2 layers × 64, 4 heads, seq 32, batch 8).</summary>
+    public static JobConfig MicroJob(int dp, int tp, int pp, int micro, long steps) => JobValidator.Validate(new JobConfig
+    {
+        Name = "micro",
+        Tokenizer = TokenizerFactory.Bytes,
+        Model = new ModelConfig
+        {
+            Layers = 2, Hidden = 64, Heads = 4, SeqLen = 32, VocabSize = ByteTokenizer.Vocab, VocabPadMultiple = 64,
+            Mup = new MupConfig { BaseWidth = 32, OutputMult = 2.0, InitStd = 0.05 },
+        },
+        Data = new DataConfig { Paths = [Corpus.Bundled], Seed = 7 },
+        Train = new TrainConfig { Steps = steps, GlobalBatch = 8, Seed = 11, Precision = "fp32", Threads = 1 },
+        Optimizer = new OptimizerConfig { Lr = 3e-3, MinLr = 3e-4, WarmupSteps = 3, ClipGrad = 0.5 },
+        Layout = new LayoutConfig { Dp = dp, Tp = tp, Pp = pp, MicroBatches = micro },
+    });
+
+    public static JobSubmission Submission(JobConfig job, int priority = 0) =>
+        new(job.Name, JobConfigLoader.ToJson(job), priority, job.Layout.Dp, job.Layout.Tp, job.Layout.Pp, job.Train.Steps);
+
+    /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
+    public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromMinutes(3));
+        while (true)
+        {
+            var status = await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetStatus();
+            if (done(status))
+                return status;
+            if (DateTime.UtcNow > deadline)
+                throw new TimeoutException($"job {jobId} is {status.State} at step {status.Step}: {string.Join(" | ", status.Events.TakeLast(3).Select(e => e.Message))}");
+            await Task.Delay(50);
+        }
+    }
+}
