@@ -1,4 +1,6 @@
 using System.CommandLine;
+using FlmCluster.Client;
+using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training;
 
 namespace FlmCluster.Cli;
@@ -28,9 +30,9 @@ public static class CliRunner
         {
             return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception ex) when (Unwrap(ex) is FlmUserException user)
+        catch (Exception ex) when (Unwrap(ex) is FlmUserException or ClusterRequestException or ClusterUnavailableException)
         {
-            Console.Error.WriteLine($"error: {user.Message}");
+            Console.Error.WriteLine($"error: {Unwrap(ex).Message}");
             return BadInput;
         }
         catch (Exception ex) when (Unwrap(ex) is OperationCanceledException)

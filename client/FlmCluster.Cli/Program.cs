@@ -15,5 +15,11 @@ var root = new RootCommand("flm: train FLM-style language models, locally or on 
     DataCommand.Create(),
     ScalingCommands.Mup(),
     ScalingCommands.PredictLoss(),
+    ClusterCommands.Cluster(),
+    ClusterCommands.Nodes(),
+    JobCommands.Submit(),
+    JobCommands.Jobs(),
+    JobCommands.Status(),
+    JobCommands.Cancel(),
 };
 return CliRunner.Run(root, args);

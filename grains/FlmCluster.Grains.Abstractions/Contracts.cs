@@ -96,7 +96,10 @@ public sealed record StepPoint(
     [property: Id(2)] double TokensPerSecond,
     [property: Id(3)] double StepMs,
     [property: Id(4)] double GradNorm,
-    [property: Id(5)] double CommFraction);
+    [property: Id(5)] double CommFraction,
+    [property: Id(6)] double Lr,
+    [property: Id(7)] long Tokens,
+    [property: Id(8)] bool Skipped);
 
 public static class JobStates
 {

@@ -53,6 +53,9 @@ public sealed class JobTests : IAsyncLifetime
         var secondStatus = await TestClusters.WaitFor(_cluster.Client, second, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, secondStatus.State);
 
+        // The scheduler frees a job's GPUs right after its coordinator commits the end.
+        await Until(async () => (await Scheduler.GetInventory()).FreeGpus == 2);
+
         // Four GPUs: waits for the first job.
         var big = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(4, 1, 1, 1, steps: 3) with { Name = "big" }));
         var inventory = await Scheduler.GetInventory();
@@ -66,9 +69,19 @@ public sealed class JobTests : IAsyncLifetime
         var bigStatus = await TestClusters.WaitFor(_cluster.Client, big, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, bigStatus.State);
         Assert.Equal(4, bigStatus.Workers.Distinct().Count());
-        Assert.Equal(4, (await Scheduler.GetInventory()).FreeGpus);
+        await Until(async () => (await Scheduler.GetInventory()).FreeGpus == 4);
         Assert.False(await Scheduler.Cancel("no-such-job"));
         Assert.Equal(3, (await Scheduler.ListJobs()).Count(j => j.State == JobStates.Completed || j.State == JobStates.Cancelled));
+    }
+
+    private static async Task Until(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "condition not reached within 30 s");
+            await Task.Delay(50);
+        }
     }
 
     [Fact]

@@ -1,6 +1,9 @@
 using System.CommandLine;
 using System.Diagnostics;
+using FlmCluster.Client;
+using FlmCluster.Silo;
 using FlmCluster.Training;
+using FlmCluster.Training.Data;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
@@ -16,11 +19,26 @@ public static class TrainCommand
         var job = new JobOptions();
         var output = new Option<string?>("--out", "-o") { Description = "Directory for the trained model (config, weights, optimizer state)" };
         var resume = new Option<string?>("--resume") { Description = "Continue from a directory written by --out (its config is the base)" };
+        var engine = new Option<string>("--engine")
+        {
+            Description = "cluster: an embedded local Orleans cluster (silos in this process), the same job semantics as a real cluster; local: every rank as a thread of one engine",
+            DefaultValueFactory = _ => "cluster",
+        };
+        engine.AcceptOnlyFromAmong("cluster", "local");
         var command = new Command("train", "Train a model in this process (every rank of the layout runs as a thread)");
         job.AddTo(command);
         command.Add(output);
         command.Add(resume);
-        command.SetAction(parse => Run(job, parse, parse.GetValue(output), parse.GetValue(resume)));
+        command.Add(engine);
+        command.SetAction(async parse =>
+        {
+            var (config, output_, resume_) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
+            // Saving, resuming and growth stages need whole-state access that the cluster gains with sharded checkpoints.
+            var local = parse.GetValue(engine) == "local" || output_ is not null || resume_ is not null || config.Stages.Count > 0;
+            if (!local)
+                return await RunOnEmbeddedCluster(config);
+            return Run(config, output_, resume_, note: parse.GetValue(engine) != "local");
+        });
         return command;
     }
 
@@ -32,7 +50,7 @@ public static class TrainCommand
         Console.WriteLine($"   loss of the next batch: {t.LossBefore:0.000000} before, {t.LossAfter:0.000000} after (difference {t.LossAfter - t.LossBefore:+0.0e+00;-0.0e+00;0}); masks ramp over {t.RampSteps} steps; {t.Elapsed.TotalSeconds:0.0} s");
     }
 
-    private static int Run(JobOptions options, ParseResult parse, string? output, string? resume)
+    private static (JobConfig Job, string? Output, string? Resume) Load(JobOptions options, ParseResult parse, string? output, string? resume)
     {
         if (output is not null && File.Exists(output))
             throw new FlmUserException($"--out '{output}' is a file; give a directory");
@@ -48,9 +66,52 @@ public static class TrainCommand
         }
         else
             job = options.Load(parse);
+        return (job, output, resume);
+    }
 
+    /// <summary>
+    /// The default: start a local cluster inside this process (two silos when the layout splits evenly), submit
+    /// the job to it as a client, follow it to the end and stop the cluster.
+    /// </summary>
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job)
+    {
+        Corpus.ExpandPaths(job.Data.Paths); // missing data is bad input, before anything starts
+        var layout = ParallelLayout.FromConfig(job.Layout);
+        var world = layout.WorldSize;
+        var nodes = world >= 2 && world % 2 == 0 && world / 2 % layout.Tp == 0 ? 2 : 1;
+        var m = job.Model;
+        Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
+        Console.WriteLine($"layout {layout}, global batch {job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {job.Train.Precision}");
+        var watch = Stopwatch.StartNew();
+        await using var cluster = await LocalCluster.StartAsync(nodes, world / nodes, controlNode: false, torchThreads: job.Train.Threads);
+        await using var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
+        Console.WriteLine($"embedded cluster: {nodes} silo(s) × {world / nodes} device(s) in this process, up in {watch.Elapsed.TotalSeconds:0.0} s");
+        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0));
+        using var cancel = new CancellationTokenSource();
+        ConsoleCancelEventHandler onCancel = (_, e) =>
+        {
+            e.Cancel = true;
+            cancel.Cancel();
+            _ = client.Cancel(id);
+        };
+        Console.CancelKeyPress += onCancel;
+        try
+        {
+            var code = await JobCommands.Follow(client, id, new TrainingProgress(job.Train.Steps, job.Train.LogEvery));
+            return cancel.IsCancellationRequested ? CliRunner.Interrupted : code;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= onCancel;
+        }
+    }
+
+    private static int Run(JobConfig job, string? output, string? resume, bool note)
+    {
         var loadWatch = Stopwatch.StartNew();
         using var run = TrainingRun.Create(job);
+        if (note)
+            Console.WriteLine("note: --out, --resume and growth stages run on the in-process engine (--engine local)");
         var m = run.Stage.Job.Model;
         Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
         if (run.Stages.Count > 1)

@@ -192,7 +192,8 @@ public sealed class JobCoordinatorGrain(
         var tokens = lossRanks.Sum(r => r.Tokens);
         var loss = lossRanks.Sum(r => r.LossSum) / Math.Max(1, tokens);
         var comm = reports.Average(r => r.CommMs / Math.Max(1e-9, r.ElapsedMs));
-        var point = new StepPoint(step.Step, loss, tokens / elapsed.TotalSeconds, elapsed.TotalMilliseconds, reports[0].GradNorm, comm);
+        var point = new StepPoint(step.Step, loss, tokens / elapsed.TotalSeconds, elapsed.TotalMilliseconds, reports[0].GradNorm, comm,
+            step.Lr, tokens, reports[0].Skipped);
         // Commit: the step counts once the durable state says so.
         S.NextStep = step.Step + 1;
         S.SamplesConsumed += Job.Train.GlobalBatch;

@@ -1,0 +1,189 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using FlmCluster.Client;
+using FlmCluster.Training;
+using Spectre.Console;
+
+namespace FlmCluster.Cli.Commands;
+
+/// <summary><c>flm cluster up|down</c> (a local multi-process cluster) and <c>flm nodes</c>.</summary>
+public static partial class ClusterCommands
+{
+    public static Command Cluster()
+    {
+        var nodes = new Option<int>("--nodes") { Description = "GPU servers (silo processes) to start", DefaultValueFactory = _ => 2 };
+        var gpus = new Option<int>("--gpus-per-node") { Description = "Devices per server (CPU devices here)", DefaultValueFactory = _ => 2 };
+        var control = new Option<bool>("--control-node") { Description = "Also start a silo without devices for coordinators and the scheduler" };
+        var redis = new Option<string?>("--redis") { Description = "Redis connection string (e.g. localhost:6379): Redis membership, storage and reminders" };
+        var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000", DefaultValueFactory = _ => 11111 };
+        var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
+        var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
+        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, redis, basePort, dir, timeout };
+        up.SetAction(parse => Up(parse.GetValue(nodes), parse.GetValue(gpus), parse.GetValue(control), parse.GetValue(redis), parse.GetValue(basePort),
+            parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout))));
+        var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
+        down.SetAction(_ => Down());
+        return new Command("cluster", "Local cluster of silo processes") { up, down };
+    }
+
+    public static Command Nodes()
+    {
+        var command = new Command("nodes", "Servers, their GPUs and what each GPU is doing");
+        command.SetAction(async _ =>
+        {
+            await using var client = await ClusterAccess.Connect();
+            var inventory = await client.Inventory();
+            var workers = (await client.Workers(inventory)).ToDictionary(w => w.Worker);
+            var table = new Table().Border(TableBorder.Rounded);
+            foreach (var column in new[] { "node", "silo", "status", "gpu", "device", "job", "rank", "worker" })
+                table.AddColumn(column);
+            foreach (var node in inventory.Nodes)
+            {
+                if (node.Gpus.Count == 0)
+                    table.AddRow(node.Node, node.Address, node.Status, "-", "-", "", "", "control plane");
+                foreach (var gpu in node.Gpus)
+                {
+                    var live = workers.TryGetValue(gpu.Worker, out var w) ? $"{w.State}{(w.Detail is null ? "" : $" ({w.Detail})")}" : "";
+                    table.AddRow(node.Node, node.Address, node.Status, gpu.Worker[(gpu.Worker.IndexOf('/') + 1)..], gpu.Device, gpu.JobId ?? "", gpu.Rank >= 0 ? $"{gpu.Rank}" : "", live);
+                }
+            }
+            AnsiConsole.Write(table);
+            Console.WriteLine($"{inventory.FreeGpus} of {inventory.TotalGpus} GPUs free; {inventory.Queue.Count} job(s) queued");
+            return CliRunner.Ok;
+        });
+        return command;
+    }
+
+    private static async Task<int> Up(int nodes, int gpus, bool control, string? redis, int basePort, string? dir, TimeSpan timeout)
+    {
+        if (nodes < 1 || gpus < 1)
+            throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
+        if (basePort is < 1024 or > 64000 - 1000)
+            throw new FlmUserException($"--base-port {basePort} must leave room for silo and gateway ports (1024 … 63000)");
+        var profilePath = ClusterProfile.DefaultPath;
+        if (File.Exists(profilePath) && ClusterProfile.Load(profilePath).Silos.Any(s => IsAlive(s.Pid)))
+            throw new FlmUserException($"a cluster is already up (profile {profilePath}); run 'flm cluster down' first");
+        var home = Path.GetFullPath(dir ?? Path.Combine(Path.GetDirectoryName(profilePath)!, "cluster"));
+        Directory.CreateDirectory(Path.Combine(home, "logs"));
+        Directory.CreateDirectory(Path.Combine(home, "ready"));
+        var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
+        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
+        if (control)
+            specs.Insert(0, ("control", "cpu:0"));
+        var clusterId = $"flm-{Guid.NewGuid():N}"[..12];
+        var started = new List<SiloProcess>();
+        for (var i = 0; i < specs.Count; i++)
+        {
+            var (node, devices) = specs[i];
+            var log = Path.Combine(home, "logs", $"{node}.log");
+            var ready = Path.Combine(home, "ready", node);
+            File.Delete(ready);
+            List<string> args =
+            [
+                silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
+                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"), "--ready-file", ready,
+            ];
+            if (redis is not null)
+                args.AddRange(["--clustering", "redis", "--redis", redis]);
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log));
+        }
+        var profile = new ClusterProfile
+        {
+            Clustering = redis is null ? "localhost" : "redis",
+            Redis = redis ?? "",
+            GatewayPorts = started.Select(s => s.GatewayPort).ToList(),
+            ClusterId = clusterId,
+            Silos = started,
+        };
+        profile.Save(profilePath);
+        var watch = Stopwatch.StartNew();
+        foreach (var s in started)
+        {
+            while (!File.Exists(Path.Combine(home, "ready", s.Node)))
+            {
+                if (!IsAlive(s.Pid) || watch.Elapsed > timeout)
+                {
+                    var tail = File.Exists(s.Log) ? string.Join(" | ", File.ReadLines(s.Log).TakeLast(3)) : "";
+                    StopAll(started);
+                    File.Delete(profilePath);
+                    throw new FlmUserException($"silo {s.Node} did not become active{(IsAlive(s.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {s.Log})");
+                }
+                await Task.Delay(200);
+            }
+        }
+        // Ready when the scheduler sees every GPU server.
+        await using (var client = await FlmClusterClient.ConnectAsync(profile, TimeSpan.FromSeconds(30)))
+        {
+            while ((await client.Inventory()).Nodes.Count(n => n.Status == "active" && n.Gpus.Count > 0) < nodes)
+            {
+                if (watch.Elapsed > timeout)
+                    throw new FlmUserException("the silos started but the scheduler does not see all servers; see the logs in " + Path.Combine(home, "logs"));
+                await Task.Delay(200);
+            }
+        }
+        Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(control ? " + control node" : "")}, {profile.Describe()}");
+        foreach (var s in started)
+            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, log {s.Log}");
+        Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");
+        return CliRunner.Ok;
+    }
+
+    private static async Task<int> Down()
+    {
+        var profilePath = ClusterProfile.DefaultPath;
+        if (!File.Exists(profilePath))
+            throw new FlmUserException($"no local cluster is up ({profilePath} does not exist)");
+        var profile = ClusterProfile.Load(profilePath);
+        // Secondaries first, the primary (membership table of development clustering) last.
+        foreach (var s in profile.Silos.Reverse())
+            await Stop(s.Pid, TimeSpan.FromSeconds(30));
+        File.Delete(profilePath);
+        Console.WriteLine($"stopped {profile.Silos.Count} silo(s)");
+        return CliRunner.Ok;
+    }
+
+    private static int StartDetached(IReadOnlyList<string> args, string log)
+    {
+        // setsid: the silo keeps running after this command exits and ignores the terminal's Ctrl+C.
+        var start = new ProcessStartInfo("setsid") { UseShellExecute = false };
+        start.ArgumentList.Add("sh");
+        start.ArgumentList.Add("-c");
+        start.ArgumentList.Add("exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
+        start.ArgumentList.Add(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
+        foreach (var a in args)
+            start.ArgumentList.Add(a);
+        start.Environment["FLM_SILO_LOG"] = log;
+        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start a silo process");
+        return process.Id;
+    }
+
+    private static void StopAll(IEnumerable<SiloProcess> silos)
+    {
+        foreach (var s in silos)
+            Kill(s.Pid, 9);
+    }
+
+    private static async Task Stop(int pid, TimeSpan grace)
+    {
+        if (!IsAlive(pid))
+            return;
+        Kill(pid, 15);
+        var watch = Stopwatch.StartNew();
+        while (IsAlive(pid) && watch.Elapsed < grace)
+            await Task.Delay(100);
+        if (IsAlive(pid))
+            Kill(pid, 9);
+    }
+
+    private static bool IsAlive(int pid) => Kill(pid, 0) == 0 && !IsZombie(pid);
+
+    private static bool IsZombie(int pid)
+    {
+        var stat = $"/proc/{pid}/stat";
+        return File.Exists(stat) && File.ReadAllText(stat).Split(' ') is { Length: > 2 } fields && fields[2] == "Z";
+    }
+
+    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static partial int Kill(int pid, int signal);
+}

@@ -1,0 +1,112 @@
+using System.Net;
+using FlmCluster.Grains.Abstractions;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Orleans.Configuration;
+using StackExchange.Redis;
+
+namespace FlmCluster.Client;
+
+/// <summary>No cluster answered: reported to the user as bad input (exit code 2).</summary>
+public sealed class ClusterUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>An Orleans client connection to an FlmCluster, with the operations the CLI and other tools need.</summary>
+public sealed class FlmClusterClient : IAsyncDisposable
+{
+    private readonly IHost _host;
+
+    public IClusterClient Grains { get; }
+    public ClusterProfile Profile { get; }
+
+    private FlmClusterClient(IHost host, ClusterProfile profile)
+    {
+        _host = host;
+        Profile = profile;
+        Grains = host.Services.GetRequiredService<IClusterClient>();
+    }
+
+    /// <summary>Connects, retrying until <paramref name="timeout"/>; throws <see cref="ClusterUnavailableException"/> when nothing answers.</summary>
+    public static async Task<FlmClusterClient> ConnectAsync(ClusterProfile profile, TimeSpan? timeout = null)
+    {
+        var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.SetMinimumLevel(LogLevel.Critical);
+        builder.UseOrleansClient(client =>
+        {
+            client.Configure<ClusterOptions>(o =>
+            {
+                o.ClusterId = profile.ClusterId;
+                o.ServiceId = profile.ServiceId;
+            });
+            if (profile.Clustering == "redis")
+                client.UseRedisClustering(o => o.ConfigurationOptions = ConfigurationOptions.Parse(profile.Redis));
+            else
+                client.UseStaticClustering(profile.GatewayPorts.Select(p => new IPEndPoint(IPAddress.Loopback, p)).ToArray());
+            client.UseConnectionRetryFilter(async (_, ct) =>
+            {
+                if (DateTime.UtcNow >= deadline)
+                    return false;
+                await Task.Delay(200, ct);
+                return true;
+            });
+        });
+        var host = builder.Build();
+        try
+        {
+            await host.StartAsync();
+        }
+        catch (Exception ex)
+        {
+            host.Dispose();
+            throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()}; start one with 'flm cluster up' or check the connection settings", ex);
+        }
+        return new FlmClusterClient(host, profile);
+    }
+
+    public IClusterSchedulerGrain Scheduler => Grains.GetGrain<IClusterSchedulerGrain>("cluster");
+
+    public Task<string> Submit(JobSubmission submission) => Scheduler.Submit(submission);
+
+    public Task<IReadOnlyList<JobStatus>> Jobs() => Scheduler.ListJobs();
+
+    public Task<ClusterInventory> Inventory() => Scheduler.GetInventory();
+
+    /// <summary>A job's status; an unknown id is a <see cref="ClusterRequestException"/>.</summary>
+    public Task<JobStatus> Status(string jobId) => Grains.GetGrain<IJobCoordinatorGrain>(jobId).GetStatus();
+
+    public async Task Cancel(string jobId)
+    {
+        if (!await Scheduler.Cancel(jobId))
+            throw new ClusterRequestException($"no job '{jobId}' on this cluster; 'flm jobs' lists them");
+    }
+
+    /// <summary>Live state of every GPU worker of active nodes (workers on unreachable nodes report an error state).</summary>
+    public async Task<IReadOnlyList<WorkerStatus>> Workers(ClusterInventory inventory)
+    {
+        var gpus = inventory.Nodes.Where(n => n.Status == "active").SelectMany(n => n.Gpus).ToList();
+        return await Task.WhenAll(gpus.Select(async g =>
+        {
+            try
+            {
+                return await Grains.GetGrain<IGpuWorkerGrain>(g.Worker).GetStatus().WaitAsync(TimeSpan.FromSeconds(5));
+            }
+            catch (Exception ex)
+            {
+                return new WorkerStatus(g.Worker, "unreachable", null, -1, 0, ex.Message, "");
+            }
+        }));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await _host.StopAsync(TimeSpan.FromSeconds(5));
+        }
+        finally
+        {
+            _host.Dispose();
+        }
+    }
+}

@@ -1,0 +1,100 @@
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace FlmCluster.Silo;
+
+/// <summary>
+/// A cluster of silos inside this process, on loopback with development clustering and file storage: the
+/// embedded default behind 'flm train', and a harness for benchmarks. Each silo is a full FlmCluster node.
+/// </summary>
+public sealed class LocalCluster : IAsyncDisposable
+{
+    private readonly List<IHost> _silos = [];
+    private readonly string _storage;
+    private readonly bool _ownsStorage;
+
+    public IReadOnlyList<int> GatewayPorts { get; }
+    public string ClusterId { get; }
+
+    private LocalCluster(IReadOnlyList<int> gatewayPorts, string clusterId, string storage, bool ownsStorage)
+    {
+        GatewayPorts = gatewayPorts;
+        ClusterId = clusterId;
+        _storage = storage;
+        _ownsStorage = ownsStorage;
+    }
+
+    /// <summary>Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> CPU devices each, plus an optional control-plane node.</summary>
+    public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0)
+    {
+        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpusPerNode}")).ToList();
+        if (controlNode)
+            specs.Insert(0, ("control", "cpu:0"));
+        var ports = FreePorts(2 * specs.Count);
+        var ownsStorage = storageDir is null;
+        var storage = storageDir ?? Directory.CreateTempSubdirectory("flm-embedded-").FullName;
+        var clusterId = $"embedded-{Guid.NewGuid():N}"[..20];
+        var cluster = new LocalCluster(ports.Where((_, i) => i % 2 == 1).ToList(), clusterId, storage, ownsStorage);
+        try
+        {
+            for (var i = 0; i < specs.Count; i++)
+            {
+                var settings = new SiloSettings
+                {
+                    Node = specs[i].Item1,
+                    Devices = specs[i].Item2,
+                    SiloPort = ports[2 * i],
+                    GatewayPort = ports[2 * i + 1],
+                    PrimarySiloPort = ports[0],
+                    ClusterId = clusterId,
+                    StorageDir = storage,
+                    TorchThreads = torchThreads,
+                };
+                settings.Validate();
+                var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Configuration = new ConfigurationManager() });
+                builder.Logging.SetMinimumLevel(LogLevel.Error);
+                builder.UseFlmSilo(settings);
+                var host = builder.Build();
+                await host.StartAsync();
+                cluster._silos.Add(host);
+            }
+        }
+        catch
+        {
+            await cluster.DisposeAsync();
+            throw;
+        }
+        return cluster;
+    }
+
+    private static List<int> FreePorts(int count)
+    {
+        var listeners = Enumerable.Range(0, count).Select(_ => new TcpListener(IPAddress.Loopback, 0)).ToList();
+        listeners.ForEach(l => l.Start());
+        var ports = listeners.Select(l => ((IPEndPoint)l.LocalEndpoint).Port).ToList();
+        listeners.ForEach(l => l.Stop());
+        return ports;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        // Secondary silos first, the primary (which holds the membership table) last.
+        foreach (var silo in Enumerable.Reverse(_silos))
+        {
+            try
+            {
+                await silo.StopAsync(TimeSpan.FromSeconds(10));
+            }
+            finally
+            {
+                silo.Dispose();
+            }
+        }
+        _silos.Clear();
+        if (_ownsStorage && Directory.Exists(_storage))
+            Directory.Delete(_storage, recursive: true);
+    }
+}
