@@ -3,6 +3,7 @@ using FlmCluster.Bench;
 // Each benchmark measures the thing and its baseline in the same run and prints a markdown table.
 var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
+    ["cluster"] = a => ClusterBenchmark.Run(a).GetAwaiter().GetResult(),
     ["train-step"] = TrainStepBenchmark.Run,
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
