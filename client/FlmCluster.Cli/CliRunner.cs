@@ -30,7 +30,7 @@ public static class CliRunner
         {
             return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }
-        catch (Exception ex) when (Unwrap(ex) is FlmUserException or ClusterRequestException or ClusterUnavailableException)
+        catch (Exception ex) when (Unwrap(ex) is FlmUserException or ClusterRequestException or ClusterUnavailableException or Training.Checkpoint.InvalidCheckpointException)
         {
             Console.Error.WriteLine($"error: {Unwrap(ex).Message}");
             return BadInput;

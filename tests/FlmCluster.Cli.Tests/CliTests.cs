@@ -74,8 +74,8 @@ public sealed class CliTests : IDisposable
         var train = FlmProcess.Run(_dir, "train", "--config", "tiny", "--set", "tokenizer=bytes", "--steps", "3", "--out", OutDir);
         Assert.Equal(0, train.ExitCode);
         Assert.Contains("saved model and optimizer state at step 3", train.Output);
-        foreach (var file in new[] { "config.json", "model.safetensors", "optimizer.safetensors", "trainer.json" })
-            Assert.True(File.Exists(Path.Combine(OutDir, file)), file);
+        foreach (var file in new[] { "manifest.json", "shard-00000.safetensors" })
+            Assert.True(File.Exists(Path.Combine(OutDir, "step-00000003", file)), file);
 
         const string prompt = "A house without books is like a body without a soul;";
         var generate = FlmProcess.Run(_dir, "generate", "--model", OutDir, "--prompt", prompt, "--max-new-tokens", "16", "--repetition-penalty", "1.1");
@@ -87,11 +87,64 @@ public sealed class CliTests : IDisposable
         Assert.Equal(0, resumed.ExitCode);
         Assert.Contains("resumed from", resumed.Output);
         Assert.Contains("step      5/5", resumed.Output);
+
+        // Checkpoint tools.
+        var step5 = Path.Combine(OutDir, "step-00000005");
+        var verify = FlmProcess.Run(_dir, "checkpoint", "verify", step5);
+        Assert.Equal(0, verify.ExitCode);
+        Assert.Contains("manifest and 1 shard checksum(s) good (step 5)", verify.Output);
+        var list = FlmProcess.Run(_dir, "checkpoint", "list", OutDir, "--checksums");
+        Assert.Equal(0, list.ExitCode);
+        Assert.Contains("step-00000003", list.Output);
+        Assert.Contains("step-00000005", list.Output);
+        var inspect = FlmProcess.Run(_dir, "checkpoint", "inspect", step5);
+        Assert.Equal(0, inspect.ExitCode);
+        Assert.Contains("next step 5, samples consumed 40", inspect.Output);
+
+        // Export to the Hugging Face layout, import back, generate from both.
+        var hf = Path.Combine(_dir, "hf");
+        Assert.Equal(0, FlmProcess.Run(_dir, "export", "--hf", OutDir, hf).ExitCode);
+        var fromExport = FlmProcess.Run(_dir, "generate", "--model", hf, "--prompt", prompt, "--max-new-tokens", "16");
+        var fromCheckpoint = FlmProcess.Run(_dir, "generate", "--model", OutDir, "--prompt", prompt, "--max-new-tokens", "16");
+        Assert.Equal(0, fromExport.ExitCode);
+        Assert.Equal(fromCheckpoint.Output, fromExport.Output);
+        var imported = Path.Combine(_dir, "imported");
+        Assert.Equal(0, FlmProcess.Run(_dir, "import", "--hf", hf, "--out", imported).ExitCode);
+        Assert.Equal(fromCheckpoint.Output, FlmProcess.Run(_dir, "generate", "--model", imported, "--prompt", prompt, "--max-new-tokens", "16").Output);
+
+        // A flipped byte: verify fails (exit 1), and resuming skips to the previous checkpoint.
+        var shard = Path.Combine(step5, "shard-00000.safetensors");
+        var bytes = File.ReadAllBytes(shard);
+        bytes[^10] ^= 0x20;
+        File.WriteAllBytes(shard, bytes);
+        var bad = FlmProcess.Run(_dir, "checkpoint", "verify", step5);
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("checksum", bad.Error);
+        var fallback = FlmProcess.Run(_dir, "train", "--resume", OutDir, "--steps", "4");
+        Assert.Equal(0, fallback.ExitCode);
+        Assert.Contains("resumed from", fallback.Output);
+        Assert.Contains("step-00000003 at step 3", fallback.Output);
+        Assert.Contains("step-00000005", fallback.Error + fallback.Output);
+    }
+
+    [Theory]
+    [InlineData(new[] { "checkpoint", "verify", "." }, "no manifest.json")]
+    [InlineData(new[] { "checkpoint", "inspect", "/nonexistent/ckpt" }, "does not exist")]
+    [InlineData(new[] { "checkpoint", "list", "." }, "holds no checkpoints")]
+    [InlineData(new[] { "export", "--hf", ".", "out" }, "no manifest.json")]
+    [InlineData(new[] { "import", "--hf", ".", "--out", "x" }, "is not a Hugging Face export")]
+    [InlineData(new[] { "train", "--resume", "." }, "--resume: '.' has no manifest.json")]
+    public void Bad_checkpoint_input_is_one_error_line_and_exit_2(string[] args, string expected)
+    {
+        var r = FlmProcess.Run(_dir, args);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(expected, Assert.Single(r.ErrorLines));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(_dir));
     }
 
     [Theory]
     [InlineData(new[] { "generate", "--model", "/nonexistent/model", "--prompt", "hi" }, "does not exist")]
-    [InlineData(new[] { "generate", "--model", ".", "--prompt", "hi" }, "is not a model directory")]
+    [InlineData(new[] { "generate", "--model", ".", "--prompt", "hi" }, "is not a model")]
     [InlineData(new[] { "generate", "--prompt", "hi" }, "Option '--model' is required")]
     [InlineData(new[] { "params", "--preset", "101b", "--layout", "tp=3" }, "tp=3 does not divide model.heads=80")]
     [InlineData(new[] { "params", "--preset", "7b" }, "unknown preset '7b'")]

@@ -80,8 +80,8 @@ public class GrowthScheduleTests
     [Fact]
     public void Resuming_inside_a_mask_ramp_continues_exactly()
     {
-        var job = TinyGrowth("stages.1.mask_ramp_steps=10");
         var dir = Path.Combine(Path.GetTempPath(), $"flm-growth-resume-{Guid.NewGuid():N}");
+        var job = TinyGrowth("stages.1.mask_ramp_steps=10", $"checkpoint.dir={dir}");
         try
         {
             using var data = TestJobs.SharedBytes();
@@ -97,9 +97,9 @@ public class GrowthScheduleTests
                 }
                 Assert.Equal(1, first.StageIndex);
                 Assert.True(first.Engine.NextMaskValue is > 0 and < 1);
-                LocalCheckpoint.Save(dir, first);
+                first.SaveCheckpoint();
             }
-            Assert.NotNull(LocalCheckpoint.ReadProgress(dir).Growth);
+            Assert.NotNull(CheckpointStore.Resolve(dir).Manifest.Growth);
             using var resumed = TrainingRun.Create(job, data);
             resumed.Restore(dir);
             Assert.Equal(35, resumed.NextStep);

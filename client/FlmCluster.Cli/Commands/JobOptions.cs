@@ -35,13 +35,16 @@ public sealed class JobOptions
     }
 
     /// <summary>Loads and validates the job; every problem is an FlmUserException before anything runs.</summary>
-    public JobConfig Load(ParseResult parse, string? baseConfig = null)
+    /// <summary>Loads the job; <paramref name="baseJson"/> (a checkpoint's job) replaces --config as the base.</summary>
+    public JobConfig Load(ParseResult parse, string? baseJson = null)
     {
         var overrides = new List<string>(parse.GetValue(Set) ?? []);
         var steps = parse.GetValue(Steps);
         if (steps is not null)
             overrides.Add($"train.steps={steps}");
-        var job = JobConfigLoader.Load(baseConfig ?? parse.GetValue(Config)!, overrides);
+        var job = baseJson is null
+            ? JobConfigLoader.Load(parse.GetValue(Config)!, overrides)
+            : JobConfigLoader.LoadFromJson(baseJson, "the checkpoint's job", overrides);
         if (steps is not null && job.Stages.Count > 0 && steps != job.Train.Steps)
             throw new Training.FlmUserException($"--steps: this job has growth stages whose steps add up to {job.Train.Steps}; set a stage's steps with --set stages.N.steps=…");
         var layout = job.Layout;

@@ -33,8 +33,9 @@ public static class TrainCommand
         command.SetAction(async parse =>
         {
             var (config, output_, resume_) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
-            // Saving, resuming and growth stages need whole-state access that the cluster gains with sharded checkpoints.
-            var local = parse.GetValue(engine) == "local" || output_ is not null || resume_ is not null || config.Stages.Count > 0;
+            // Checkpoints and growth stages run on the in-process engine for now.
+            var local = parse.GetValue(engine) == "local" || output_ is not null || resume_ is not null || config.Stages.Count > 0
+                || !string.IsNullOrWhiteSpace(config.Checkpoint.Dir);
             if (!local)
                 return await RunOnEmbeddedCluster(config);
             return Run(config, output_, resume_, note: parse.GetValue(engine) != "local");
@@ -57,15 +58,23 @@ public static class TrainCommand
         JobConfig job;
         if (resume is not null)
         {
-            if (!LocalCheckpoint.IsCheckpoint(resume))
-                throw new FlmUserException($"--resume '{resume}' is not a model directory written by 'flm train --out'");
             if (parse.GetResult(options.Config) is { Implicit: false })
                 throw new FlmUserException("--resume takes the job config from the checkpoint; change it with --set, --steps or --layout instead of --config");
-            var saved = Path.Combine(resume, LocalCheckpoint.ConfigFile);
-            job = options.Load(parse, saved);
+            CheckpointReader checkpoint;
+            try
+            {
+                checkpoint = CheckpointStore.Resolve(resume, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}"));
+            }
+            catch (InvalidCheckpointException ex)
+            {
+                throw new FlmUserException($"--resume: {ex.Message}");
+            }
+            job = options.Load(parse, checkpoint.Manifest.JobJson);
         }
         else
             job = options.Load(parse);
+        if (output is not null)
+            job = JobValidator.Validate(job with { Checkpoint = job.Checkpoint with { Dir = output } });
         return (job, output, resume);
     }
 
@@ -109,9 +118,9 @@ public static class TrainCommand
     private static int Run(JobConfig job, string? output, string? resume, bool note)
     {
         var loadWatch = Stopwatch.StartNew();
-        using var run = TrainingRun.Create(job);
+        using var run = TrainingRun.Create(job, log: message => Console.WriteLine($"  {message}"));
         if (note)
-            Console.WriteLine("note: --out, --resume and growth stages run on the in-process engine (--engine local)");
+            Console.WriteLine("note: checkpoints (--out, --resume, checkpoint.dir) and growth stages run on the in-process engine (--engine local)");
         var m = run.Stage.Job.Model;
         Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
         if (run.Stages.Count > 1)
@@ -122,8 +131,8 @@ public static class TrainCommand
         Console.WriteLine($"data: {run.Data.DocumentCount:N0} documents, {run.Data.TokenCount:N0} tokens (ready in {loadWatch.Elapsed.TotalSeconds:0.0} s)");
         if (resume is not null)
         {
-            run.Restore(resume);
-            Console.WriteLine($"resumed from {resume} at step {run.NextStep} (stage {run.Stage.Name})");
+            var reader = run.Restore(resume, (dir, why) => Console.WriteLine($"skipped checkpoint {dir}: {why}"));
+            Console.WriteLine($"resumed from {reader.Directory} at step {run.NextStep} (stage {run.Stage.Name}, layout {run.Engine.Layout})");
         }
 
         using var cancel = new CancellationTokenSource();
@@ -144,13 +153,15 @@ public static class TrainCommand
                     PrintTransition(run.Grow());
                     continue;
                 }
-                progress.Report(run.Stage.Name, run.RunStep());
+                progress.Report(run.Stage.Name, run.RunStepAndCheckpoint());
             }
             progress.Finish();
-            if (output is not null)
+            if (!string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
             {
-                LocalCheckpoint.Save(output, run);
-                Console.WriteLine($"saved model and optimizer state at step {run.NextStep} to {output}");
+                if (run.Checkpoints.LastCommitted?.Step != run.NextStep)
+                    run.SaveCheckpoint();
+                run.Checkpoints.WaitForPending();
+                Console.WriteLine($"saved model and optimizer state at step {run.NextStep} to {run.Checkpoints.LastCommitted!.Directory}");
             }
             progress.PrintSummary();
         }

@@ -36,8 +36,8 @@ public static class SafeTensors
         _ => throw new InvalidDataException($"safetensors: unsupported dtype '{name}'"),
     };
 
-    /// <summary>Writes the tensors (sorted by name) and fsyncs the file.</summary>
-    public static void Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>Writes the tensors (sorted by name), fsyncs the file and returns its size and SHA-256.</summary>
+    public static (long Bytes, string Sha256) Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         var names = tensors.Keys.Order(StringComparer.Ordinal).ToList();
         var header = new JsonObject();
@@ -60,19 +60,57 @@ public static class SafeTensors
         }
         var json = Encoding.UTF8.GetBytes(header.ToJsonString());
         var padded = (json.Length + 7) / 8 * 8;
+        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        void Put(ReadOnlySpan<byte> bytes)
+        {
+            stream.Write(bytes);
+            hash.AppendData(bytes);
+        }
         Span<byte> length = stackalloc byte[8];
         BinaryPrimitives.WriteInt64LittleEndian(length, padded);
-        stream.Write(length);
-        stream.Write(json);
+        Put(length);
+        Put(json);
+        Span<byte> space = [(byte)' '];
         for (var i = json.Length; i < padded; i++)
-            stream.WriteByte((byte)' ');
+            Put(space);
         foreach (var t in hosts)
         {
-            stream.Write(t.bytes);
+            // Large tensors go out in slices: a span over a tensor's native memory is limited to 2 GiB.
+            using var flat = t.reshape(-1);
+            var perSlice = Math.Max(1, (1L << 30) / Math.Max(1, t.ElementSize));
+            for (long start = 0; start < t.NumberOfElements; start += perSlice)
+            {
+                using var slice = flat.narrow(0, start, Math.Min(perSlice, t.NumberOfElements - start));
+                Put(slice.bytes);
+            }
             t.Dispose();
         }
         stream.Flush(flushToDisk: true);
+        return (stream.Length, Convert.ToHexStringLower(hash.GetHashAndReset()));
+    }
+
+    /// <summary>SHA-256 of a whole file (to verify a shard against its manifest).</summary>
+    public static string FileSha256(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(stream));
+    }
+
+    /// <summary>Reads one tensor of a file by its header entry, without loading the rest.</summary>
+    public static Tensor ReadTensor(string path, Entry entry, long dataStart)
+    {
+        var t = empty(entry.Shape, dtype: entry.DType);
+        using var stream = File.OpenRead(path);
+        stream.Seek(dataStart + entry.Begin, SeekOrigin.Begin);
+        using var flat = t.reshape(-1);
+        var perSlice = Math.Max(1, (1L << 30) / Math.Max(1, t.ElementSize));
+        for (long start = 0; start < t.NumberOfElements; start += perSlice)
+        {
+            using var slice = flat.narrow(0, start, Math.Min(perSlice, t.NumberOfElements - start));
+            stream.ReadExactly(slice.bytes);
+        }
+        return t;
     }
 
     /// <summary>Reads every tensor of a file onto the CPU.</summary>
@@ -97,6 +135,16 @@ public static class SafeTensors
     }
 
     public sealed record Entry(string Name, ScalarType DType, long[] Shape, long Begin, long End);
+
+    /// <summary>Reads just the header: names, dtypes, shapes, and where the data starts (no tensor data).</summary>
+    public static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeaderWithOffset(string path)
+    {
+        var (entries, meta) = ReadHeader(path);
+        using var stream = File.OpenRead(path);
+        Span<byte> length = stackalloc byte[8];
+        stream.ReadExactly(length);
+        return (entries, meta, 8 + BinaryPrimitives.ReadInt64LittleEndian(length));
+    }
 
     /// <summary>Reads just the header: names, dtypes, shapes (no tensor data).</summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata) ReadHeader(string path)

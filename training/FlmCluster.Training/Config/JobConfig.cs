@@ -23,6 +23,30 @@ public sealed record JobConfig
 
     /// <summary>Growth schedule: when present the job trains these stages in order, growing the model between them.</summary>
     public IReadOnlyList<StageConfig> Stages { get; init; } = [];
+
+    public CheckpointConfig Checkpoint { get; init; } = new();
+}
+
+/// <summary>Checkpoint policy (docs/checkpoints.md).</summary>
+public sealed record CheckpointConfig
+{
+    /// <summary>Folder of the job's checkpoints ("step-NNNNNNNN" inside); empty = no checkpoints.</summary>
+    public string Dir { get; init; } = "";
+
+    /// <summary>Steps between persistent checkpoints; 0 = only when the job ends (or on demand).</summary>
+    public long Interval { get; init; }
+
+    /// <summary>Keep the newest K checkpoints …</summary>
+    public int KeepLast { get; init; } = 3;
+
+    /// <summary>… and those whose step is a multiple of N × interval, i.e. every Nth (0 = none).</summary>
+    public int KeepEvery { get; init; }
+
+    /// <summary>Write in the background after a snapshot to host memory (training continues); false = wait.</summary>
+    public bool Async { get; init; } = true;
+
+    /// <summary>Steps between in-memory snapshots kept on a peer server (cluster only); 0 = off.</summary>
+    public long MemoryInterval { get; init; }
 }
 
 public sealed record DataConfig

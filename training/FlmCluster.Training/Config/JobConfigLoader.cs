@@ -37,6 +37,23 @@ public static class JobConfigLoader
         return JobValidator.Validate(job);
     }
 
+    /// <summary>Loads a job from JSON text (e.g. a checkpoint's manifest), applies overrides and validates.</summary>
+    public static JobConfig LoadFromJson(string json, string origin, IEnumerable<string>? overrides = null)
+    {
+        JsonObject node;
+        try
+        {
+            node = JsonNode.Parse(json) as JsonObject ?? throw new FlmUserException($"{origin}: the job is not a JSON object");
+        }
+        catch (JsonException ex)
+        {
+            throw new FlmUserException($"{origin}: malformed job JSON ({Shorten(ex.Message)})");
+        }
+        foreach (var assignment in overrides ?? [])
+            ApplyOverride(node, assignment);
+        return JobValidator.Validate(Deserialize(node, origin));
+    }
+
     public static string ToJson(JobConfig job) => JsonSerializer.Serialize(job, JsonOptions);
 
     public static JobConfig FromJson(string json, string origin)

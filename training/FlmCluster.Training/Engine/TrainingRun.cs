@@ -32,6 +32,8 @@ public sealed class TrainingRun : IDisposable
 {
     private readonly bool _ownsData;
     private readonly TimeSpan? _timeout;
+    private readonly Action<string>? _log;
+    private Checkpointer? _checkpointer;
 
     public JobConfig Job { get; }
     public IReadOnlyList<ResolvedStage> Stages { get; }
@@ -50,8 +52,9 @@ public sealed class TrainingRun : IDisposable
     /// <summary>True when the current stage's steps are done and another stage follows.</summary>
     public bool AtStageEnd => StageIndex < Stages.Count - 1 && NextStep >= StageStarts[StageIndex + 1];
 
-    private TrainingRun(JobConfig job, TokenDataset data, bool ownsData, TimeSpan? timeout)
+    private TrainingRun(JobConfig job, TokenDataset data, bool ownsData, TimeSpan? timeout, Action<string>? log)
     {
+        _log = log;
         Job = job;
         Data = data;
         _ownsData = ownsData;
@@ -68,13 +71,13 @@ public sealed class TrainingRun : IDisposable
         Engine = LocalEngine.Create(Stages[0].Job, data, timeout, new StageContext(0, null, new GrowthRamp(0)));
     }
 
-    public static TrainingRun Create(JobConfig job, TimeSpan? collectiveTimeout = null)
+    public static TrainingRun Create(JobConfig job, TimeSpan? collectiveTimeout = null, Action<string>? log = null)
     {
         job = JobValidator.Validate(job);
         var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         try
         {
-            return new TrainingRun(job, data, ownsData: true, collectiveTimeout);
+            return new TrainingRun(job, data, ownsData: true, collectiveTimeout, log);
         }
         catch
         {
@@ -83,8 +86,8 @@ public sealed class TrainingRun : IDisposable
         }
     }
 
-    public static TrainingRun Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null) =>
-        new(JobValidator.Validate(job), data, ownsData: false, collectiveTimeout);
+    public static TrainingRun Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null, Action<string>? log = null) =>
+        new(JobValidator.Validate(job), data, ownsData: false, collectiveTimeout, log);
 
     public StepSummary RunStep()
     {
@@ -110,6 +113,7 @@ public sealed class TrainingRun : IDisposable
         var optimizer = StateAssembler.GatherOptimizer(old.Ranks);
         var adamStep = old.Ranks[0].Optimizer.Step;
         var (step, samples) = (old.NextStep, old.SamplesConsumed);
+        _checkpointer?.WaitForPending(); // a checkpoint of the old stage must finish before its engine goes
         var grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer, to.Options, SeedFor(to));
         DisposeAll(parameters, optimizer);
         old.Dispose();
@@ -133,19 +137,57 @@ public sealed class TrainingRun : IDisposable
             lossBefore, lossAfter, to.Ramp.Steps, watch.Elapsed);
     }
 
-    /// <summary>Continues from a checkpoint of this job: moves to its stage (building that stage's engine) and loads it.</summary>
-    public void Restore(string directory)
+    /// <summary>The checkpointer of this run (policy from the job's checkpoint section).</summary>
+    public Checkpointer Checkpoints => _checkpointer ??= new Checkpointer(Job.Checkpoint, _log);
+
+    /// <summary>Saves a checkpoint now (asynchronously when the policy says so); returns the training stall.</summary>
+    public TimeSpan SaveCheckpoint()
     {
-        var progress = LocalCheckpoint.ReadProgress(directory);
-        if (progress.Stage < 0 || progress.Stage >= Stages.Count)
-            throw new FlmUserException($"checkpoint '{directory}' is at stage {progress.Stage}, but the job has {Stages.Count} stage(s)");
-        if (progress.Stage != StageIndex)
+        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+            throw new FlmUserException("no checkpoint.dir is set; give one (e.g. --out DIR or --set checkpoint.dir=DIR)");
+        return Checkpoints.Save(Engine, Job, Job.Name, StageIndex);
+    }
+
+    /// <summary>
+    /// Continues from a checkpoint (a checkpoint folder, or a store whose newest valid checkpoint is taken):
+    /// moves to its stage, builds that stage's engine in this run's layout and loads every rank's slice.
+    /// </summary>
+    public CheckpointReader Restore(string path, Action<string, string>? rejected = null)
+    {
+        CheckpointReader reader;
+        try
+        {
+            reader = CheckpointStore.Resolve(path, rejected);
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            throw new FlmUserException(ex.Message);
+        }
+        var m = reader.Manifest;
+        if (m.Stage < 0 || m.Stage >= Stages.Count)
+            throw new FlmUserException($"checkpoint '{reader.Directory}' is at stage {m.Stage}, but the job has {Stages.Count} stage(s)");
+        if (m.DataFingerprint.Length > 0 && m.DataFingerprint != Data.Fingerprint)
+            throw new FlmUserException($"checkpoint '{reader.Directory}' was trained on different data (fingerprint {m.DataFingerprint[..12]}… vs {Data.Fingerprint[..12]}…); resume with the same data.paths and tokenizer");
+        CheckpointRestore.CheckCompatible(reader, Stages[m.Stage].Job.Model, Job.Tokenizer);
+        if (m.Stage != StageIndex || m.Growth is not null)
         {
             Engine.Dispose();
-            StageIndex = progress.Stage;
-            Engine = LocalEngine.Create(Stage.Job, Data, _timeout, new StageContext(progress.StageStartStep, progress.Growth, Stage.Ramp));
+            StageIndex = m.Stage;
+            Engine = LocalEngine.Create(Stage.Job, Data, _timeout, new StageContext(m.StageStartStep, m.Growth, Stage.Ramp));
         }
-        LocalCheckpoint.Restore(directory, Engine, progress);
+        Engine.Fan(r => CheckpointRestore.Load(Engine.Ranks[r], reader));
+        Engine.SetProgress(m.Step, m.SamplesConsumed);
+        return reader;
+    }
+
+    /// <summary>Runs a step, then a checkpoint when the policy's interval says so.</summary>
+    public StepSummary RunStepAndCheckpoint()
+    {
+        var summary = RunStep();
+        var interval = Job.Checkpoint.Interval;
+        if (interval > 0 && NextStep % interval == 0 && !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+            SaveCheckpoint();
+        return summary;
     }
 
     /// <summary>Seed for a stage's new weights: from the job seed and the stage, so reruns grow identically.</summary>
@@ -160,6 +202,7 @@ public sealed class TrainingRun : IDisposable
 
     public void Dispose()
     {
+        _checkpointer?.Dispose();
         Engine.Dispose();
         if (_ownsData)
             Data.Dispose();

@@ -96,30 +96,37 @@ public static class TextGenerator
         return (int)multinomial(probs, 1, generator: generator).item<long>();
     }
 
-    /// <summary>Loads a model directory written by <c>flm train --out</c> onto one CPU rank.</summary>
-    public static (JobConfig Job, FlmModel Model, ITextTokenizer Tokenizer) LoadModel(string directory)
+    /// <summary>
+    /// Loads a model onto one CPU rank: a checkpoint folder, a checkpoint store (its newest valid checkpoint,
+    /// e.g. what <c>flm train --out</c> wrote), or a Hugging Face export.
+    /// </summary>
+    public static (JobConfig Job, FlmModel Model, ITextTokenizer Tokenizer) LoadModel(string path)
     {
-        var whole = JobValidator.Validate(LocalCheckpoint.ReadJob(directory));
-        var progress = File.Exists(Path.Combine(directory, LocalCheckpoint.ProgressFile)) ? LocalCheckpoint.ReadProgress(directory) : null;
-        var stages = Growth.GrowthSchedule.Resolve(whole);
-        var stage = stages[Math.Clamp(progress?.Stage ?? 0, 0, stages.Count - 1)];
-        var job = stage.Job;
-        var parameters = LocalCheckpoint.ReadParameters(directory);
-        var dtype = parameters.TryGetValue("transformer.wte.weight", out var wte) ? wte.dtype : ScalarType.Float32;
-        var model = new FlmModel(job.Model, dtype: dtype == ScalarType.BFloat16 ? ScalarType.Float32 : dtype, growth: progress?.Growth);
-        if (progress?.Growth is not null)
-            model.SetMaskValue(stage.Ramp.ValueAt(progress.Step - progress.StageStartStep));
-        using (no_grad())
+        if (HfFormat.IsExport(path))
+            return HfFormat.Import(path);
+        CheckpointReader reader;
+        try
         {
+            reader = CheckpointStore.Resolve(path);
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            throw new FlmUserException($"'{path}' is not a model: {ex.Message}; train one with 'flm train --out DIR' or import one with 'flm import --hf'");
+        }
+        var m = reader.Manifest;
+        var stages = Growth.GrowthSchedule.Resolve(JobValidator.Validate(m.Job()));
+        var stage = stages[Math.Clamp(m.Stage, 0, stages.Count - 1)];
+        var job = stage.Job;
+        var dtype = reader.Records("param").FirstOrDefault()?.DType == "F64" ? ScalarType.Float64 : ScalarType.Float32;
+        var model = new FlmModel(job.Model, dtype: dtype, growth: m.Growth);
+        if (m.Growth is not null)
+            model.SetMaskValue(m.MaskValue);
+        using (no_grad())
             foreach (var p in model.Parameters)
             {
-                if (!parameters.TryGetValue(p.Name, out var t) || !t.shape.SequenceEqual(p.Spec.Shape))
-                    throw new FlmUserException($"'{directory}' does not match its config: tensor '{p.Name}' is missing or has another shape");
-                p.Tensor.copy_(t);
+                using var whole = reader.ReadWhole("param", p.Name);
+                p.Tensor.copy_(whole);
             }
-        }
-        foreach (var t in parameters.Values)
-            t.Dispose();
         return (job, model, TokenizerFactory.Create(job.Tokenizer));
     }
 }

@@ -1,0 +1,139 @@
+using System.CommandLine;
+using FlmCluster.Training;
+using FlmCluster.Training.Checkpoint;
+using FlmCluster.Training.Config;
+using Spectre.Console;
+
+namespace FlmCluster.Cli.Commands;
+
+/// <summary><c>flm checkpoint list|verify|inspect</c>, <c>flm export --hf</c>, <c>flm import --hf</c>.</summary>
+public static class CheckpointCommands
+{
+    public static Command Checkpoint()
+    {
+        var listTarget = new Argument<string>("store") { Description = "A checkpoint folder (checkpoint.dir of a job)" };
+        var checksums = new Option<bool>("--checksums") { Description = "Also verify every shard's checksum" };
+        var list = new Command("list", "List the checkpoints of a folder, newest last, with their validity") { listTarget, checksums };
+        list.SetAction(parse =>
+        {
+            var root = parse.GetValue(listTarget)!;
+            if (!Directory.Exists(root))
+                throw new FlmUserException($"'{root}' is not a folder of checkpoints");
+            var entries = CheckpointStore.List(root, parse.GetValue(checksums));
+            if (entries.Count == 0)
+                throw new FlmUserException($"'{root}' holds no checkpoints (step-NNNNNNNN folders)");
+            var table = new Table().Border(TableBorder.Rounded);
+            foreach (var c in new[] { "checkpoint", "step", "valid", "layout", "size", "problem" })
+                table.AddColumn(c);
+            foreach (var e in entries)
+            {
+                var (layout, size) = e.Valid ? Describe(e.Directory) : ("", "");
+                table.AddRow(Path.GetFileName(e.Directory), $"{e.Step}", e.Valid ? "yes" : "no", layout, size, Markup.Escape(e.Problem ?? ""));
+            }
+            AnsiConsole.Write(table);
+            return CliRunner.Ok;
+        });
+
+        var verifyTarget = new Argument<string>("checkpoint") { Description = "A checkpoint (a step-NNNNNNNN folder)" };
+        var verify = new Command("verify", "Check a checkpoint's manifest, shard sizes and every checksum; exit 0 only if all are good") { verifyTarget };
+        verify.SetAction(parse =>
+        {
+            var reader = Open(parse.GetValue(verifyTarget)!);
+            var problems = reader.Verify();
+            foreach (var p in problems)
+                Console.Error.WriteLine($"error: {p}");
+            if (problems.Count > 0)
+                return CliRunner.Failed;
+            Console.WriteLine($"{reader.Directory}: manifest and {reader.Manifest.Shards.Count} shard checksum(s) good (step {reader.Manifest.Step})");
+            return CliRunner.Ok;
+        });
+
+        var inspectTarget = new Argument<string>("checkpoint") { Description = "A checkpoint (a step-NNNNNNNN folder)" };
+        var inspect = new Command("inspect", "Show what a checkpoint holds") { inspectTarget };
+        inspect.SetAction(parse =>
+        {
+            var reader = Open(parse.GetValue(inspectTarget)!);
+            var m = reader.Manifest;
+            var job = m.Job();
+            Console.WriteLine($"{reader.Directory}");
+            Console.WriteLine($"  job {m.JobId} ({job.Name}), stage {m.Stage}, next step {m.Step}, samples consumed {m.SamplesConsumed:N0}, Adam step {m.AdamStep}, next LR {m.NextLr:0.###e+0}");
+            Console.WriteLine($"  saved under layout dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}; data {m.SampleOrder} seed {m.DataSeed}, fingerprint {(m.DataFingerprint.Length > 0 ? m.DataFingerprint[..12] + "…" : "none")}; train seed {m.TrainSeed}");
+            if (m.Growth is not null)
+                Console.WriteLine($"  growth masks at {m.MaskValue:0.###} (new layers {string.Join(",", m.Growth.NewLayers)})");
+            Console.WriteLine($"  {m.Shards.Count} shard(s), {m.Shards.Sum(s => s.Bytes) / 1e6:0.0} MB; created {m.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
+            var table = new Table().Border(TableBorder.Rounded);
+            foreach (var c in new[] { "kind", "tensors", "elements", "pieces" })
+                table.AddColumn(new TableColumn(c).RightAligned());
+            foreach (var group in m.Tensors.GroupBy(t => t.Kind))
+                table.AddRow(group.Key, $"{group.Count()}", $"{group.Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b)):N0}", $"{group.Sum(t => t.Pieces.Count)}");
+            AnsiConsole.Write(table);
+            return CliRunner.Ok;
+        });
+        return new Command("checkpoint", "Sharded checkpoints") { list, verify, inspect };
+    }
+
+    public static Command Export()
+    {
+        var hf = new Option<bool>("--hf") { Description = "Hugging Face layout (the only format)", Required = true };
+        var source = new Argument<string>("checkpoint") { Description = "A checkpoint, or a folder of them (the newest valid one)" };
+        var target = new Argument<string>("dir") { Description = "New folder for config.json and model.safetensors" };
+        var command = new Command("export", "Write a checkpoint's model in FLM-101B's Hugging Face layout") { hf, source, target };
+        command.SetAction(parse =>
+        {
+            var reader = CheckpointStore.Resolve(parse.GetValue(source)!);
+            var job = JobValidator.Validate(reader.Manifest.Job());
+            var stages = FlmCluster.Training.Growth.GrowthSchedule.Resolve(job);
+            var model = stages[Math.Clamp(reader.Manifest.Stage, 0, stages.Count - 1)].Job.Model;
+            var dir = parse.GetValue(target)!;
+            HfFormat.Export(model, job.Tokenizer, name => reader.ReadWhole("param", name), dir);
+            Console.WriteLine($"exported {model.ParameterCount:N0} parameters (step {reader.Manifest.Step}) to {dir}");
+            return CliRunner.Ok;
+        });
+        return command;
+    }
+
+    public static Command Import()
+    {
+        var hf = new Option<bool>("--hf") { Description = "Hugging Face layout (the only format)", Required = true };
+        var source = new Argument<string>("dir") { Description = "Folder with config.json and model.safetensors" };
+        var output = new Option<string>("--out", "-o") { Description = "Checkpoint folder to create (step-00000000 inside)", Required = true };
+        var command = new Command("import", "Turn a Hugging Face export into a checkpoint (weights only; a fresh optimizer when training resumes)") { hf, source, output };
+        command.SetAction(parse =>
+        {
+            var dir = parse.GetValue(source)!;
+            if (!HfFormat.IsExport(dir))
+                throw new FlmUserException($"'{dir}' is not a Hugging Face export (it needs {HfFormat.ConfigFile} with model_type and {HfFormat.WeightsFile})");
+            var (job, parameters) = HfFormat.Read(dir);
+            try
+            {
+                var written = CheckpointStore.WriteWeights(parse.GetValue(output)!, job, parameters);
+                Console.WriteLine($"imported {job.Model.ParameterCount:N0} parameters into {written}");
+            }
+            finally
+            {
+                foreach (var t in parameters.Values)
+                    t.Dispose();
+            }
+            return CliRunner.Ok;
+        });
+        return command;
+    }
+
+    private static CheckpointReader Open(string path)
+    {
+        try
+        {
+            return CheckpointReader.Open(path);
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            throw new FlmUserException(ex.Message);
+        }
+    }
+
+    private static (string Layout, string Size) Describe(string directory)
+    {
+        var m = CheckpointReader.Open(directory).Manifest;
+        return ($"dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}", $"{m.Shards.Sum(s => s.Bytes) / 1e6:0.0} MB");
+    }
+}
