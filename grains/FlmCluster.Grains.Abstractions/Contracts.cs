@@ -28,7 +28,27 @@ public sealed record WorkerAssignment(
     [property: Id(3)] int Rank,
     [property: Id(4)] IReadOnlyList<string> RankWorkers,
     [property: Id(5)] long NextStep,
-    [property: Id(6)] long SamplesConsumed);
+    [property: Id(6)] long SamplesConsumed,
+    [property: Id(7)] string? RestoreFrom = null);
+
+/// <summary>A checkpoint the coordinator asks for: every worker snapshots now and writes its shard into Directory.</summary>
+[GenerateSerializer, Immutable, Alias("flm.SaveCommand")]
+public sealed record SaveCommand(
+    [property: Id(0)] string JobId,
+    [property: Id(1)] int Incarnation,
+    [property: Id(2)] long Step,
+    [property: Id(3)] string Directory);
+
+/// <summary>
+/// Where a worker's shard stands: still being written (Done false), written (the shard record and its tensor
+/// pieces, as the manifest's JSON), or failed (Error).
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.ShardStatus")]
+public sealed record ShardStatus(
+    [property: Id(0)] long Step,
+    [property: Id(1)] bool Done,
+    [property: Id(2)] string? ShardJson,
+    [property: Id(3)] string? Error);
 
 /// <summary>One training step as the coordinator plans it (idempotent by step number).</summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStep")]
@@ -129,7 +149,9 @@ public sealed record JobStatus(
     [property: Id(9)] string? Error,
     [property: Id(10)] int Priority,
     [property: Id(11)] DateTime SubmittedAt,
-    [property: Id(12)] string Stage);
+    [property: Id(12)] string Stage,
+    [property: Id(13)] string? CheckpointDir = null,
+    [property: Id(14)] long? LastCheckpointStep = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]

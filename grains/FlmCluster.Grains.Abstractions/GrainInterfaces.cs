@@ -13,6 +13,18 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     [ResponseTimeout("01:00:00")]
     Task<WorkerStepReport> RunStep(WorkerStep step);
 
+    /// <summary>
+    /// Snapshots the rank to host memory now (between steps) and writes its shard in the background; at most
+    /// one snapshot is in flight (a new save first waits for the previous one).
+    /// </summary>
+    /// <returns>The fingerprint of the worker's data (for the manifest).</returns>
+    [ResponseTimeout("00:30:00")]
+    Task<string> BeginSave(SaveCommand command);
+
+    /// <summary>Whether the shard of a save is durable yet.</summary>
+    [AlwaysInterleave]
+    Task<ShardStatus> SaveStatus(string jobId, int incarnation, long step);
+
     /// <summary>Gives up the job's rank and frees its memory.</summary>
     Task Release(string jobId, int incarnation);
 
@@ -42,6 +54,9 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     Task Cancel(string reason);
     Task Pause();
     Task Resume();
+
+    /// <summary>Takes a checkpoint at the next step boundary (the job needs checkpoint.dir).</summary>
+    Task SaveCheckpoint();
 }
 
 /// <summary>The cluster's GPUs and job queue (one per cluster, key "cluster").</summary>

@@ -11,14 +11,18 @@ public static class CheckpointCommands
 {
     public static Command Checkpoint()
     {
-        var listTarget = new Argument<string>("store") { Description = "A checkpoint folder (checkpoint.dir of a job)" };
+        var listTarget = new Argument<string>("job-or-folder") { Description = "A job id (its checkpoint.dir on the cluster) or a folder of checkpoints" };
         var checksums = new Option<bool>("--checksums") { Description = "Also verify every shard's checksum" };
         var list = new Command("list", "List the checkpoints of a folder, newest last, with their validity") { listTarget, checksums };
-        list.SetAction(parse =>
+        list.SetAction(async parse =>
         {
             var root = parse.GetValue(listTarget)!;
             if (!Directory.Exists(root))
-                throw new FlmUserException($"'{root}' is not a folder of checkpoints");
+            {
+                await using var client = await ClusterAccess.Connect();
+                var status = await client.Status(root);
+                root = status.CheckpointDir ?? throw new FlmUserException($"job {status.JobId} has no checkpoint.dir");
+            }
             var entries = CheckpointStore.List(root, parse.GetValue(checksums));
             if (entries.Count == 0)
                 throw new FlmUserException($"'{root}' holds no checkpoints (step-NNNNNNNN folders)");
@@ -69,7 +73,17 @@ public static class CheckpointCommands
             AnsiConsole.Write(table);
             return CliRunner.Ok;
         });
-        return new Command("checkpoint", "Sharded checkpoints") { list, verify, inspect };
+        var saveJob = new Argument<string>("job") { Description = "Job id" };
+        var save = new Command("save", "Take a checkpoint of a running job at its next step boundary") { saveJob };
+        save.SetAction(async parse =>
+        {
+            var id = parse.GetValue(saveJob)!;
+            await using var client = await ClusterAccess.Connect();
+            await client.Grains.GetGrain<FlmCluster.Grains.Abstractions.IJobCoordinatorGrain>(id).SaveCheckpoint();
+            Console.WriteLine($"{id}: checkpoint requested; 'flm status {id}' shows when it is committed");
+            return CliRunner.Ok;
+        });
+        return new Command("checkpoint", "Sharded checkpoints") { list, verify, inspect, save };
     }
 
     public static Command Export()

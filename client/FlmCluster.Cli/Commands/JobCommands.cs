@@ -13,13 +13,17 @@ public static class JobCommands
         var job = new JobOptions();
         var priority = new Option<int>("--priority") { Description = "Higher runs first when GPUs are scarce", DefaultValueFactory = _ => 0 };
         var watch = new Option<bool>("--watch") { Description = "Follow the job until it ends" };
+        var resumeFrom = new Option<string?>("--resume-from") { Description = "Continue from a checkpoint (or the newest valid one of a folder), in any layout; its job is the base config" };
         var command = new Command("submit", "Submit a job to the configured cluster (same job arguments as 'flm train'); prints the job id");
         job.AddTo(command);
         command.Add(priority);
         command.Add(watch);
+        command.Add(resumeFrom);
         command.SetAction(async parse =>
         {
-            var submission = ClusterAccess.Submission(job.Load(parse), parse.GetValue(priority));
+            var from = parse.GetValue(resumeFrom);
+            var config = from is null ? job.Load(parse) : job.Load(parse, TrainCommand.CheckpointJob(from, parse, job));
+            var submission = ClusterAccess.Submission(config, parse.GetValue(priority), from);
             await using var client = await ClusterAccess.Connect();
             var id = await client.Submit(submission);
             Console.WriteLine(id);

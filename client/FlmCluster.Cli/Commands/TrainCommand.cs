@@ -33,11 +33,10 @@ public static class TrainCommand
         command.SetAction(async parse =>
         {
             var (config, output_, resume_) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
-            // Checkpoints and growth stages run on the in-process engine for now.
-            var local = parse.GetValue(engine) == "local" || output_ is not null || resume_ is not null || config.Stages.Count > 0
-                || !string.IsNullOrWhiteSpace(config.Checkpoint.Dir);
+            // Growth stages run on the in-process engine for now.
+            var local = parse.GetValue(engine) == "local" || config.Stages.Count > 0;
             if (!local)
-                return await RunOnEmbeddedCluster(config);
+                return await RunOnEmbeddedCluster(config, resume_);
             return Run(config, output_, resume_, note: parse.GetValue(engine) != "local");
         });
         return command;
@@ -51,6 +50,21 @@ public static class TrainCommand
         Console.WriteLine($"   loss of the next batch: {t.LossBefore:0.000000} before, {t.LossAfter:0.000000} after (difference {t.LossAfter - t.LossBefore:+0.0e+00;-0.0e+00;0}); masks ramp over {t.RampSteps} steps; {t.Elapsed.TotalSeconds:0.0} s");
     }
 
+    /// <summary>The job JSON of a checkpoint to resume (its config is the base; --config may not be given).</summary>
+    public static string CheckpointJob(string path, ParseResult parse, JobOptions options)
+    {
+        if (parse.GetResult(options.Config) is { Implicit: false })
+            throw new FlmUserException("resuming takes the job config from the checkpoint; change it with --set, --steps or --layout instead of --config");
+        try
+        {
+            return CheckpointStore.Resolve(path, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}")).Manifest.JobJson;
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            throw new FlmUserException($"--resume: {ex.Message}");
+        }
+    }
+
     private static (JobConfig Job, string? Output, string? Resume) Load(JobOptions options, ParseResult parse, string? output, string? resume)
     {
         if (output is not null && File.Exists(output))
@@ -58,18 +72,7 @@ public static class TrainCommand
         JobConfig job;
         if (resume is not null)
         {
-            if (parse.GetResult(options.Config) is { Implicit: false })
-                throw new FlmUserException("--resume takes the job config from the checkpoint; change it with --set, --steps or --layout instead of --config");
-            CheckpointReader checkpoint;
-            try
-            {
-                checkpoint = CheckpointStore.Resolve(resume, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}"));
-            }
-            catch (InvalidCheckpointException ex)
-            {
-                throw new FlmUserException($"--resume: {ex.Message}");
-            }
-            job = options.Load(parse, checkpoint.Manifest.JobJson);
+            job = options.Load(parse, CheckpointJob(resume, parse, options));
         }
         else
             job = options.Load(parse);
@@ -82,7 +85,7 @@ public static class TrainCommand
     /// The default: start a local cluster inside this process (two silos when the layout splits evenly), submit
     /// the job to it as a client, follow it to the end and stop the cluster.
     /// </summary>
-    private static async Task<int> RunOnEmbeddedCluster(JobConfig job)
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, string? resume)
     {
         Corpus.ExpandPaths(job.Data.Paths); // missing data is bad input, before anything starts
         var layout = ParallelLayout.FromConfig(job.Layout);
@@ -95,7 +98,12 @@ public static class TrainCommand
         await using var cluster = await LocalCluster.StartAsync(nodes, world / nodes, controlNode: false, torchThreads: job.Train.Threads);
         await using var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
         Console.WriteLine($"embedded cluster: {nodes} silo(s) × {world / nodes} device(s) in this process, up in {watch.Elapsed.TotalSeconds:0.0} s");
-        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0));
+        if (resume is not null)
+        {
+            var reader = CheckpointStore.Resolve(resume, (dir, why) => Console.WriteLine($"skipped checkpoint {dir}: {why}"));
+            Console.WriteLine($"resumed from {reader.Directory} at step {reader.Manifest.Step} (saved under dp={reader.Manifest.Layout.Dp},tp={reader.Manifest.Layout.Tp},pp={reader.Manifest.Layout.Pp})");
+        }
+        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume));
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
@@ -107,6 +115,9 @@ public static class TrainCommand
         try
         {
             var code = await JobCommands.Follow(client, id, new TrainingProgress(job.Train.Steps, job.Train.LogEvery));
+            var final = await client.Status(id);
+            if (final.LastCheckpointStep is { } saved)
+                Console.WriteLine($"saved model and optimizer state at step {saved} to {CheckpointStore.DirectoryFor(final.CheckpointDir!, saved)}");
             return cancel.IsCancellationRequested ? CliRunner.Interrupted : code;
         }
         finally
@@ -120,7 +131,7 @@ public static class TrainCommand
         var loadWatch = Stopwatch.StartNew();
         using var run = TrainingRun.Create(job, log: message => Console.WriteLine($"  {message}"));
         if (note)
-            Console.WriteLine("note: checkpoints (--out, --resume, checkpoint.dir) and growth stages run on the in-process engine (--engine local)");
+            Console.WriteLine("note: growth stages run on the in-process engine (--engine local)");
         var m = run.Stage.Job.Model;
         Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
         if (run.Stages.Count > 1)

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Optim;
 using FlmCluster.Training.Telemetry;
@@ -23,7 +24,23 @@ public sealed class JobState
     [Id(7)] public List<JobEvent> Events { get; set; } = [];
     [Id(8)] public List<StepPoint> Recent { get; set; } = [];
     [Id(9)] public string? Error { get; set; }
+    [Id(10)] public long AdamStep { get; set; }
+    [Id(11)] public string? RestoreFrom { get; set; }
+    [Id(12)] public PendingCheckpoint? Pending { get; set; }
+    [Id(13)] public PendingCheckpoint? LastCheckpoint { get; set; }
+    [Id(14)] public bool SaveRequested { get; set; }
+    [Id(15)] public int Restores { get; set; }
 }
+
+/// <summary>A checkpoint being written (or the last one committed): its step, folder and where training stood.</summary>
+[GenerateSerializer, Immutable, Alias("flm.PendingCheckpoint")]
+public sealed record PendingCheckpoint(
+    [property: Id(0)] long Step,
+    [property: Id(1)] string Directory,
+    [property: Id(2)] long SamplesConsumed,
+    [property: Id(3)] long AdamStep,
+    [property: Id(4)] string DataFingerprint,
+    [property: Id(5)] DateTime StartedAt);
 
 /// <summary>
 /// One job. Persists its spec and progress, assigns ranks to the workers the scheduler allocated, and drives
@@ -45,6 +62,14 @@ public sealed class JobCoordinatorGrain(
     private JobConfig? _job;
     private LrSchedule? _schedule;
     private IGrainTimer? _timer;
+    private DateTime _lastPoll;
+    private DateTime _retryAt;
+    private DateTime? _waitingSince;
+
+    /// <summary>How long a job waits for its servers to come back before it fails.</summary>
+    private static readonly TimeSpan WorkerWait = TimeSpan.FromMinutes(5);
+
+    private const int RestoreLimit = 3;
 
     private JobState S => store.State;
     private string JobId => this.GetPrimaryKeyString();
@@ -80,6 +105,18 @@ public sealed class JobCoordinatorGrain(
         S.Incarnation++;
         S.State = JobStates.Starting;
         Log("allocated", $"ranks 0-{allocation.RankWorkers.Count - 1} on {string.Join(", ", allocation.RankWorkers)}");
+        if (S.Submission!.ResumeFrom is { } from && S.NextStep == 0)
+        {
+            try
+            {
+                RestorePoint(CheckpointStore.Resolve(from, (dir, why) => Log("checkpoint-rejected", $"{dir}: {why}")));
+            }
+            catch (Exception ex) when (ex is InvalidCheckpointException or FlmCluster.Training.FlmUserException)
+            {
+                await Finish(JobStates.Failed, $"cannot resume from {from}: {ex.Message}");
+                return;
+            }
+        }
         await store.WriteStateAsync();
         await this.RegisterOrUpdateReminder(ReminderName, TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(1));
         EnsureTimer();
@@ -89,7 +126,8 @@ public sealed class JobCoordinatorGrain(
     {
         var sub = S.Submission ?? throw new ClusterRequestException($"no job '{JobId}'");
         return Task.FromResult(new JobStatus(JobId, sub.Name, S.State, S.NextStep, sub.Steps, $"dp={sub.Dp},tp={sub.Tp},pp={sub.Pp}",
-            S.RankWorkers.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, sub.Priority, S.SubmittedAt, "main"));
+            S.RankWorkers.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, sub.Priority, S.SubmittedAt, "main",
+            string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) ? null : Job.Checkpoint.Dir, S.LastCheckpoint?.Step));
     }
 
     public async Task Cancel(string reason)
@@ -118,6 +156,18 @@ public sealed class JobCoordinatorGrain(
         EnsureTimer();
     }
 
+    public async Task SaveCheckpoint()
+    {
+        if (S.Submission is null)
+            throw new ClusterRequestException($"no job '{JobId}'");
+        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+            throw new ClusterRequestException($"job {JobId} has no checkpoint.dir; submit it with --set checkpoint.dir=DIR");
+        if (S.State is not (JobStates.Running or JobStates.Starting or JobStates.Paused))
+            throw new ClusterRequestException($"job {JobId} is {S.State}");
+        S.SaveRequested = true;
+        await store.WriteStateAsync();
+    }
+
     public Task ReceiveReminder(string reminderName, TickStatus status)
     {
         if (S.State is JobStates.Running or JobStates.Starting)
@@ -144,6 +194,8 @@ public sealed class JobCoordinatorGrain(
 
     private async Task Tick(CancellationToken cancellationToken)
     {
+        if (DateTime.UtcNow < _retryAt)
+            return;
         try
         {
             switch (S.State)
@@ -152,7 +204,7 @@ public sealed class JobCoordinatorGrain(
                     await AssignWorkers();
                     break;
                 case JobStates.Running:
-                    await RunOneStep();
+                    await RunningTick();
                     break;
                 default:
                     StopTimer();
@@ -161,9 +213,144 @@ public sealed class JobCoordinatorGrain(
         }
         catch (Exception ex)
         {
+            var message = ex is AggregateException agg ? agg.InnerExceptions[0].Message : ex.Message;
+            if (IsWorkerLoss(ex, message))
+            {
+                // Workers lost their state (their server restarted or died): rebuild from a checkpoint once the
+                // servers are back; while they are away, retry with backoff for a while.
+                if (S.State == JobStates.Running && await TryRestore(message))
+                    return;
+                if (S.State == JobStates.Starting && !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+                {
+                    _waitingSince ??= DateTime.UtcNow;
+                    if (DateTime.UtcNow - _waitingSince < WorkerWait)
+                    {
+                        _retryAt = DateTime.UtcNow.AddSeconds(1);
+                        return;
+                    }
+                }
+            }
             log.LogError(ex, "Job {Job} failed at step {Step}", JobId, S.NextStep);
-            await Finish(JobStates.Failed, ex is AggregateException agg ? agg.InnerExceptions[0].Message : ex.Message);
+            await Finish(JobStates.Failed, message);
         }
+    }
+
+    private static bool IsWorkerLoss(Exception ex, string message) =>
+        ex is SiloUnavailableException || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException
+        || message.Contains("does not hold job", StringComparison.Ordinal)
+        || message.Contains("became unavailable", StringComparison.Ordinal)
+        || message.Contains("No active silo for node", StringComparison.Ordinal);
+
+    /// <summary>A step, a checkpoint in progress, or the end of training.</summary>
+    private async Task RunningTick()
+    {
+        if (S.Pending is not null)
+            await PollCheckpoint();
+        var checkpoints = !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir);
+        if (S.NextStep >= S.Submission!.Steps)
+        {
+            // The job ends with a checkpoint of its final state when it has a checkpoint folder.
+            if (checkpoints && S.LastCheckpoint?.Step != S.NextStep)
+            {
+                if (S.Pending is null)
+                    await BeginCheckpoint();
+                return;
+            }
+            if (S.Pending is null)
+                await Finish(JobStates.Completed, $"all {S.NextStep} steps done; last loss {S.Recent.LastOrDefault()?.Loss:0.0000}");
+            return;
+        }
+        await RunOneStep();
+        var interval = Job.Checkpoint.Interval;
+        if (checkpoints && S.Pending is null && (S.SaveRequested || (interval > 0 && S.NextStep % interval == 0)) && S.NextStep < S.Submission.Steps)
+            await BeginCheckpoint();
+    }
+
+    /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
+    private async Task BeginCheckpoint()
+    {
+        var directory = CheckpointStore.DirectoryFor(Job.Checkpoint.Dir, S.NextStep);
+        if (Directory.Exists(directory) && !File.Exists(Path.Combine(directory, CheckpointReader.ManifestFile)))
+            Directory.Delete(directory, recursive: true);
+        Directory.CreateDirectory(directory);
+        var command = new SaveCommand(JobId, S.Incarnation, S.NextStep, directory);
+        var fingerprints = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).BeginSave(command)));
+        S.Pending = new PendingCheckpoint(S.NextStep, directory, S.SamplesConsumed, S.AdamStep, fingerprints[0], DateTime.UtcNow);
+        S.SaveRequested = false;
+        await store.WriteStateAsync();
+    }
+
+    /// <summary>Commits the pending checkpoint (manifest last) once every shard is durable.</summary>
+    private async Task PollCheckpoint()
+    {
+        var pending = S.Pending!;
+        if (DateTime.UtcNow - _lastPoll < TimeSpan.FromMilliseconds(50))
+            return; // shards take a while; do not spin on them
+        _lastPoll = DateTime.UtcNow;
+        var statuses = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).SaveStatus(JobId, S.Incarnation, pending.Step)));
+        if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
+        {
+            S.Pending = null;
+            Log("checkpoint-failed", $"step {pending.Step}: {failed.Error}");
+            await store.WriteStateAsync();
+            return;
+        }
+        if (!statuses.All(s => s.Done))
+            return;
+        var shards = statuses.Select(s => System.Text.Json.JsonSerializer.Deserialize<WrittenShard>(s.ShardJson!, CheckpointManifest.Json)!).ToList();
+        var manifest = new CheckpointManifest
+        {
+            JobId = JobId,
+            JobJson = JobConfigLoader.ToJson(Job),
+            CreatedAt = DateTime.UtcNow,
+            Step = pending.Step,
+            SamplesConsumed = pending.SamplesConsumed,
+            AdamStep = pending.AdamStep,
+            NextLr = Schedule.At(pending.Step),
+            DataFingerprint = pending.DataFingerprint,
+            DataSeed = Job.Data.Seed,
+            TrainSeed = Job.Train.Seed,
+            Layout = Job.Layout,
+            Shards = shards.Select(s => s.Shard).OrderBy(s => s.Rank).ToList(),
+            Tensors = ShardWriter.Merge(shards),
+        };
+        CheckpointStore.Commit(pending.Directory, manifest);
+        var removed = CheckpointStore.Prune(Job.Checkpoint.Dir, Job.Checkpoint.KeepLast, Job.Checkpoint.KeepEvery * Math.Max(1, Job.Checkpoint.Interval));
+        S.LastCheckpoint = pending;
+        S.Pending = null;
+        Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in {(DateTime.UtcNow - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
+        await store.WriteStateAsync();
+    }
+
+    /// <summary>Sets the job to continue from a checkpoint (steps after it are redone with the same samples).</summary>
+    private void RestorePoint(CheckpointReader reader)
+    {
+        CheckpointRestore.CheckCompatible(reader, Job.Model, Job.Tokenizer);
+        var m = reader.Manifest;
+        S.NextStep = m.Step;
+        S.SamplesConsumed = m.SamplesConsumed;
+        S.AdamStep = m.AdamStep;
+        S.RestoreFrom = reader.Directory;
+        S.Recent.RemoveAll(p => p.Step >= m.Step);
+        Log("restoring", $"from {reader.Directory}: step {m.Step}, data cursor {m.SamplesConsumed}, saved under dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}");
+    }
+
+    /// <summary>Workers lost the job (e.g. their servers restarted): rebuild them from the newest valid checkpoint.</summary>
+    private async Task<bool> TryRestore(string why)
+    {
+        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) || S.Restores >= RestoreLimit)
+            return false;
+        var reader = CheckpointStore.NewestValid(Job.Checkpoint.Dir, (dir, reason) => Log("checkpoint-rejected", $"{dir}: {reason}"));
+        if (reader is null)
+            return false;
+        S.Restores++;
+        Log("workers-lost", why);
+        S.Pending = null;
+        RestorePoint(reader);
+        S.Incarnation++;
+        S.State = JobStates.Starting;
+        await store.WriteStateAsync();
+        return true;
     }
 
     private IGpuWorkerGrain Worker(int rank) => grains.GetGrain<IGpuWorkerGrain>(S.RankWorkers[rank]);
@@ -173,8 +360,10 @@ public sealed class JobCoordinatorGrain(
         var watch = Stopwatch.StartNew();
         var json = JobConfigLoader.ToJson(Job);
         await Task.WhenAll(S.RankWorkers.Select((_, rank) =>
-            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, S.RankWorkers, S.NextStep, S.SamplesConsumed))));
+            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, S.RankWorkers, S.NextStep, S.SamplesConsumed, S.RestoreFrom))));
         S.State = JobStates.Running;
+        S.RestoreFrom = null;
+        _waitingSince = null;
         Log("started", $"{S.RankWorkers.Count} workers built their model slices in {watch.Elapsed.TotalSeconds:0.0} s");
         await store.WriteStateAsync();
     }
@@ -197,6 +386,8 @@ public sealed class JobCoordinatorGrain(
         // Commit: the step counts once the durable state says so.
         S.NextStep = step.Step + 1;
         S.SamplesConsumed += Job.Train.GlobalBatch;
+        if (!reports[0].Skipped)
+            S.AdamStep++;
         S.Recent.Add(point);
         if (S.Recent.Count > RecentLimit)
             S.Recent.RemoveRange(0, S.Recent.Count - RecentLimit);
@@ -206,8 +397,6 @@ public sealed class JobCoordinatorGrain(
         FlmTelemetry.Loss.Record(loss, tags);
         FlmTelemetry.TokensPerSecond.Record(point.TokensPerSecond, tags);
         FlmTelemetry.Tokens.Add(tokens, tags);
-        if (S.NextStep >= S.Submission!.Steps)
-            await Finish(JobStates.Completed, $"all {S.NextStep} steps done; last loss {loss:0.0000}");
     }
 
     private async Task Finish(string state, string message)

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Parallel;
@@ -31,6 +32,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     private string _state = "idle";
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
+    private (long Step, Task<WrittenShard> Write)? _save;
 
     private string Key => this.GetPrimaryKeyString();
 
@@ -73,7 +75,16 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             _trainer = await _thread!.Run(() =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
-                return new RankTrainer(job, new RankGroups(layout, a.Rank), comm, datasets.For(job));
+                var data = datasets.For(job);
+                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data);
+                if (a.RestoreFrom is { } from)
+                {
+                    var reader = CheckpointReader.Open(from);
+                    if (reader.Manifest.DataFingerprint.Length > 0 && reader.Manifest.DataFingerprint != data.Fingerprint)
+                        throw new InvalidOperationException($"checkpoint {from} was trained on other data than this job's");
+                    CheckpointRestore.Load(trainer, reader);
+                }
+                return trainer;
             });
         }
         catch (Exception ex)
@@ -130,6 +141,51 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         return _lastReport;
     }
 
+    public async Task<string> BeginSave(SaveCommand command)
+    {
+        if (_assignment is not { } a || a.JobId != command.JobId || a.Incarnation != command.Incarnation || _trainer is null)
+            throw new InvalidOperationException($"worker {Key} does not hold job {command.JobId} (incarnation {command.Incarnation})");
+        if (_save is { } previous)
+        {
+            if (previous.Step == command.Step)
+                return _trainer.DataFingerprint; // repeated command
+            try
+            {
+                await previous.Write; // at most one snapshot in flight
+            }
+            catch (Exception ex)
+            {
+                log.LogWarning("Worker {Worker}: the previous shard failed: {Message}", Key, ex.Message);
+            }
+        }
+        var trainer = _trainer;
+        var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer));
+        Directory.CreateDirectory(command.Directory);
+        _save = (command.Step, Task.Run(() =>
+        {
+            try
+            {
+                return ShardWriter.Write(snapshot, command.Directory);
+            }
+            finally
+            {
+                snapshot.Dispose();
+            }
+        }));
+        return trainer.DataFingerprint;
+    }
+
+    public Task<ShardStatus> SaveStatus(string jobId, int incarnation, long step)
+    {
+        if (_assignment is not { } a || a.JobId != jobId || a.Incarnation != incarnation || _save is not { } save || save.Step != step)
+            return Task.FromResult(new ShardStatus(step, false, null, $"worker {Key} has no save of job {jobId} at step {step}"));
+        if (!save.Write.IsCompleted)
+            return Task.FromResult(new ShardStatus(step, false, null, null));
+        if (save.Write.IsFaulted)
+            return Task.FromResult(new ShardStatus(step, false, null, save.Write.Exception!.InnerException!.Message));
+        return Task.FromResult(new ShardStatus(step, true, System.Text.Json.JsonSerializer.Serialize(save.Write.Result, CheckpointManifest.Json), null));
+    }
+
     public async Task Release(string jobId, int incarnation)
     {
         if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
@@ -168,6 +224,18 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
 
     private async Task DropJob()
     {
+        if (_save is { } pending)
+        {
+            try
+            {
+                await pending.Write;
+            }
+            catch (Exception ex)
+            {
+                log.LogWarning("Worker {Worker}: a shard write failed: {Message}", Key, ex.Message);
+            }
+            _save = null;
+        }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
         if (_trainer is { } trainer)

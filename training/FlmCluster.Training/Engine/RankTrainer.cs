@@ -69,6 +69,9 @@ public sealed class RankTrainer : IDisposable
         Optimizer = new DistributedAdamW(Flat, comm, groups.Data, groups.World, job.Optimizer, config.WidthMult);
     }
 
+    /// <summary>Fingerprint of the data this rank reads (recorded in checkpoints).</summary>
+    public string DataFingerprint => _data.Fingerprint;
+
     /// <summary>Whether this rank's report carries the loss (last stage, TP rank 0: one per data-parallel replica).</summary>
     public bool ReportsLoss => Groups.IsLastStage && Groups.Coords.Tp == 0;
 
