@@ -9,6 +9,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
+    ["checkpoint"] = CheckpointBenchmark.Run,
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

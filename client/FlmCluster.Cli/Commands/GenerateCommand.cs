@@ -9,7 +9,7 @@ public static class GenerateCommand
 {
     public static Command Create()
     {
-        var model = new Option<string>("--model", "-m") { Description = "Model directory written by 'flm train --out'", Required = true };
+        var model = new Option<string>("--model", "-m") { Description = "A checkpoint, a folder of checkpoints (the newest valid one) or a Hugging Face export", Required = true };
         var prompt = new Option<string>("--prompt", "-p") { Description = "Text to continue", Required = true };
         var maxNew = new Option<int>("--max-new-tokens") { Description = "Tokens to generate", DefaultValueFactory = _ => 64 };
         var penalty = new Option<double>("--repetition-penalty") { Description = "Penalty on repeated tokens (1 = off)", DefaultValueFactory = _ => 1.0 };

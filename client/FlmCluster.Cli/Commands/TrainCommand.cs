@@ -17,15 +17,15 @@ public static class TrainCommand
     public static Command Create()
     {
         var job = new JobOptions();
-        var output = new Option<string?>("--out", "-o") { Description = "Directory for the trained model (config, weights, optimizer state)" };
-        var resume = new Option<string?>("--resume") { Description = "Continue from a directory written by --out (its config is the base)" };
+        var output = new Option<string?>("--out", "-o") { Description = "Checkpoint folder (sets checkpoint.dir): step-NNNNNNNN checkpoints every checkpoint.interval steps and when the job ends" };
+        var resume = new Option<string?>("--resume") { Description = "Continue from a checkpoint, or from the newest valid one in a folder, in any layout (its job config is the base)" };
         var engine = new Option<string>("--engine")
         {
             Description = "cluster: an embedded local Orleans cluster (silos in this process), the same job semantics as a real cluster; local: every rank as a thread of one engine",
             DefaultValueFactory = _ => "cluster",
         };
         engine.AcceptOnlyFromAmong("cluster", "local");
-        var command = new Command("train", "Train a model in this process (every rank of the layout runs as a thread)");
+        var command = new Command("train", "Train a model in this process: on an embedded local cluster (default) or on the in-process engine");
         job.AddTo(command);
         command.Add(output);
         command.Add(resume);

@@ -19,6 +19,9 @@ public sealed class Checkpointer(CheckpointConfig policy, Action<string>? log = 
 
     public SaveReport? LastCommitted { get; private set; }
 
+    /// <summary>True while a save's shards are still being written.</summary>
+    public bool Writing => _inFlight is { IsCompleted: false };
+
     /// <summary>Starts a save of the engine's current state (between steps). Returns the time training was stalled.</summary>
     public TimeSpan Save(LocalEngine engine, JobConfig job, string jobId, int stage)
     {

@@ -44,9 +44,6 @@ public sealed record CheckpointConfig
 
     /// <summary>Write in the background after a snapshot to host memory (training continues); false = wait.</summary>
     public bool Async { get; init; } = true;
-
-    /// <summary>Steps between in-memory snapshots kept on a peer server (cluster only); 0 = off.</summary>
-    public long MemoryInterval { get; init; }
 }
 
 public sealed record DataConfig

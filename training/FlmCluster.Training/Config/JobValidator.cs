@@ -54,7 +54,6 @@ public static class JobValidator
         Require(c.Interval >= 0, $"checkpoint.interval must not be negative (got {c.Interval})");
         Require(c.KeepLast >= 1, $"checkpoint.keep_last must be at least 1 (got {c.KeepLast})");
         Require(c.KeepEvery >= 0, $"checkpoint.keep_every must not be negative (got {c.KeepEvery})");
-        Require(c.MemoryInterval >= 0, $"checkpoint.memory_interval must not be negative (got {c.MemoryInterval})");
         Require(c.Interval == 0 || !string.IsNullOrWhiteSpace(c.Dir), "checkpoint.interval is set but checkpoint.dir is empty; give a folder (e.g. --set checkpoint.dir=runs/job)");
         Require(string.IsNullOrWhiteSpace(c.Dir) || !File.Exists(c.Dir), $"checkpoint.dir '{c.Dir}' is a file; give a folder");
         Require(job.Data.Paths.Count > 0, "data.paths is empty; give at least one text, JSONL or token file (or 'bundled')");
