@@ -22,15 +22,8 @@ public static class CheckpointBenchmark
         try
         {
             var disk = DiskWrite(root, 1L << 30);
-            var job = JobValidator.Validate(new JobConfig
-            {
-                Name = "bench-ckpt",
-                Tokenizer = TokenizerFactory.Bytes,
-                Model = new ModelConfig { Layers = 8, Hidden = 512, Heads = 4, SeqLen = 128, VocabPadMultiple = 128, Mup = new MupConfig { BaseWidth = 512 } },
-                Train = new TrainConfig { Steps = 1000, GlobalBatch = 8, Precision = "fp32" },
-                Layout = new LayoutConfig { Dp = 2 },
-                Checkpoint = new CheckpointConfig { Dir = root, KeepLast = 2, Async = true },
-            });
+            var job = BenchJobs.Bytes("bench-ckpt", layers: 8, hidden: 512, heads: 4, seqLen: 128, globalBatch: 8, new LayoutConfig { Dp = 2 })
+                with { Checkpoint = new CheckpointConfig { Dir = root, KeepLast = 2, Async = true } };
             using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
             double stepMs;
             var stalls = new List<double>();

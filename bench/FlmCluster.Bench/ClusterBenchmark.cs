@@ -134,14 +134,8 @@ public static class ClusterBenchmark
 
     private static async Task Throughput(int steps)
     {
-        var job = JobValidator.Validate(new JobConfig
-        {
-            Name = "bench-cluster",
-            Tokenizer = TokenizerFactory.Bytes,
-            Model = new ModelConfig { Layers = 4, Hidden = 256, Heads = 4, SeqLen = 256, VocabPadMultiple = 128, Mup = new MupConfig { BaseWidth = 256 } },
-            Train = new TrainConfig { Steps = steps, GlobalBatch = 16, Precision = "fp32", Threads = 1 },
-            Layout = new LayoutConfig { Dp = 2 },
-        });
+        var job = BenchJobs.Bytes("bench-cluster", layers: 4, hidden: 256, heads: 4, seqLen: 256, globalBatch: 16, new LayoutConfig { Dp = 2 }, threads: 1);
+        job = job with { Train = job.Train with { Steps = steps } };
         double local;
         using (var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab))
         using (var engine = LocalEngine.Create(job, data))

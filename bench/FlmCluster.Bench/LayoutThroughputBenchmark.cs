@@ -15,13 +15,7 @@ public static class LayoutThroughputBenchmark
     {
         var repeats = args.Int("repeats", 3);
         var steps = args.Int("steps", 8);
-        var job = JobValidator.Validate(new JobConfig
-        {
-            Name = "bench-layouts",
-            Tokenizer = TokenizerFactory.Bytes,
-            Model = new ModelConfig { Layers = 4, Hidden = 256, Heads = 4, SeqLen = 256, VocabPadMultiple = 128, Mup = new MupConfig { BaseWidth = 256 } },
-            Train = new TrainConfig { Steps = 1000, GlobalBatch = 16, Precision = "fp32" },
-        });
+        var job = BenchJobs.Bytes("bench-layouts", layers: 4, hidden: 256, heads: 4, seqLen: 256, globalBatch: 16);
         using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         var layouts = new (string Name, LayoutConfig Layout)[]
         {

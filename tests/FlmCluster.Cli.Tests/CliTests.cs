@@ -1,3 +1,4 @@
+using FlmCluster.Tests.Process;
 namespace FlmCluster.Cli.Tests;
 
 public sealed class CliTests : IDisposable
