@@ -15,29 +15,15 @@ public static class ClusterAccess
         return await FlmClusterClient.ConnectAsync(profile);
     }
 
-    /// <summary>A submission; <paramref name="resumeFrom"/> must hold a valid checkpoint of the same model (checked here, before submitting).</summary>
+    /// <summary>A submission; <paramref name="resumeFrom"/> is a checkpoint already checked against the job (TrainCommand.LoadResume).</summary>
     public static JobSubmission Submission(JobConfig job, int priority, string? resumeFrom = null)
     {
         if (job.Stages.Count > 0)
             throw new FlmUserException("growth stages run with 'flm train' for now; a cluster job has one stage");
-        if (resumeFrom is not null)
-        {
-            try
-            {
-                var reader = FlmCluster.Training.Checkpoint.CheckpointStore.Resolve(resumeFrom);
-                FlmCluster.Training.Checkpoint.CheckpointRestore.CheckCompatible(reader, job.Model, job.Tokenizer);
-                if (reader.Manifest.Step >= job.Train.Steps)
-                    throw new FlmUserException($"the checkpoint is at step {reader.Manifest.Step}; give more than {reader.Manifest.Step} steps (--steps)");
-                resumeFrom = Path.GetFullPath(resumeFrom);
-            }
-            catch (FlmCluster.Training.Checkpoint.InvalidCheckpointException ex)
-            {
-                throw new FlmUserException($"--resume-from: {ex.Message}");
-            }
-        }
         if (!string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
             job = job with { Checkpoint = job.Checkpoint with { Dir = Path.GetFullPath(job.Checkpoint.Dir) } };
-        return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, job.Layout.Dp, job.Layout.Tp, job.Layout.Pp, job.Train.Steps, resumeFrom);
+        return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, job.Layout.Dp, job.Layout.Tp, job.Layout.Pp, job.Train.Steps,
+            resumeFrom is null ? null : Path.GetFullPath(resumeFrom));
     }
 
     /// <summary>Polls a job, reporting every new committed step, until it ends; returns its final status.</summary>

@@ -126,7 +126,31 @@ public sealed class CliTests : IDisposable
         Assert.Contains("resumed from", fallback.Output);
         Assert.Contains("step-00000003 at step 3", fallback.Output);
         Assert.Contains("step-00000005", fallback.Error + fallback.Output);
+
+        // Resuming into a layout that cannot hold the model, as another model, or with no steps left: one
+        // error line before anything starts, and the checkpoints are untouched.
+        var step4 = Path.Combine(OutDir, "step-00000004");
+        var before = Listing(OutDir);
+        foreach (var (args, expected) in new (string[] Args, string Expected)[]
+        {
+            (["--layout", "tp=3"], "tp=3 does not divide model.heads=2"),
+            (["--set", "model.hidden=96"], "holds another model (hidden 128 in the checkpoint vs 96 in the job)"),
+            (["--steps", "4"], "the checkpoint is at step 4 and the job has 4 steps"),
+            (["--config", "small"], "resuming takes the job config from the checkpoint"),
+        })
+        {
+            var refused = FlmProcess.Run(_dir, ["train", "--resume", step4, .. args]);
+            Assert.Equal(2, refused.ExitCode);
+            Assert.Contains(expected, Assert.Single(refused.ErrorLines));
+            Assert.Equal("", refused.Output);
+        }
+        Assert.Equal(before, Listing(OutDir));
     }
+
+    /// <summary>Every file under a folder with its size and last write time.</summary>
+    private static List<string> Listing(string root) =>
+        Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
+            .Select(f => $"{f} {new FileInfo(f).Length} {File.GetLastWriteTimeUtc(f):O}").ToList();
 
     [Theory]
     [InlineData(new[] { "checkpoint", "verify", "." }, "no manifest.json")]

@@ -22,8 +22,8 @@ public static class JobCommands
         command.SetAction(async parse =>
         {
             var from = parse.GetValue(resumeFrom);
-            var config = from is null ? job.Load(parse) : job.Load(parse, TrainCommand.CheckpointJob(from, parse, job));
-            var submission = ClusterAccess.Submission(config, parse.GetValue(priority), from);
+            var (config, checkpoint) = from is null ? (job.Load(parse), null) : TrainCommand.LoadResume(from, "--resume-from", parse, job);
+            var submission = ClusterAccess.Submission(config, parse.GetValue(priority), checkpoint?.Directory);
             await using var client = await ClusterAccess.Connect();
             var id = await client.Submit(submission);
             Console.WriteLine(id);

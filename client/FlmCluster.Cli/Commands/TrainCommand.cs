@@ -32,12 +32,12 @@ public static class TrainCommand
         command.Add(engine);
         command.SetAction(async parse =>
         {
-            var (config, output_, resume_) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
+            var (config, from) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
             // Growth stages run on the in-process engine for now.
             var local = parse.GetValue(engine) == "local" || config.Stages.Count > 0;
             if (!local)
-                return await RunOnEmbeddedCluster(config, resume_);
-            return Run(config, output_, resume_, note: parse.GetValue(engine) != "local");
+                return await RunOnEmbeddedCluster(config, from);
+            return Run(config, from, note: parse.GetValue(engine) != "local");
         });
         return command;
     }
@@ -50,42 +50,53 @@ public static class TrainCommand
         Console.WriteLine($"   loss of the next batch: {t.LossBefore:0.000000} before, {t.LossAfter:0.000000} after (difference {t.LossAfter - t.LossBefore:+0.0e+00;-0.0e+00;0}); masks ramp over {t.RampSteps} steps; {t.Elapsed.TotalSeconds:0.0} s");
     }
 
-    /// <summary>The job JSON of a checkpoint to resume (its config is the base; --config may not be given).</summary>
-    public static string CheckpointJob(string path, ParseResult parse, JobOptions options)
+    /// <summary>
+    /// The job to resume and the checkpoint it resumes from: the checkpoint's config is the base (--config may
+    /// not be given), changed by --set, --steps and --layout; the result must still train the checkpoint's
+    /// model and have steps left. Checked before anything starts.
+    /// </summary>
+    public static (JobConfig Job, CheckpointReader Checkpoint) LoadResume(string path, string option, ParseResult parse, JobOptions options)
     {
         if (parse.GetResult(options.Config) is { Implicit: false })
             throw new FlmUserException("resuming takes the job config from the checkpoint; change it with --set, --steps or --layout instead of --config");
         try
         {
-            return CheckpointStore.Resolve(path, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}")).Manifest.JobJson;
+            var reader = CheckpointStore.Resolve(path, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}"));
+            var job = options.Load(parse, reader.Manifest.JobJson);
+            var stages = FlmCluster.Training.Growth.GrowthSchedule.Resolve(job);
+            var stage = Math.Clamp(reader.Manifest.Stage, 0, stages.Count - 1);
+            CheckpointRestore.CheckCompatible(reader, stages[stage].Job.Model, job.Tokenizer);
+            var total = stages.Sum(s => s.Job.Train.Steps);
+            if (reader.Manifest.Step >= total)
+                throw new FlmUserException($"the checkpoint is at step {reader.Manifest.Step} and the job has {total} steps; give more (--steps)");
+            return (job, reader);
         }
         catch (InvalidCheckpointException ex)
         {
-            throw new FlmUserException($"--resume: {ex.Message}");
+            throw new FlmUserException($"{option}: {ex.Message}");
         }
     }
 
-    private static (JobConfig Job, string? Output, string? Resume) Load(JobOptions options, ParseResult parse, string? output, string? resume)
+    private static (JobConfig Job, CheckpointReader? Resume) Load(JobOptions options, ParseResult parse, string? output, string? resumePath)
     {
         if (output is not null && File.Exists(output))
             throw new FlmUserException($"--out '{output}' is a file; give a directory");
         JobConfig job;
-        if (resume is not null)
-        {
-            job = options.Load(parse, CheckpointJob(resume, parse, options));
-        }
+        CheckpointReader? resume = null;
+        if (resumePath is not null)
+            (job, resume) = LoadResume(resumePath, "--resume", parse, options);
         else
             job = options.Load(parse);
         if (output is not null)
             job = JobValidator.Validate(job with { Checkpoint = job.Checkpoint with { Dir = output } });
-        return (job, output, resume);
+        return (job, resume);
     }
 
     /// <summary>
     /// The default: start a local cluster inside this process (two silos when the layout splits evenly), submit
     /// the job to it as a client, follow it to the end and stop the cluster.
     /// </summary>
-    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, string? resume)
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume)
     {
         Corpus.ExpandPaths(job.Data.Paths); // missing data is bad input, before anything starts
         var layout = ParallelLayout.FromConfig(job.Layout);
@@ -98,12 +109,9 @@ public static class TrainCommand
         await using var cluster = await LocalCluster.StartAsync(nodes, world / nodes, controlNode: false, torchThreads: job.Train.Threads);
         await using var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
         Console.WriteLine($"embedded cluster: {nodes} silo(s) × {world / nodes} device(s) in this process, up in {watch.Elapsed.TotalSeconds:0.0} s");
-        if (resume is not null)
-        {
-            var reader = CheckpointStore.Resolve(resume, (dir, why) => Console.WriteLine($"skipped checkpoint {dir}: {why}"));
-            Console.WriteLine($"resumed from {reader.Directory} at step {reader.Manifest.Step} (saved under dp={reader.Manifest.Layout.Dp},tp={reader.Manifest.Layout.Tp},pp={reader.Manifest.Layout.Pp})");
-        }
-        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume));
+        if (resume is { Manifest: var m0 })
+            Console.WriteLine($"resumed from {resume.Directory} at step {m0.Step} (saved under dp={m0.Layout.Dp},tp={m0.Layout.Tp},pp={m0.Layout.Pp})");
+        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume?.Directory));
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
@@ -126,7 +134,7 @@ public static class TrainCommand
         }
     }
 
-    private static int Run(JobConfig job, string? output, string? resume, bool note)
+    private static int Run(JobConfig job, CheckpointReader? resume, bool note)
     {
         var loadWatch = Stopwatch.StartNew();
         using var run = TrainingRun.Create(job, log: message => Console.WriteLine($"  {message}"));
@@ -142,8 +150,8 @@ public static class TrainCommand
         Console.WriteLine($"data: {run.Data.DocumentCount:N0} documents, {run.Data.TokenCount:N0} tokens (ready in {loadWatch.Elapsed.TotalSeconds:0.0} s)");
         if (resume is not null)
         {
-            var reader = run.Restore(resume, (dir, why) => Console.WriteLine($"skipped checkpoint {dir}: {why}"));
-            Console.WriteLine($"resumed from {reader.Directory} at step {run.NextStep} (stage {run.Stage.Name}, layout {run.Engine.Layout})");
+            run.Restore(resume);
+            Console.WriteLine($"resumed from {resume.Directory} at step {run.NextStep} (stage {run.Stage.Name}, layout {run.Engine.Layout})");
         }
 
         using var cancel = new CancellationTokenSource();

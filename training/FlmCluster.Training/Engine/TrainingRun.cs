@@ -163,6 +163,13 @@ public sealed class TrainingRun : IDisposable
         {
             throw new FlmUserException(ex.Message);
         }
+        Restore(reader);
+        return reader;
+    }
+
+    /// <summary>Continues from a checkpoint already opened (and verified) by <see cref="CheckpointStore.Resolve"/>.</summary>
+    public void Restore(CheckpointReader reader)
+    {
         var m = reader.Manifest;
         if (m.Stage < 0 || m.Stage >= Stages.Count)
             throw new FlmUserException($"checkpoint '{reader.Directory}' is at stage {m.Stage}, but the job has {Stages.Count} stage(s)");
@@ -177,7 +184,6 @@ public sealed class TrainingRun : IDisposable
         }
         Engine.Fan(r => CheckpointRestore.Load(Engine.Ranks[r], reader));
         Engine.SetProgress(m.Step, m.SamplesConsumed);
-        return reader;
     }
 
     /// <summary>Runs a step, then a checkpoint when the policy's interval says so.</summary>
