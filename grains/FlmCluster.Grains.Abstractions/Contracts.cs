@@ -29,7 +29,43 @@ public sealed record WorkerAssignment(
     [property: Id(4)] IReadOnlyList<string> RankWorkers,
     [property: Id(5)] long NextStep,
     [property: Id(6)] long SamplesConsumed,
-    [property: Id(7)] string? RestoreFrom = null);
+    [property: Id(7)] string? RestoreFrom = null,
+    [property: Id(8)] ReplicaSource? RestoreFromReplica = null);
+
+/// <summary>
+/// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
+/// own worker first, then its peer on another server).
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.ReplicaSource")]
+public sealed record ReplicaSource(
+    [property: Id(0)] long Step,
+    [property: Id(1)] IReadOnlyList<IReadOnlyList<string>> Holders);
+
+/// <summary>An in-memory snapshot the coordinator asks for: every worker copies its rank now and sends the copy to Peer.</summary>
+[GenerateSerializer, Immutable, Alias("flm.ReplicaCommand")]
+public sealed record ReplicaCommand(
+    [property: Id(0)] string JobId,
+    [property: Id(1)] int Incarnation,
+    [property: Id(2)] long Step,
+    [property: Id(3)] string Peer);
+
+/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it.</summary>
+[GenerateSerializer, Immutable, Alias("flm.ReplicaChunk")]
+public sealed record ReplicaChunk(
+    [property: Id(0)] string JobId,
+    [property: Id(1)] int Rank,
+    [property: Id(2)] long Step,
+    [property: Id(3)] int Index,
+    [property: Id(4)] int Count,
+    [property: Id(5)] byte[] Data);
+
+/// <summary>Where a worker's replica stands: still being sent, held by its peer (Done), or failed (Error).</summary>
+[GenerateSerializer, Immutable, Alias("flm.ReplicaStatus")]
+public sealed record ReplicaStatus(
+    [property: Id(0)] long Step,
+    [property: Id(1)] bool Done,
+    [property: Id(2)] long Bytes,
+    [property: Id(3)] string? Error);
 
 /// <summary>A checkpoint the coordinator asks for: every worker snapshots now and writes its shard into Directory.</summary>
 [GenerateSerializer, Immutable, Alias("flm.SaveCommand")]
@@ -151,7 +187,8 @@ public sealed record JobStatus(
     [property: Id(11)] DateTime SubmittedAt,
     [property: Id(12)] string Stage,
     [property: Id(13)] string? CheckpointDir = null,
-    [property: Id(14)] long? LastCheckpointStep = null);
+    [property: Id(14)] long? LastCheckpointStep = null,
+    [property: Id(15)] long? LastReplicaStep = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]

@@ -25,7 +25,26 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     [AlwaysInterleave]
     Task<ShardStatus> SaveStatus(string jobId, int incarnation, long step);
 
-    /// <summary>Gives up the job's rank and frees its memory.</summary>
+    /// <summary>
+    /// Copies the rank to host memory now (between steps), keeps the copy and sends it to the command's peer in
+    /// the background (in-memory checkpoint tier); at most one copy is in flight.
+    /// </summary>
+    [ResponseTimeout("00:30:00")]
+    Task BeginReplica(ReplicaCommand command);
+
+    /// <summary>Whether the replica of a step has reached its peer.</summary>
+    [AlwaysInterleave]
+    Task<ReplicaStatus> GetReplicaStatus(string jobId, int incarnation, long step);
+
+    /// <summary>Keeps a piece of another rank's replica (this worker is that rank's peer).</summary>
+    [AlwaysInterleave]
+    Task HoldReplica(ReplicaChunk chunk);
+
+    /// <summary>A piece of a replica this worker keeps (its own rank's or a peer's); null when it has none of that step.</summary>
+    [AlwaysInterleave]
+    Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index);
+
+    /// <summary>Gives up the job's rank and frees its memory, replicas included.</summary>
     Task Release(string jobId, int incarnation);
 
     /// <summary>Receives a piece of a tensor message from a worker on another silo.</summary>

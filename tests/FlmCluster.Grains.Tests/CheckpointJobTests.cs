@@ -64,24 +64,64 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         Assert.Equal(8, resumed.LastCheckpointStep); // the final state, saved when the job ends
     }
 
+    private async Task Restart(params string[] names)
+    {
+        foreach (var name in names)
+            await _cluster.StopSiloAsync(_cluster.Silos.Single(s => s.Name == name), TestContext.Current.CancellationToken);
+        foreach (var name in names)
+            await _cluster.StartSiloAsync(int.Parse(name[5..]), _cluster.Options, TestContext.Current.CancellationToken);
+    }
+
+    private static string Describe(JobStatus s) => $"{s.State}: {s.Error} | {string.Join(" | ", s.Events.TakeLast(8).Select(e => $"{e.Kind}: {e.Message}"))}";
+
     [Fact]
     public async Task When_workers_lose_their_state_the_job_restores_from_the_newest_checkpoint()
     {
-        var job = Job(2, 1, 1, steps: 40, "lost", interval: 5) with { Train = TestClusters.MicroJob(2, 1, 1, 2, 40).Train };
+        // In-memory replicas every step too, but both servers go down together: a rank and its peer are lost
+        // at once, so the replicas cannot help and the checkpoint on disk must.
+        var job = Job(2, 1, 2, steps: 40, "lost", interval: 5) with { Train = TestClusters.MicroJob(2, 1, 2, 2, 40).Train };
+        job = job with { Checkpoint = job.Checkpoint with { MemoryInterval = 1 } };
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        await TestClusters.WaitFor(_cluster.Client, id, s => s.LastCheckpointStep >= 10);
-        // Both GPU servers restart: their workers come back empty.
-        foreach (var name in new[] { "Silo_0", "Silo_1" })
+        var coordinator = _cluster.Client.GetGrain<IJobCoordinatorGrain>(id);
+        // Stop the job where the replicas are the newer recovery point, so that they are tried first.
+        while (true)
         {
-            var silo = _cluster.Silos.Single(s => s.Name == name);
-            await _cluster.StopSiloAsync(silo, TestContext.Current.CancellationToken);
-            await _cluster.StartSiloAsync(int.Parse(name[5..]), _cluster.Options, TestContext.Current.CancellationToken);
+            await TestClusters.WaitFor(_cluster.Client, id, s => s.State == JobStates.Running && s.LastCheckpointStep >= 10 && s.LastReplicaStep >= s.LastCheckpointStep);
+            await coordinator.Pause();
+            var paused = await coordinator.GetStatus();
+            if (paused.LastReplicaStep >= paused.LastCheckpointStep)
+                break;
+            await coordinator.Resume();
         }
+        await Restart("Silo_0", "Silo_1");
+        await coordinator.Resume();
         var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
-        Assert.True(status.State == JobStates.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", status.Events.TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
+        Assert.True(status.State == JobStates.Completed, Describe(status));
         Assert.Contains(status.Events, e => e.Kind == "workers-lost");
-        Assert.Contains(status.Events, e => e.Kind == "restoring");
+        Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
+        Assert.True(status.Events.Any(e => e.Kind == "replica-unavailable"), string.Join("\n", status.Events.Select(e => $"{e.Kind}: {e.Message}")));
+        Assert.Contains(status.Events, e => e.Kind == "restoring" && e.Message.Contains("step-000000"));
         // Steps after the checkpoint are redone with the same samples: the trajectory is an uninterrupted run's.
+        Assert.Equal(Enumerable.Range(0, 40).Select(i => (long)i), status.Recent.Select(p => p.Step));
+        Assert.Equal(LocalLosses(job), status.Recent.Select(p => p.Loss), new Tolerance(1e-6));
+    }
+
+    [Fact]
+    public async Task A_restarted_server_gets_its_ranks_back_from_the_in_memory_replicas_of_their_peers()
+    {
+        // Four ranks on two servers, an in-memory snapshot every 2 steps and no checkpoint on disk at all.
+        var job = TestClusters.MicroJob(2, 1, 2, 2, 40) with { Checkpoint = new CheckpointConfig { MemoryInterval = 2 } };
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
+        var before = await TestClusters.WaitFor(_cluster.Client, id, s => s.LastReplicaStep >= 10);
+        Assert.Equal(2, before.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
+        Assert.Contains(before.Events, e => e.Kind == "replica" && e.Message.Contains("kept by its peer on the next server"));
+        await Restart("Silo_1");
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        Assert.True(status.State == JobStates.Completed, Describe(status));
+        Assert.Contains(status.Events, e => e.Kind == "workers-lost");
+        Assert.Contains(status.Events, e => e.Kind == "restoring" && e.Message.Contains("from the in-memory replicas of step"));
+        Assert.DoesNotContain(status.Events, e => e.Kind is "replica-unavailable" or "replica-failed");
+        // The restored ranks are the ranks that were lost, bit for bit: the trajectory is an uninterrupted run's.
         Assert.Equal(Enumerable.Range(0, 40).Select(i => (long)i), status.Recent.Select(p => p.Step));
         Assert.Equal(LocalLosses(job), status.Recent.Select(p => p.Loss), new Tolerance(1e-6));
     }

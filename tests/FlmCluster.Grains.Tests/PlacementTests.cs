@@ -59,3 +59,24 @@ public sealed class PlacementTests : IAsyncLifetime
         }
     }
 }
+
+public sealed class ReplicaPeerTests
+{
+    [Fact]
+    public void Every_rank_has_a_peer_on_the_next_server_and_every_worker_keeps_one_replica()
+    {
+        string[] ranks = ["a/gpu0", "a/gpu1", "b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1"];
+        var peers = FlmCluster.Grains.Jobs.ReplicaPeers.For(ranks)!;
+        Assert.Equal(["b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1", "a/gpu0", "a/gpu1"], peers);
+        Assert.Equal(ranks.Order(), peers.Order()); // one replica each
+    }
+
+    [Fact]
+    public void Uneven_servers_still_put_every_peer_on_another_server()
+    {
+        string[] ranks = ["a/gpu0", "a/gpu1", "a/gpu2", "b/gpu0"];
+        var peers = FlmCluster.Grains.Jobs.ReplicaPeers.For(ranks)!;
+        Assert.All(ranks.Zip(peers), p => Assert.NotEqual(p.First[..1], p.Second[..1]));
+        Assert.Null(FlmCluster.Grains.Jobs.ReplicaPeers.For(["a/gpu0", "a/gpu1"])); // one server: no replica survives it
+    }
+}

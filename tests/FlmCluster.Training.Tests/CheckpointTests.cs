@@ -152,6 +152,41 @@ public sealed class CheckpointTests : IDisposable
         Assert.Throws<InvalidCheckpointException>(() => CheckpointStore.Resolve(newest));
     }
 
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")] // separate fp32 master weights
+    public void A_rank_replica_restores_its_own_rank_bit_identically_and_no_other(string precision)
+    {
+        using var data = TestJobs.SharedBytes();
+        var job = Job(2, 1, 2, precision: precision) with { Checkpoint = new CheckpointConfig() };
+        using var straight = LocalEngine.Create(job, data);
+        for (var i = 0; i < 3; i++)
+            straight.RunStep();
+        // Small chunks, so that every tensor spans several of them.
+        var replicas = straight.Fan(r =>
+        {
+            using var snapshot = RankSnapshot.Capture(straight.Ranks[r], allParameters: true);
+            return RankReplica.Serialize(snapshot, straight.NextStep, chunkSize: 64 << 10);
+        });
+        Assert.All(replicas, b => Assert.True(b.Chunks.Count > 4));
+        var expected = Enumerable.Range(0, 3).Select(_ => straight.RunStep().Loss).ToList();
+        var expectedParams = StateAssembler.GatherParameters(straight.Ranks);
+
+        using var restored = LocalEngine.Create(job, data);
+        var steps = restored.Fan(r => RankReplica.Restore(restored.Ranks[r], replicas[r]));
+        Assert.All(steps, s => Assert.Equal(3, s));
+        Assert.All(restored.Ranks, r => Assert.Equal(3, r.Optimizer.Step));
+        restored.SetProgress(3, 3 * job.Train.GlobalBatch);
+        Assert.Equal(expected, Enumerable.Range(0, 3).Select(_ => restored.RunStep().Loss));
+        foreach (var (name, t) in StateAssembler.GatherParameters(restored.Ranks))
+            Assert.True(t.equal(expectedParams[name]).all().item<bool>(), name);
+
+        // Rank 1's replica does not go into rank 0.
+        using var other = LocalEngine.Create(job, data);
+        var ex = Assert.Throws<InvalidDataException>(() => RankReplica.Restore(other.Ranks[0], replicas[1]));
+        Assert.Contains("the replica is of rank 1, this rank is 0", ex.Message);
+    }
+
     [Fact]
     public void Retention_keeps_the_last_k_and_every_nth()
     {

@@ -88,6 +88,10 @@ public static class JobCommands
             (last is null ? "" : $", loss {last.Loss:0.0000}, {last.TokensPerSecond:N0} tokens/s"));
         foreach (var node in s.Workers.Select((w, rank) => (w, rank)).GroupBy(x => x.w[..x.w.IndexOf('/')]))
             Console.WriteLine($"  {node.Key}: {string.Join(", ", node.Select(x => $"rank {x.rank} on {x.w[(x.w.IndexOf('/') + 1)..]}"))}");
+        if (s.CheckpointDir is not null || s.LastReplicaStep is not null)
+            Console.WriteLine($"  recovery points: checkpoint on disk {(s.LastCheckpointStep is { } c ? $"at step {c}" : "none yet")}" +
+                (s.CheckpointDir is null ? "" : $" ({s.CheckpointDir})") +
+                (s.LastReplicaStep is { } r ? $", in-memory replicas at step {r}" : ""));
         if (s.Error is not null)
             Console.WriteLine($"  error: {s.Error}");
     }

@@ -44,6 +44,8 @@ public static class FlmSiloBuilderExtensions
         });
         silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
         silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
+        silo.AddPlacementDirector<SiloPinnedPlacementStrategy, SiloPinnedPlacementDirector>();
+        silo.Services.AddSingleton<NodeDirectory>();
         silo.Services.AddSingleton(options);
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();

@@ -1,12 +1,15 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Optim;
 using FlmCluster.Training.Telemetry;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Orleans.Runtime;
+using Orleans.Storage;
 
 namespace FlmCluster.Grains.Jobs;
 
@@ -30,7 +33,21 @@ public sealed class JobState
     [Id(13)] public PendingCheckpoint? LastCheckpoint { get; set; }
     [Id(14)] public bool SaveRequested { get; set; }
     [Id(15)] public int Restores { get; set; }
+
+    /// <summary>The newest step whose in-memory replicas every rank's peer holds.</summary>
+    [Id(16)] public ReplicaPoint? LastReplica { get; set; }
+
+    /// <summary>Set while workers are being rebuilt from the in-memory replicas of this step.</summary>
+    [Id(17)] public long? RestoreFromReplica { get; set; }
 }
+
+/// <summary>Where training stood at an in-memory snapshot.</summary>
+[GenerateSerializer, Immutable, Alias("flm.ReplicaPoint")]
+public sealed record ReplicaPoint(
+    [property: Id(0)] long Step,
+    [property: Id(1)] long SamplesConsumed,
+    [property: Id(2)] long AdamStep,
+    [property: Id(3)] DateTime StartedAt);
 
 /// <summary>A checkpoint being written (or the last one committed): its step, folder and where training stood.</summary>
 [GenerateSerializer, Immutable, Alias("flm.PendingCheckpoint")]
@@ -53,6 +70,7 @@ public sealed record PendingCheckpoint(
 public sealed class JobCoordinatorGrain(
     [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
     IGrainFactory grains,
+    IHostApplicationLifetime lifetime,
     ILogger<JobCoordinatorGrain> log) : Grain, IJobCoordinatorGrain, IRemindable
 {
     private const int RecentLimit = 200;
@@ -63,6 +81,8 @@ public sealed class JobCoordinatorGrain(
     private LrSchedule? _schedule;
     private IGrainTimer? _timer;
     private DateTime _lastPoll;
+    private DateTime _lastReplicaPoll;
+    private ReplicaPoint? _pendingReplica;
     private DateTime _retryAt;
     private DateTime? _waitingSince;
 
@@ -127,7 +147,7 @@ public sealed class JobCoordinatorGrain(
         var sub = S.Submission ?? throw new ClusterRequestException($"no job '{JobId}'");
         return Task.FromResult(new JobStatus(JobId, sub.Name, S.State, S.NextStep, sub.Steps, $"dp={sub.Dp},tp={sub.Tp},pp={sub.Pp}",
             S.RankWorkers.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, sub.Priority, S.SubmittedAt, "main",
-            string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) ? null : Job.Checkpoint.Dir, S.LastCheckpoint?.Step));
+            string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) ? null : Job.Checkpoint.Dir, S.LastCheckpoint?.Step, S.LastReplica?.Step));
     }
 
     public async Task Cancel(string reason)
@@ -211,9 +231,33 @@ public sealed class JobCoordinatorGrain(
                     break;
             }
         }
+        catch (InconsistentStateException ex)
+        {
+            // The job's state changed on storage after this activation read it: the last write of an activation
+            // on a silo that was just declared dead. Take that state (workers answer a repeated step with the
+            // report they already sent) and go on.
+            await store.ReadStateAsync();
+            Log("state-reloaded", $"{ex.Message}; continuing from committed step {S.NextStep}");
+        }
+        catch (Exception ex) when (lifetime.ApplicationStopping.IsCancellationRequested || cancellationToken.IsCancellationRequested)
+        {
+            // This silo is going away, and its calls fail for that reason alone: the job is not at fault. It
+            // continues on another silo from its committed state (a reminder, or the next call, activates it).
+            log.LogInformation("Job {Job}: coordinator stopping with its silo at step {Step} ({Message})", JobId, S.NextStep, ex.Message);
+            StopTimer();
+        }
         catch (Exception ex)
         {
             var message = ex is AggregateException agg ? agg.InnerExceptions[0].Message : ex.Message;
+            if (S.RestoreFromReplica is not null && message.Contains(ReplicaStore.Unavailable, StringComparison.Ordinal))
+            {
+                // A rank and its peer were both lost: the replicas cannot rebuild the job; a checkpoint on disk may.
+                Log("replica-unavailable", message);
+                S.LastReplica = null;
+                S.RestoreFromReplica = null;
+                if (await TryRestore(message))
+                    return;
+            }
             if (IsWorkerLoss(ex, message))
             {
                 // Workers lost their state (their server restarted or died): rebuild from a checkpoint once the
@@ -246,6 +290,8 @@ public sealed class JobCoordinatorGrain(
     {
         if (S.Pending is not null)
             await PollCheckpoint();
+        if (_pendingReplica is not null)
+            await PollReplica();
         var checkpoints = !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir);
         if (S.NextStep >= S.Submission!.Steps)
         {
@@ -264,6 +310,48 @@ public sealed class JobCoordinatorGrain(
         var interval = Job.Checkpoint.Interval;
         if (checkpoints && S.Pending is null && (S.SaveRequested || (interval > 0 && S.NextStep % interval == 0)) && S.NextStep < S.Submission.Steps)
             await BeginCheckpoint();
+        var memory = Job.Checkpoint.MemoryInterval;
+        if (memory > 0 && _pendingReplica is null && S.NextStep % memory == 0 && S.NextStep < S.Submission.Steps && ReplicaPeers.For(S.RankWorkers) is { } peers)
+            await BeginReplica(peers);
+    }
+
+    /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
+    private async Task BeginReplica(string[] peers)
+    {
+        var step = S.NextStep;
+        await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).BeginReplica(new ReplicaCommand(JobId, S.Incarnation, step, peers[rank]))));
+        _pendingReplica = new ReplicaPoint(step, S.SamplesConsumed, S.AdamStep, DateTime.UtcNow);
+    }
+
+    /// <summary>Records the pending in-memory snapshot once every peer holds its replica.</summary>
+    private async Task PollReplica()
+    {
+        var pending = _pendingReplica!;
+        if (DateTime.UtcNow - _lastReplicaPoll < TimeSpan.FromMilliseconds(50))
+            return;
+        _lastReplicaPoll = DateTime.UtcNow;
+        var statuses = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).GetReplicaStatus(JobId, S.Incarnation, pending.Step)));
+        if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
+        {
+            _pendingReplica = null;
+            Log("replica-failed", $"step {pending.Step}: {failed.Error}");
+            return;
+        }
+        if (!statuses.All(s => s.Done))
+            return;
+        if (S.LastReplica is null)
+            Log("replica", $"in-memory snapshots every {Job.Checkpoint.MemoryInterval} steps, each rank's kept by its peer on the next server: " +
+                $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(DateTime.UtcNow - pending.StartedAt).TotalSeconds:0.0} s");
+        S.LastReplica = pending;
+        _pendingReplica = null;
+        await store.WriteStateAsync();
+    }
+
+    /// <summary>For every rank, the workers holding its replicas: its own, then its peer.</summary>
+    private List<IReadOnlyList<string>> ReplicaHolders()
+    {
+        var peers = ReplicaPeers.For(S.RankWorkers) ?? [];
+        return S.RankWorkers.Select((worker, rank) => (IReadOnlyList<string>)(peers.Length > 0 ? [worker, peers[rank]] : [worker])).ToList();
     }
 
     /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
@@ -338,7 +426,31 @@ public sealed class JobCoordinatorGrain(
     /// <summary>Workers lost the job (e.g. their servers restarted): rebuild them from the newest valid checkpoint.</summary>
     private async Task<bool> TryRestore(string why)
     {
-        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) || S.Restores >= RestoreLimit)
+        if (S.Restores >= RestoreLimit)
+            return false;
+        var disk = !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir);
+        // The newer of the in-memory replicas and the newest checkpoint on disk (checksums checked only if used);
+        // at the same step the replicas, which load without touching storage.
+        var newestOnDisk = disk ? CheckpointStore.List(Job.Checkpoint.Dir).LastOrDefault(e => e.Valid)?.Step : null;
+        if (S.LastReplica is { } replica && replica.Step >= (newestOnDisk ?? -1))
+        {
+            S.Restores++;
+            Log("workers-lost", why);
+            S.Pending = null;
+            _pendingReplica = null;
+            S.NextStep = replica.Step;
+            S.SamplesConsumed = replica.SamplesConsumed;
+            S.AdamStep = replica.AdamStep;
+            S.RestoreFrom = null;
+            S.RestoreFromReplica = replica.Step;
+            S.Recent.RemoveAll(p => p.Step >= replica.Step);
+            Log("restoring", $"from the in-memory replicas of step {replica.Step} (each rank's own copy, or its peer's)");
+            S.Incarnation++;
+            S.State = JobStates.Starting;
+            await store.WriteStateAsync();
+            return true;
+        }
+        if (!disk)
             return false;
         var reader = CheckpointStore.NewestValid(Job.Checkpoint.Dir, (dir, reason) => Log("checkpoint-rejected", $"{dir}: {reason}"));
         if (reader is null)
@@ -346,6 +458,8 @@ public sealed class JobCoordinatorGrain(
         S.Restores++;
         Log("workers-lost", why);
         S.Pending = null;
+        _pendingReplica = null;
+        S.RestoreFromReplica = null;
         RestorePoint(reader);
         S.Incarnation++;
         S.State = JobStates.Starting;
@@ -359,10 +473,14 @@ public sealed class JobCoordinatorGrain(
     {
         var watch = Stopwatch.StartNew();
         var json = JobConfigLoader.ToJson(Job);
+        var replicas = S.RestoreFromReplica is { } step ? new ReplicaSource(step, ReplicaHolders()) : null;
         await Task.WhenAll(S.RankWorkers.Select((_, rank) =>
-            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, S.RankWorkers, S.NextStep, S.SamplesConsumed, S.RestoreFrom))));
+            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, S.RankWorkers, S.NextStep, S.SamplesConsumed, S.RestoreFrom, replicas))));
+        if (S.LastReplica is null && Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(S.RankWorkers) is null)
+            Log("replica-off", "checkpoint.memory_interval is set but all ranks are on one server, where a replica would die with its rank");
         S.State = JobStates.Running;
         S.RestoreFrom = null;
+        S.RestoreFromReplica = null;
         _waitingSince = null;
         Log("started", $"{S.RankWorkers.Count} workers built their model slices in {watch.Elapsed.TotalSeconds:0.0} s");
         await store.WriteStateAsync();

@@ -1,6 +1,5 @@
 using Orleans.Placement;
 using Orleans.Runtime;
-using Orleans.Runtime.MembershipService.SiloMetadata;
 using Orleans.Runtime.Placement;
 
 namespace FlmCluster.Grains.Placement;
@@ -33,15 +32,20 @@ public sealed class NodePinnedPlacementAttribute() : PlacementAttribute(new Node
 /// Places "node/gpuK" only on the active silo whose metadata names that node, and refuses (throws) when no
 /// such silo is active: a GPU's worker never lands on another server.
 /// </summary>
-public sealed class NodePinnedPlacementDirector(ISiloMetadataCache metadata) : IPlacementDirector
+public sealed class NodePinnedPlacementDirector(NodeDirectory nodes) : IPlacementDirector
 {
-    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    public async Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
     {
         var key = target.GrainIdentity.Key.ToString()!;
         var node = NodeMetadata.NodeOfWorker(key);
-        foreach (var silo in context.GetCompatibleSilos(target))
-            if (metadata.GetSiloMetadata(silo).Metadata.TryGetValue(NodeMetadata.Node, out var n) && n == node)
-                return Task.FromResult(silo);
+        var silos = context.GetCompatibleSilos(target);
+        // Known silos first: asking one that is not in the metadata cache costs a call.
+        foreach (var silo in silos)
+            if (nodes.Known(silo)?.Node == node)
+                return silo;
+        foreach (var silo in silos.Where(s => nodes.Known(s) is null))
+            if ((await nodes.Resolve(silo))?.Node == node)
+                return silo;
         throw new OrleansException($"No active silo for node '{node}': worker '{key}' can only run on that server");
     }
 }
@@ -57,21 +61,19 @@ public sealed class ControlPlanePlacementAttribute() : PlacementAttribute(new Co
 /// Control-plane grains go to a silo that hosts no GPUs when one exists (so losing a GPU server never takes
 /// a coordinator with it), otherwise to any compatible silo; the choice is spread by the grain's key.
 /// </summary>
-public sealed class ControlPlanePlacementDirector(ISiloMetadataCache metadata) : IPlacementDirector
+public sealed class ControlPlanePlacementDirector(NodeDirectory nodes) : IPlacementDirector
 {
-    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    public async Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
     {
         var silos = context.GetCompatibleSilos(target).OrderBy(s => s.ToString(), StringComparer.Ordinal).ToArray();
         if (silos.Length == 0)
             throw new OrleansException("No compatible silo for a control-plane grain");
-        var controlOnly = silos.Where(s => DeviceCount(metadata.GetSiloMetadata(s)) == 0).ToArray();
+        var identities = await Task.WhenAll(silos.Select(nodes.Resolve));
+        var controlOnly = silos.Where((_, i) => identities[i]?.Devices.Count == 0).ToArray();
         var pool = controlOnly.Length > 0 ? controlOnly : silos;
         var index = (int)((uint)StableHash(target.GrainIdentity.Key.ToString()!) % (uint)pool.Length);
-        return Task.FromResult(pool[index]);
+        return pool[index];
     }
-
-    private static int DeviceCount(SiloMetadata m) =>
-        m.Metadata.TryGetValue(NodeMetadata.Devices, out var devices) && DeviceSpec.TryParse(devices, out var spec) ? spec.Count : -1;
 
     private static int StableHash(string s)
     {

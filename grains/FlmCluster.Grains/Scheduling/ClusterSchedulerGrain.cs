@@ -4,7 +4,6 @@ using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Runtime;
-using Orleans.Runtime.MembershipService.SiloMetadata;
 
 namespace FlmCluster.Grains.Scheduling;
 
@@ -34,7 +33,7 @@ public sealed class SchedulerState
 public sealed class ClusterSchedulerGrain(
     [PersistentState("scheduler", FlmSiloBuilderExtensions.StorageName)] IPersistentState<SchedulerState> store,
     IClusterMembershipService membership,
-    ISiloMetadataCache metadata,
+    NodeDirectory directory,
     IGrainFactory grains,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
@@ -42,7 +41,7 @@ public sealed class ClusterSchedulerGrain(
 
     public async Task<string> Submit(JobSubmission submission)
     {
-        var nodes = ActiveNodes();
+        var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
         if (!GangAllocator.CanEverHost(nodes.Values.Select(n => n.Count), submission.Dp, submission.Tp, submission.Pp))
@@ -65,17 +64,19 @@ public sealed class ClusterSchedulerGrain(
         return statuses.OrderBy(s => s.SubmittedAt).ToList();
     }
 
-    public Task<ClusterInventory> GetInventory()
+    public async Task<ClusterInventory> GetInventory()
     {
+        var members = membership.CurrentSnapshot.Members.Values.OrderBy(m => m.SiloAddress.ToString()).ToList();
+        var identities = await Task.WhenAll(members.Select(m => directory.Resolve(m.SiloAddress)));
         var holders = S.Jobs.Where(j => j.Value.State == JobStates.Running)
             .SelectMany(j => j.Value.RankWorkers.Select((w, rank) => (Worker: w, Job: j.Key, Rank: rank)))
             .ToDictionary(x => x.Worker, x => (x.Job, x.Rank));
         var nodes = new List<NodeInfo>();
-        foreach (var member in membership.CurrentSnapshot.Members.Values.OrderBy(m => m.SiloAddress.ToString()))
+        foreach (var (member, identity) in members.Zip(identities))
         {
-            var meta = metadata.GetSiloMetadata(member.SiloAddress).Metadata;
-            if (!meta.TryGetValue(NodeMetadata.Node, out var node) || !meta.TryGetValue(NodeMetadata.Devices, out var devices) || !DeviceSpec.TryParse(devices, out var spec))
+            if (identity is null)
                 continue;
+            var (node, spec) = identity;
             var status = member.Status.ToString().ToLowerInvariant();
             if (member.Status == SiloStatus.Dead && !holders.Keys.Any(w => NodeMetadata.NodeOfWorker(w) == node))
                 continue;
@@ -87,7 +88,7 @@ public sealed class ClusterSchedulerGrain(
             nodes.Add(new NodeInfo(node, member.SiloAddress.ToString(), status, gpus));
         }
         var queue = S.Jobs.Where(j => j.Value.State == JobStates.Queued).OrderByDescending(j => j.Value.Submission.Priority).ThenBy(j => j.Value.Sequence).Select(j => j.Key).ToList();
-        return Task.FromResult(new ClusterInventory(nodes, queue));
+        return new ClusterInventory(nodes, queue);
     }
 
     public async Task<bool> Cancel(string jobId)
@@ -124,8 +125,10 @@ public sealed class ClusterSchedulerGrain(
     /// </summary>
     private async Task TrySchedule()
     {
+        var nodes = await ActiveNodes();
+        // From here to the first call out nothing awaits: the free list cannot go stale.
         var starts = new List<(string Id, ScheduledJob Job)>();
-        var free = FreeGpus();
+        var free = FreeGpus(nodes);
         foreach (var (id, job) in S.Jobs.Where(j => j.Value.State == JobStates.Queued)
                      .OrderByDescending(j => j.Value.Submission.Priority).ThenBy(j => j.Value.Sequence).ToList())
         {
@@ -154,23 +157,18 @@ public sealed class ClusterSchedulerGrain(
     }
 
     /// <summary>Active GPU servers and their device counts.</summary>
-    private Dictionary<string, DeviceSpec> ActiveNodes()
+    private async Task<Dictionary<string, DeviceSpec>> ActiveNodes()
     {
-        var nodes = new Dictionary<string, DeviceSpec>();
-        foreach (var member in membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active))
-        {
-            var meta = metadata.GetSiloMetadata(member.SiloAddress).Metadata;
-            if (meta.TryGetValue(NodeMetadata.Node, out var node) && meta.TryGetValue(NodeMetadata.Devices, out var devices)
-                && DeviceSpec.TryParse(devices, out var spec) && spec.Count > 0)
-                nodes[node] = spec;
-        }
-        return nodes;
+        var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
+        var identities = await Task.WhenAll(active.Select(m => directory.Resolve(m.SiloAddress)));
+        return identities.OfType<NodeIdentity>().Where(n => n.Devices.Count > 0)
+            .GroupBy(n => n.Node).ToDictionary(g => g.Key, g => g.Last().Devices);
     }
 
-    private Dictionary<string, IReadOnlyList<string>> FreeGpus()
+    private Dictionary<string, IReadOnlyList<string>> FreeGpus(Dictionary<string, DeviceSpec> nodes)
     {
         var busy = S.Jobs.Values.Where(j => j.State == JobStates.Running).SelectMany(j => j.RankWorkers).ToHashSet();
-        return ActiveNodes().ToDictionary(
+        return nodes.ToDictionary(
             n => n.Key,
             n => (IReadOnlyList<string>)Enumerable.Range(0, n.Value.Count).Select(k => $"{n.Key}/gpu{k}").Where(w => !busy.Contains(w)).ToList());
     }

@@ -33,6 +33,8 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
+    private (long Step, Task<long> Send)? _replica;
+    private readonly ReplicaStore _replicas = new();
 
     private string Key => this.GetPrimaryKeyString();
 
@@ -72,6 +74,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         var comm = new OrleansCollectives(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, local, grains, node.CollectiveTimeout);
         try
         {
+            var replica = a.RestoreFromReplica is { } source ? await FindReplica(a.JobId, a.Rank, source) : null;
             _trainer = await _thread!.Run(() =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
@@ -84,6 +87,8 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
                         throw new InvalidOperationException($"checkpoint {from} was trained on other data than this job's");
                     CheckpointRestore.Load(trainer, reader);
                 }
+                if (replica is not null)
+                    RankReplica.Restore(trainer, replica);
                 return trainer;
             });
         }
@@ -104,8 +109,8 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
 
     public async Task<WorkerStepReport> RunStep(WorkerStep step)
     {
-        if (_assignment is not { } a || a.JobId != step.JobId || a.Incarnation != step.Incarnation || _trainer is null)
-            throw new InvalidOperationException($"worker {Key} does not hold job {step.JobId} (incarnation {step.Incarnation})");
+        var trainer = Holding(step.JobId, step.Incarnation);
+        var a = _assignment!;
         if (_lastReport is { } last && last.Step == step.Step)
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
@@ -118,7 +123,6 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         activity?.SetTag("job", a.JobId);
         activity?.SetTag("rank", a.Rank);
         activity?.SetTag("step", step.Step);
-        var trainer = _trainer;
         RankStepReport report;
         try
         {
@@ -143,12 +147,11 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
 
     public async Task<string> BeginSave(SaveCommand command)
     {
-        if (_assignment is not { } a || a.JobId != command.JobId || a.Incarnation != command.Incarnation || _trainer is null)
-            throw new InvalidOperationException($"worker {Key} does not hold job {command.JobId} (incarnation {command.Incarnation})");
+        var trainer = Holding(command.JobId, command.Incarnation);
         if (_save is { } previous)
         {
             if (previous.Step == command.Step)
-                return _trainer.DataFingerprint; // repeated command
+                return trainer.DataFingerprint; // repeated command
             try
             {
                 await previous.Write; // at most one snapshot in flight
@@ -158,7 +161,6 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
                 log.LogWarning("Worker {Worker}: the previous shard failed: {Message}", Key, ex.Message);
             }
         }
-        var trainer = _trainer;
         var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer));
         Directory.CreateDirectory(command.Directory);
         _save = (command.Step, Task.Run(() =>
@@ -186,8 +188,98 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         return Task.FromResult(new ShardStatus(step, true, System.Text.Json.JsonSerializer.Serialize(save.Write.Result, CheckpointManifest.Json), null));
     }
 
+    public async Task BeginReplica(ReplicaCommand command)
+    {
+        var trainer = Holding(command.JobId, command.Incarnation);
+        var rank = _assignment!.Rank;
+        if (_replica is { } previous)
+        {
+            if (previous.Step == command.Step)
+                return; // repeated command
+            try
+            {
+                await previous.Send; // at most one copy in flight
+            }
+            catch (Exception ex)
+            {
+                log.LogWarning("Worker {Worker}: the previous replica failed: {Message}", Key, ex.Message);
+            }
+        }
+        var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer, allParameters: true));
+        var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
+        _replica = (command.Step, Task.Run(async () =>
+        {
+            ChunkedBytes bytes;
+            try
+            {
+                bytes = RankReplica.Serialize(snapshot, command.Step, TensorChunk.MaxBytes);
+            }
+            finally
+            {
+                snapshot.Dispose();
+            }
+            _replicas.Put(command.JobId, rank, command.Step, bytes);
+            for (var i = 0; i < bytes.Chunks.Count; i++)
+                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i]));
+            return bytes.Length;
+        }));
+    }
+
+    public Task<ReplicaStatus> GetReplicaStatus(string jobId, int incarnation, long step)
+    {
+        if (_assignment is not { } a || a.JobId != jobId || a.Incarnation != incarnation || _replica is not { } replica || replica.Step != step)
+            return Task.FromResult(new ReplicaStatus(step, false, 0, $"worker {Key} has no replica of job {jobId} at step {step}"));
+        if (!replica.Send.IsCompleted)
+            return Task.FromResult(new ReplicaStatus(step, false, 0, null));
+        if (replica.Send.IsFaulted)
+            return Task.FromResult(new ReplicaStatus(step, false, 0, replica.Send.Exception!.InnerException!.Message));
+        return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
+    }
+
+    public Task HoldReplica(ReplicaChunk chunk)
+    {
+        _replicas.Receive(chunk);
+        return Task.CompletedTask;
+    }
+
+    public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
+        Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
+
+    /// <summary>This rank's replica of a step: kept here, or fetched from the first holder that has it whole.</summary>
+    private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)
+    {
+        if (_replicas.Get(jobId, rank, source.Step) is { } own)
+            return own;
+        var holders = source.Holders[rank];
+        var problems = new List<string>();
+        foreach (var holder in holders.Where(h => h != Key))
+        {
+            try
+            {
+                var worker = grains.GetGrain<IGpuWorkerGrain>(holder);
+                var first = await worker.FetchReplica(jobId, rank, source.Step, 0);
+                if (first is null)
+                {
+                    problems.Add($"{holder} has none");
+                    continue;
+                }
+                var chunks = new byte[first.Count][];
+                chunks[0] = first.Data;
+                for (var i = 1; i < first.Count; i++)
+                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new InvalidOperationException($"{holder} dropped it")).Data;
+                return new ChunkedBytes(chunks);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                problems.Add($"{holder}: {ex.Message}");
+            }
+        }
+        throw new InvalidOperationException($"{ReplicaStore.Unavailable}: rank {rank} at step {source.Step} ({string.Join("; ", problems)})");
+    }
+
     public async Task Release(string jobId, int incarnation)
     {
+        _replicas.DropJob(jobId);
         if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
             await DropJob();
     }
@@ -222,6 +314,12 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         }
     }
 
+    private RankTrainer Holding(string jobId, int incarnation) =>
+        _assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation && _trainer is { } trainer
+            ? trainer
+            : throw new InvalidOperationException($"worker {Key} does not hold job {jobId} (incarnation {incarnation})");
+
+    /// <summary>Gives up the rank (on release or a new assignment); replicas stay: a restore may need them.</summary>
     private async Task DropJob()
     {
         if (_save is { } pending)
@@ -236,6 +334,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             }
             _save = null;
         }
+        _replica = null; // a copy still on its way finishes on its own
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
         if (_trainer is { } trainer)

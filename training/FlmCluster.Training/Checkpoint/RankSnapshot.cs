@@ -17,18 +17,24 @@ public sealed class RankSnapshot : IDisposable
     public int Rank { get; }
     public int TpRank { get; }
     public int TpSize { get; }
+
+    /// <summary>The layout the rank belongs to, e.g. "dp=2,tp=1,pp=2,micro=2".</summary>
+    public string Layout { get; }
+    public long AdamStep { get; }
     public Tensor? Params { get; }
     public IReadOnlyDictionary<string, Tensor> Optimizer { get; }
     public long ShardStart { get; }
     public long ShardLength { get; }
     public IReadOnlyList<Entry> Entries { get; }
 
-    private RankSnapshot(int rank, int tpRank, int tpSize, Tensor? parameters, IReadOnlyDictionary<string, Tensor> optimizer,
+    private RankSnapshot(int rank, int tpRank, int tpSize, string layout, long adamStep, Tensor? parameters, IReadOnlyDictionary<string, Tensor> optimizer,
         long shardStart, long shardLength, IReadOnlyList<Entry> entries)
     {
         Rank = rank;
         TpRank = tpRank;
         TpSize = tpSize;
+        Layout = layout;
+        AdamStep = adamStep;
         Params = parameters;
         Optimizer = optimizer;
         ShardStart = shardStart;
@@ -36,8 +42,12 @@ public sealed class RankSnapshot : IDisposable
         Entries = entries;
     }
 
-    /// <summary>Copies the rank's state (call on the rank's device thread, between steps).</summary>
-    public static RankSnapshot Capture(RankTrainer rank)
+    /// <summary>
+    /// Copies the rank's state (call on the rank's device thread, between steps). Parameters are copied on
+    /// data-parallel rank 0 only, unless <paramref name="allParameters"/> (a snapshot that must restore this
+    /// very rank on its own).
+    /// </summary>
+    public static RankSnapshot Capture(RankTrainer rank, bool allParameters = false)
     {
         using var _ = no_grad();
         var opt = rank.Optimizer;
@@ -49,11 +59,12 @@ public sealed class RankSnapshot : IDisposable
         };
         if (separateMaster)
             optimizer["master"] = opt.Master.cpu().clone().DetachFromDisposeScope();
-        var parameters = rank.Groups.Coords.Dp == 0 ? rank.Flat.Params.cpu().clone().DetachFromDisposeScope() : null;
+        var parameters = allParameters || rank.Groups.Coords.Dp == 0 ? rank.Flat.Params.cpu().clone().DetachFromDisposeScope() : null;
         var entries = rank.Flat.Entries
             .Select(e => new Entry(e.Parameter.Spec, e.Parameter.IsTiedCopy, e.Offset, e.Count, e.Parameter.Tensor.shape))
             .ToList();
-        return new RankSnapshot(rank.Groups.Rank, rank.Groups.Coords.Tp, rank.Layout.Tp, parameters, optimizer, opt.ShardStart, opt.ShardLength, entries);
+        return new RankSnapshot(rank.Groups.Rank, rank.Groups.Coords.Tp, rank.Layout.Tp, rank.Layout.ToString(), opt.Step, parameters, optimizer,
+            opt.ShardStart, opt.ShardLength, entries);
     }
 
     public long Bytes => (Params?.NumberOfElements * Params?.ElementSize ?? 0) + Optimizer.Values.Sum(t => t.NumberOfElements * t.ElementSize);

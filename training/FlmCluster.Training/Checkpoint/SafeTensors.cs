@@ -39,6 +39,15 @@ public static class SafeTensors
     /// <summary>Writes the tensors (sorted by name), fsyncs the file and returns its size and SHA-256.</summary>
     public static (long Bytes, string Sha256) Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+        var sha = Write(stream, tensors, metadata);
+        stream.Flush(flushToDisk: true);
+        return (stream.Length, sha);
+    }
+
+    /// <summary>Writes the tensors (sorted by name) to a stream; returns the SHA-256 of what was written.</summary>
+    public static string Write(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    {
         var names = tensors.Keys.Order(StringComparer.Ordinal).ToList();
         var header = new JsonObject();
         if (metadata is { Count: > 0 })
@@ -61,7 +70,6 @@ public static class SafeTensors
         var json = Encoding.UTF8.GetBytes(header.ToJsonString());
         var padded = (json.Length + 7) / 8 * 8;
         using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
-        using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
         void Put(ReadOnlySpan<byte> bytes)
         {
             stream.Write(bytes);
@@ -76,18 +84,25 @@ public static class SafeTensors
             Put(space);
         foreach (var t in hosts)
         {
-            // Large tensors go out in slices: a span over a tensor's native memory is limited to 2 GiB.
-            using var flat = t.reshape(-1);
-            var perSlice = Math.Max(1, (1L << 30) / Math.Max(1, t.ElementSize));
-            for (long start = 0; start < t.NumberOfElements; start += perSlice)
-            {
-                using var slice = flat.narrow(0, start, Math.Min(perSlice, t.NumberOfElements - start));
-                Put(slice.bytes);
-            }
+            ForEachSlice(t, slice => Put(slice.bytes));
             t.Dispose();
         }
-        stream.Flush(flushToDisk: true);
-        return (stream.Length, Convert.ToHexStringLower(hash.GetHashAndReset()));
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
+    /// <summary>
+    /// Visits a CPU tensor's memory in slices of at most 1 GiB: a span over a tensor's native memory is
+    /// limited to 2 GiB.
+    /// </summary>
+    private static void ForEachSlice(Tensor t, Action<Tensor> visit)
+    {
+        using var flat = t.reshape(-1);
+        var perSlice = Math.Max(1, (1L << 30) / Math.Max(1, t.ElementSize));
+        for (long start = 0; start < t.NumberOfElements; start += perSlice)
+        {
+            using var slice = flat.narrow(0, start, Math.Min(perSlice, t.NumberOfElements - start));
+            visit(slice);
+        }
     }
 
     /// <summary>SHA-256 of a whole file (to verify a shard against its manifest).</summary>
@@ -100,15 +115,27 @@ public static class SafeTensors
     /// <summary>Reads one tensor of a file by its header entry, without loading the rest.</summary>
     public static Tensor ReadTensor(string path, Entry entry, long dataStart)
     {
-        var t = empty(entry.Shape, dtype: entry.DType);
         using var stream = File.OpenRead(path);
         stream.Seek(dataStart + entry.Begin, SeekOrigin.Begin);
-        using var flat = t.reshape(-1);
-        var perSlice = Math.Max(1, (1L << 30) / Math.Max(1, t.ElementSize));
-        for (long start = 0; start < t.NumberOfElements; start += perSlice)
+        return ReadData(stream, entry, path);
+    }
+
+    private static Tensor ReadData(Stream stream, Entry entry, string source)
+    {
+        var t = empty(entry.Shape, dtype: entry.DType);
+        if (entry.End - entry.Begin != t.NumberOfElements * t.ElementSize)
         {
-            using var slice = flat.narrow(0, start, Math.Min(perSlice, t.NumberOfElements - start));
-            stream.ReadExactly(slice.bytes);
+            t.Dispose();
+            throw new InvalidDataException($"{source}: tensor '{entry.Name}' has {entry.End - entry.Begin} bytes for shape [{string.Join(",", entry.Shape)}]");
+        }
+        try
+        {
+            ForEachSlice(t, slice => stream.ReadExactly(slice.bytes));
+        }
+        catch (EndOfStreamException)
+        {
+            t.Dispose();
+            throw new InvalidDataException($"{source}: truncated in tensor '{entry.Name}'");
         }
         return t;
     }
@@ -118,18 +145,35 @@ public static class SafeTensors
 
     public static Dictionary<string, Tensor> Read(string path, out Dictionary<string, string> metadata)
     {
-        var file = File.ReadAllBytes(path);
-        var (entries, meta, dataStart) = ParseHeader(file, path);
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        return Read(stream, path, out metadata);
+    }
+
+    /// <summary>Reads every tensor from a stream positioned at the start of safetensors data, in one pass.</summary>
+    public static Dictionary<string, Tensor> Read(Stream stream, string source, out Dictionary<string, string> metadata)
+    {
+        var (entries, meta, _) = ParseHeader(ReadHeaderBytes(stream, source), source);
         metadata = meta;
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var e in entries)
+        long position = 0;
+        try
         {
-            var t = empty(e.Shape, dtype: e.DType);
-            var bytes = file.AsSpan((int)(dataStart + e.Begin), (int)(e.End - e.Begin));
-            if (bytes.Length != t.NumberOfElements * t.ElementSize)
-                throw new InvalidDataException($"{path}: tensor '{e.Name}' has {bytes.Length} bytes for shape [{string.Join(",", e.Shape)}]");
-            bytes.CopyTo(t.bytes);
-            result[e.Name] = t;
+            foreach (var e in entries.OrderBy(e => e.Begin))
+            {
+                if (e.Begin < position)
+                    throw new InvalidDataException($"{source}: tensor '{e.Name}' overlaps another");
+                for (; position < e.Begin; position++)
+                    if (stream.ReadByte() < 0)
+                        throw new InvalidDataException($"{source}: truncated before tensor '{e.Name}'");
+                result[e.Name] = ReadData(stream, e, source);
+                position = e.End;
+            }
+        }
+        catch
+        {
+            foreach (var t in result.Values)
+                t.Dispose();
+            throw;
         }
         return result;
     }
@@ -139,27 +183,32 @@ public static class SafeTensors
     /// <summary>Reads just the header: names, dtypes, shapes, and where the data starts (no tensor data).</summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeaderWithOffset(string path)
     {
-        var (entries, meta) = ReadHeader(path);
         using var stream = File.OpenRead(path);
-        Span<byte> length = stackalloc byte[8];
-        stream.ReadExactly(length);
-        return (entries, meta, 8 + BinaryPrimitives.ReadInt64LittleEndian(length));
+        return ParseHeader(ReadHeaderBytes(stream, path), path);
     }
 
     /// <summary>Reads just the header: names, dtypes, shapes (no tensor data).</summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata) ReadHeader(string path)
     {
         using var stream = File.OpenRead(path);
+        var (entries, meta, _) = ParseHeader(ReadHeaderBytes(stream, path), path);
+        return (entries, meta);
+    }
+
+    /// <summary>The length prefix and JSON header, leaving the stream at the first data byte.</summary>
+    private static byte[] ReadHeaderBytes(Stream stream, string source)
+    {
         Span<byte> length = stackalloc byte[8];
-        stream.ReadExactly(length);
+        if (stream.ReadAtLeast(length, 8, throwOnEndOfStream: false) < 8)
+            throw new InvalidDataException($"{source}: too short for a safetensors file");
         var n = BinaryPrimitives.ReadInt64LittleEndian(length);
-        if (n <= 0 || n > 100_000_000 || n > stream.Length - 8)
-            throw new InvalidDataException($"{path}: not a safetensors file (header length {n})");
+        if (n <= 0 || n > 100_000_000 || (stream.CanSeek && n > stream.Length - 8))
+            throw new InvalidDataException($"{source}: not a safetensors file (header length {n})");
         var header = new byte[8 + n];
         length.CopyTo(header);
-        stream.ReadExactly(header.AsSpan(8));
-        var (entries, meta, _) = ParseHeader(header, path);
-        return (entries, meta);
+        if (stream.ReadAtLeast(header.AsSpan(8), (int)n, throwOnEndOfStream: false) < n)
+            throw new InvalidDataException($"{source}: truncated header");
+        return header;
     }
 
     private static (List<Entry>, Dictionary<string, string>, long) ParseHeader(byte[] file, string path)

@@ -44,6 +44,13 @@ public sealed record CheckpointConfig
 
     /// <summary>Write in the background after a snapshot to host memory (training continues); false = wait.</summary>
     public bool Async { get; init; } = true;
+
+    /// <summary>
+    /// Steps between in-memory snapshots of every rank, each kept by the rank and by a peer on another server
+    /// (cluster jobs on two or more servers); 0 = off. A lost server's ranks come back from their peers'
+    /// copies, losing at most this many steps; a different layout needs a persistent checkpoint.
+    /// </summary>
+    public long MemoryInterval { get; init; }
 }
 
 public sealed record DataConfig
