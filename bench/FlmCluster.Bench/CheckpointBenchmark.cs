@@ -21,7 +21,8 @@ public static class CheckpointBenchmark
         Directory.CreateDirectory(root);
         try
         {
-            var disk = DiskWrite(root, 1L << 30);
+            // The disk's own rate varies from run to run (host caches): measured before, between and after the saves.
+            var diskRates = new List<double> { DiskWrite(root, 1L << 30) };
             var job = BenchJobs.Bytes("bench-ckpt", layers: 8, hidden: 512, heads: 4, seqLen: 128, globalBatch: 8, new LayoutConfig { Dp = 2 })
                 with { Checkpoint = new CheckpointConfig { Dir = root, KeepLast = 2, Async = true } };
             using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
@@ -54,13 +55,35 @@ public static class CheckpointBenchmark
                     run.RunStep();
                 }
             }
+            diskRates.Add(DiskWrite(root, 1L << 30));
+            // The in-memory tier: each rank's whole state copied and serialized into host memory (what a worker
+            // keeps and sends to its peer), both ranks in parallel.
+            var replicaSeconds = new List<double>();
+            long replicaBytes = 0;
+            using (var run = TrainingRun.Create(job, data))
+            {
+                run.RunStep();
+                for (var s = 0; s < saves; s++)
+                {
+                    var watch = Stopwatch.StartNew();
+                    var replicas = run.Engine.Fan(r =>
+                    {
+                        using var snapshot = RankSnapshot.Capture(run.Engine.Ranks[r], allParameters: true);
+                        return RankReplica.Serialize(snapshot, run.NextStep, 4 << 20);
+                    });
+                    replicaSeconds.Add(watch.Elapsed.TotalSeconds);
+                    replicaBytes = replicas.Sum(b => b.Length);
+                }
+            }
+            diskRates.Add(DiskWrite(root, 1L << 30));
+            var disk = Stats.Median(diskRates);
             var newest = CheckpointStore.List(root).Last(e => e.Valid).Directory;
             var (loadMs, verifyMs) = Load(job, data, newest);
             Console.WriteLine($"checkpoint: 25.4 M-parameter model (8 × 512, byte vocabulary), dp = 2 (two shards), fp32; {saves} saves; step {stepMs:0} ms");
             Console.WriteLine();
             Console.WriteLine("| measure | value |");
             Console.WriteLine("|---|---|");
-            Console.WriteLine($"| disk sequential write, 1 GiB with fsync (dd conv=fsync equivalent) | {disk:0.00} GB/s |");
+            Console.WriteLine($"| disk sequential write, 1 GiB with fsync (dd conv=fsync equivalent), median of 3 | {disk:0.00} GB/s ({string.Join(", ", diskRates.Select(r => r.ToString("0.00")))}) |");
             Console.WriteLine($"| checkpoint size (params once + fp32 moments) | {bytes / 1e6:0.0} MB |");
             Console.WriteLine($"| persistent save throughput (shards written in parallel, fsynced, manifest committed), median | {Stats.Median(persistRates):0.00} GB/s |");
             Console.WriteLine($"| save throughput / disk bandwidth | {Stats.Median(persistRates) / disk:0.00} |");
@@ -68,6 +91,9 @@ public static class CheckpointBenchmark
             Console.WriteLine($"| step time while shards are written, median | {(stepsDuringPersist.Count > 0 ? Stats.Median(stepsDuringPersist) : double.NaN):0} ms (vs {stepMs:0} ms) |");
             Console.WriteLine($"| peak resident memory while saving and training, above the peak of training alone | {peakExtra / 1e6:0} MB ({peakExtra / (double)bytes:0.00} × checkpoint size) |");
             Console.WriteLine($"| load into a new engine (dp=2), without / with checksum verification | {loadMs:0} ms / {loadMs + verifyMs:0} ms |");
+            var persistSeconds = bytes / (Stats.Median(persistRates) * 1e9);
+            Console.WriteLine($"| in-memory replicas of both ranks (parameters on every rank + moments), median | {replicaBytes / 1e6:0.0} MB in {Stats.Median(replicaSeconds) * 1e3:0} ms = {replicaBytes / Stats.Median(replicaSeconds) / 1e9:0.00} GB/s |");
+            Console.WriteLine($"| persistent save time / in-memory replica time | {persistSeconds / Stats.Median(replicaSeconds):0.0} |");
             return 0;
         }
         finally

@@ -40,6 +40,10 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     [AlwaysInterleave]
     Task HoldReplica(ReplicaChunk chunk);
 
+    /// <summary>Every rank's replica of this step is held: replicas of older steps of the job can go.</summary>
+    [AlwaysInterleave]
+    Task ConfirmReplica(string jobId, long step);
+
     /// <summary>A piece of a replica this worker keeps (its own rank's or a peer's); null when it has none of that step.</summary>
     [AlwaysInterleave]
     Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index);

@@ -44,6 +44,17 @@ public sealed class PlacementTests : IAsyncLifetime
         Assert.Contains("does not exist on node Silo_0", ex.ToString());
     }
 
+    [Fact]
+    public async Task Every_silo_answers_for_itself_which_server_it_is()
+    {
+        // The fallback when a silo's metadata is not in the local cache: a grain pinned to that very silo.
+        foreach (var silo in _cluster.Silos)
+        {
+            var answer = await _cluster.Client.GetGrain<FlmCluster.Grains.Placement.INodeInfoGrain>(silo.SiloAddress.ToParsableString()).Describe();
+            Assert.Equal((silo.Name, "cpu:2"), (answer.Node, answer.Devices));
+        }
+    }
+
     private static async Task<T> RetryAsync<T>(Func<Task<T>> call)
     {
         for (var attempt = 0; ; attempt++)

@@ -345,6 +345,7 @@ public sealed class JobCoordinatorGrain(
         S.LastReplica = pending;
         _pendingReplica = null;
         await store.WriteStateAsync();
+        await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).ConfirmReplica(JobId, pending.Step)));
     }
 
     /// <summary>For every rank, the workers holding its replicas: its own, then its peer.</summary>

@@ -33,7 +33,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
-    private (long Step, Task<long> Send)? _replica;
+    private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
     private readonly ReplicaStore _replicas = new();
 
     private string Key => this.GetPrimaryKeyString();
@@ -207,6 +207,8 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         }
         var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer, allParameters: true));
         var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
+        var stop = new CancellationTokenSource();
+        var stopped = stop.Token;
         _replica = (command.Step, Task.Run(async () =>
         {
             ChunkedBytes bytes;
@@ -220,9 +222,12 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             }
             _replicas.Put(command.JobId, rank, command.Step, bytes);
             for (var i = 0; i < bytes.Chunks.Count; i++)
+            {
+                stopped.ThrowIfCancellationRequested();
                 await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i]));
+            }
             return bytes.Length;
-        }));
+        }), stop);
     }
 
     public Task<ReplicaStatus> GetReplicaStatus(string jobId, int incarnation, long step)
@@ -239,6 +244,12 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     public Task HoldReplica(ReplicaChunk chunk)
     {
         _replicas.Receive(chunk);
+        return Task.CompletedTask;
+    }
+
+    public Task ConfirmReplica(string jobId, long step)
+    {
+        _replicas.DropOlder(jobId, step);
         return Task.CompletedTask;
     }
 
@@ -334,7 +345,12 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             }
             _save = null;
         }
-        _replica = null; // a copy still on its way finishes on its own
+        if (_replica is { } replica)
+        {
+            replica.Stop.Cancel(); // a copy on its way to the peer stops
+            replica.Stop.Dispose();
+            _replica = null;
+        }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
         if (_trainer is { } trainer)

@@ -5,9 +5,10 @@ namespace FlmCluster.Grains.Workers;
 
 /// <summary>
 /// The in-memory replicas one worker keeps: its own rank's and those of the rank it is the peer of (assembled
-/// from chunks as they arrive), the two newest steps of each: the newest may not be confirmed by every rank
-/// yet, and then the one before it is the job's recovery point. Thread-safe: the worker's background sender
-/// writes its own.
+/// from chunks as they arrive). Of each rank at most the two newest steps: the newest may not be held by
+/// every rank yet, and until it is, the one before it is the job's recovery point; once the coordinator
+/// confirms the newest, the older one goes. So a worker holds about twice its rank's state, three times
+/// while a new copy arrives. Thread-safe: the worker's background sender writes its own.
 /// </summary>
 public sealed class ReplicaStore
 {
@@ -18,6 +19,7 @@ public sealed class ReplicaStore
     private const int Kept = 2;
     private readonly Dictionary<(string Job, int Rank), List<(long Step, ChunkedBytes Bytes)>> _complete = [];
     private readonly Dictionary<(string Job, int Rank), (long Step, byte[]?[] Chunks)> _incoming = [];
+    private readonly HashSet<string> _ended = [];
 
     public long Bytes
     {
@@ -51,6 +53,8 @@ public sealed class ReplicaStore
     {
         lock (_lock)
         {
+            if (_ended.Contains(chunk.JobId))
+                return; // a late piece for a job that has ended
             var key = (chunk.JobId, chunk.Rank);
             if (!_incoming.TryGetValue(key, out var incoming) || incoming.Step != chunk.Step)
             {
@@ -81,10 +85,20 @@ public sealed class ReplicaStore
         return bytes is null || index < 0 || index >= bytes.Chunks.Count ? null : new ReplicaChunk(job, rank, step, index, bytes.Chunks.Count, bytes.Chunks[index]);
     }
 
+    /// <summary>Drops the job's replicas of steps before <paramref name="step"/> (once that step is the recovery point).</summary>
+    public void DropOlder(string job, long step)
+    {
+        lock (_lock)
+            foreach (var (key, held) in _complete.Where(kv => kv.Key.Job == job))
+                held.RemoveAll(r => r.Step < step);
+    }
+
+    /// <summary>The job has ended: its replicas go, and pieces that arrive later are ignored.</summary>
     public void DropJob(string job)
     {
         lock (_lock)
         {
+            _ended.Add(job);
             foreach (var key in _complete.Keys.Where(k => k.Job == job).ToList())
                 _complete.Remove(key);
             foreach (var key in _incoming.Keys.Where(k => k.Job == job).ToList())

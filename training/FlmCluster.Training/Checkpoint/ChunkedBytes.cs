@@ -13,7 +13,7 @@ public sealed class ChunkedBytes(IReadOnlyList<byte[]> chunks)
     public sealed class Writer(int chunkSize) : Stream
     {
         private readonly List<byte[]> _chunks = [];
-        private byte[] _current = new byte[chunkSize];
+        private byte[] _current = GC.AllocateUninitializedArray<byte>(chunkSize);
         private int _used;
         private long _length;
 
@@ -24,7 +24,7 @@ public sealed class ChunkedBytes(IReadOnlyList<byte[]> chunks)
                 if (_used == _current.Length)
                 {
                     _chunks.Add(_current);
-                    _current = new byte[chunkSize];
+                    _current = GC.AllocateUninitializedArray<byte>(chunkSize);
                     _used = 0;
                 }
                 var n = Math.Min(buffer.Length, _current.Length - _used);

@@ -40,13 +40,13 @@ public static class SafeTensors
     public static (long Bytes, string Sha256) Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
         using var stream = new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
-        var sha = Write(stream, tensors, metadata);
+        var sha = Write(stream, tensors, metadata, hash: true)!;
         stream.Flush(flushToDisk: true);
         return (stream.Length, sha);
     }
 
-    /// <summary>Writes the tensors (sorted by name) to a stream; returns the SHA-256 of what was written.</summary>
-    public static string Write(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>Writes the tensors (sorted by name) to a stream; returns the SHA-256 of what was written when <paramref name="hash"/>.</summary>
+    public static string? Write(Stream stream, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata, bool hash)
     {
         var names = tensors.Keys.Order(StringComparer.Ordinal).ToList();
         var header = new JsonObject();
@@ -69,11 +69,11 @@ public static class SafeTensors
         }
         var json = Encoding.UTF8.GetBytes(header.ToJsonString());
         var padded = (json.Length + 7) / 8 * 8;
-        using var hash = System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256);
+        using var sha = hash ? System.Security.Cryptography.IncrementalHash.CreateHash(System.Security.Cryptography.HashAlgorithmName.SHA256) : null;
         void Put(ReadOnlySpan<byte> bytes)
         {
             stream.Write(bytes);
-            hash.AppendData(bytes);
+            sha?.AppendData(bytes);
         }
         Span<byte> length = stackalloc byte[8];
         BinaryPrimitives.WriteInt64LittleEndian(length, padded);
@@ -87,7 +87,7 @@ public static class SafeTensors
             ForEachSlice(t, slice => Put(slice.bytes));
             t.Dispose();
         }
-        return Convert.ToHexStringLower(hash.GetHashAndReset());
+        return sha is null ? null : Convert.ToHexStringLower(sha.GetHashAndReset());
     }
 
     /// <summary>
