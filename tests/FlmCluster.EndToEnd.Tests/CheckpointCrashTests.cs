@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
 
 namespace FlmCluster.EndToEnd.Tests;
 
@@ -7,33 +6,15 @@ namespace FlmCluster.EndToEnd.Tests;
 [Trait("Category", "EndToEnd")]
 public sealed class CheckpointCrashTests : IDisposable
 {
-    private readonly string _home = Directory.CreateTempSubdirectory("flm-e2e-crash-").FullName;
-    private readonly RedisServer _redis = new();
-    private readonly Flm _flm;
+    private readonly Flm _flm = new("flm-e2e-crash-");
 
-    public CheckpointCrashTests() => _flm = new Flm(_home);
-
-    public void Dispose()
-    {
-        if (File.Exists(_flm.Profile))
-            _flm.Run("cluster", "down");
-        _redis.Dispose();
-        Directory.Delete(_home, recursive: true);
-    }
-
-    private int SiloPid(string node)
-    {
-        using var profile = JsonDocument.Parse(File.ReadAllText(_flm.Profile));
-        return profile.RootElement.GetProperty("silos").EnumerateArray()
-            .Single(s => s.GetProperty("node").GetString() == node).GetProperty("pid").GetInt32();
-    }
+    public void Dispose() => _flm.Dispose();
 
     [Fact]
     public void Killing_a_silo_mid_write_leaves_no_manifest_and_the_previous_checkpoint_loads()
     {
-        var up = _flm.Run("cluster", "up", "--nodes", "2", "--gpus-per-node", "1", "--control-node", "--redis", _redis.ConnectionString, "--base-port", "24111");
-        Assert.True(up.ExitCode == 0, up.Output + up.Error);
-        var root = Path.Combine(_home, "ckpt");
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 24111);
+        var root = Path.Combine(_flm.Home, "ckpt");
         // A model whose shards take a moment to write (25 M parameters: ~200 MB on rank 0), a checkpoint every 2 steps.
         string[] job = ["--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.layers=8",
             "--set", "model.hidden=512", "--set", "model.heads=4", "--layout", "dp=2", "--steps", "200",
@@ -52,7 +33,7 @@ public sealed class CheckpointCrashTests : IDisposable
                 && Directory.GetFiles(d, "shard-*.safetensors").Length > 0);
             if (committed.Count > 0 && writing is not null && string.CompareOrdinal(writing, committed[^1]) > 0)
             {
-                Process.GetProcessById(SiloPid("node1")).Kill(); // SIGKILL: no graceful anything
+                Process.GetProcessById(_flm.SiloPid("node1")).Kill(); // SIGKILL: no graceful anything
                 killedDuring = writing;
             }
             else

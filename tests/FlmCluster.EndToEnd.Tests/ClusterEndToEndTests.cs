@@ -9,25 +9,14 @@ namespace FlmCluster.EndToEnd.Tests;
 [Trait("Category", "EndToEnd")]
 public sealed class ClusterEndToEndTests : IDisposable
 {
-    private readonly string _home = Directory.CreateTempSubdirectory("flm-e2e-").FullName;
-    private readonly RedisServer _redis = new();
-    private readonly Flm _flm;
+    private readonly Flm _flm = new("flm-e2e-");
 
-    public ClusterEndToEndTests() => _flm = new Flm(_home);
-
-    public void Dispose()
-    {
-        if (File.Exists(_flm.Profile))
-            _flm.Run("cluster", "down");
-        _redis.Dispose();
-        Directory.Delete(_home, recursive: true);
-    }
+    public void Dispose() => _flm.Dispose();
 
     [Fact]
     public void Cli_submits_to_a_redis_cluster_of_three_silo_processes_and_watches_the_job_finish()
     {
-        var up = _flm.Run("cluster", "up", "--nodes", "2", "--gpus-per-node", "2", "--control-node", "--redis", _redis.ConnectionString, "--base-port", "23111");
-        Assert.True(up.ExitCode == 0, up.Output + up.Error);
+        var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 23111);
         Assert.Contains("2 server(s) × 2 GPU(s) + control node, Redis", up.Output);
 
         var nodes = _flm.Run("nodes");

@@ -1,14 +1,46 @@
+using System.Text.Json;
 using FlmCluster.Tests.Process;
 
 namespace FlmCluster.EndToEnd.Tests;
 
-/// <summary>Runs the built `flm` in a private home with its own cluster profile.</summary>
-public sealed class Flm(string home)
+/// <summary>
+/// A private home for `flm` (its own cluster profile) with its own Redis server; runs the built `flm` there.
+/// Disposing stops the cluster it started, Redis, and deletes the home.
+/// </summary>
+public sealed class Flm : IDisposable
 {
-    public string Profile => Path.Combine(home, "cluster.json");
+    public string Home { get; }
+    public RedisServer Redis { get; } = new();
+    public string Profile => Path.Combine(Home, "cluster.json");
+
+    public Flm(string prefix) => Home = Directory.CreateTempSubdirectory(prefix).FullName;
 
     public FlmResult Run(params string[] args) => Run(TimeSpan.FromMinutes(5), args);
 
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
-        FlmProcess.Run(home, new Dictionary<string, string> { ["FLM_PROFILE"] = Profile }, timeout, args);
+        FlmProcess.Run(Home, new Dictionary<string, string> { ["FLM_PROFILE"] = Profile }, timeout, args);
+
+    /// <summary>`flm cluster up` with Redis membership and a control-plane node; asserts that it worked.</summary>
+    public FlmResult Up(int nodes, int gpusPerNode, int basePort)
+    {
+        var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-node", "--redis", Redis.ConnectionString, "--base-port", $"{basePort}");
+        Assert.True(up.ExitCode == 0, up.Output + up.Error);
+        return up;
+    }
+
+    /// <summary>The process id of a node's silo, from the cluster profile.</summary>
+    public int SiloPid(string node)
+    {
+        using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
+        return profile.RootElement.GetProperty("silos").EnumerateArray()
+            .Single(s => s.GetProperty("node").GetString() == node).GetProperty("pid").GetInt32();
+    }
+
+    public void Dispose()
+    {
+        if (File.Exists(Profile))
+            Run("cluster", "down");
+        Redis.Dispose();
+        Directory.Delete(Home, recursive: true);
+    }
 }
