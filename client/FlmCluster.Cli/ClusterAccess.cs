@@ -2,6 +2,8 @@ using FlmCluster.Client;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training;
 using FlmCluster.Training.Config;
+using FlmCluster.Training.Growth;
+using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Cli;
 
@@ -18,13 +20,20 @@ public static class ClusterAccess
     /// <summary>A submission; <paramref name="resumeFrom"/> is a checkpoint already checked against the job (TrainCommand.LoadResume).</summary>
     public static JobSubmission Submission(JobConfig job, int priority, string? resumeFrom = null)
     {
-        if (job.Stages.Count > 0)
-            throw new FlmUserException("growth stages run with 'flm train' for now; a cluster job has one stage");
+        if (GrowthSchedule.ClusterProblem(job) is { } problem)
+            throw new FlmUserException(problem);
         if (!string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
             job = job with { Checkpoint = job.Checkpoint with { Dir = Path.GetFullPath(job.Checkpoint.Dir) } };
-        return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, job.Layout.Dp, job.Layout.Tp, job.Layout.Pp, job.Train.Steps,
+        // GPUs for the widest stage: a job keeps its workers from stage to stage.
+        var stages = GrowthSchedule.Resolve(job);
+        var widest = WidestLayout(job);
+        return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, widest.Dp, widest.Tp, widest.Pp, stages.Sum(s => s.Job.Train.Steps),
             resumeFrom is null ? null : Path.GetFullPath(resumeFrom));
     }
+
+    /// <summary>The layout of the stage with the most ranks (the job's only layout when it has no stages).</summary>
+    public static ParallelLayout WidestLayout(JobConfig job) =>
+        GrowthSchedule.Resolve(job).Select(s => ParallelLayout.FromConfig(s.Job.Layout)).MaxBy(l => l.WorldSize)!;
 
     /// <summary>Polls a job, reporting every new committed step, until it ends; returns its final status.</summary>
     public static async Task<JobStatus> Watch(FlmClusterClient client, string jobId, Action<StepPoint> onStep, Action<JobEvent>? onEvent = null,

@@ -19,7 +19,11 @@ public sealed record JobSubmission(
 [GenerateSerializer, Immutable, Alias("flm.JobAllocation")]
 public sealed record JobAllocation([property: Id(0)] IReadOnlyList<string> RankWorkers);
 
-/// <summary>What a worker must hold for a job: the job, its rank, the rank table and where training stands.</summary>
+/// <summary>
+/// What a worker must hold for a job: the job, its rank, the rank table and where training stands. A job with
+/// growth stages holds one stage at a time (its shape and layout); GrowFrom is the checkpoint of the previous
+/// stage to grow from.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerAssignment")]
 public sealed record WorkerAssignment(
     [property: Id(0)] string JobId,
@@ -30,7 +34,9 @@ public sealed record WorkerAssignment(
     [property: Id(5)] long NextStep,
     [property: Id(6)] long SamplesConsumed,
     [property: Id(7)] string? RestoreFrom = null,
-    [property: Id(8)] ReplicaSource? RestoreFromReplica = null);
+    [property: Id(8)] ReplicaSource? RestoreFromReplica = null,
+    [property: Id(9)] int Stage = 0,
+    [property: Id(10)] string? GrowFrom = null);
 
 /// <summary>
 /// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
@@ -155,7 +161,12 @@ public sealed record StepPoint(
     [property: Id(5)] double CommFraction,
     [property: Id(6)] double Lr,
     [property: Id(7)] long Tokens,
-    [property: Id(8)] bool Skipped);
+    [property: Id(8)] bool Skipped,
+    [property: Id(9)] string Stage = "main");
+
+/// <summary>Loss of one batch without training, summed over the tokens a rank reports.</summary>
+[GenerateSerializer, Immutable, Alias("flm.LossSum")]
+public sealed record LossSum([property: Id(0)] double Sum, [property: Id(1)] long Tokens);
 
 public static class JobStates
 {

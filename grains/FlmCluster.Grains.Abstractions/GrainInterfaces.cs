@@ -13,6 +13,10 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     [ResponseTimeout("01:00:00")]
     Task<WorkerStepReport> RunStep(WorkerStep step);
 
+    /// <summary>Σ token losses of the global batch starting at firstSample, without training (every rank of the job must be asked).</summary>
+    [ResponseTimeout("00:30:00")]
+    Task<LossSum> Evaluate(string jobId, int incarnation, long firstSample, double maskValue);
+
     /// <summary>
     /// Snapshots the rank to host memory now (between steps) and writes its shard in the background; at most
     /// one snapshot is in flight (a new save first waits for the previous one).
@@ -47,6 +51,13 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     /// <summary>A piece of a replica this worker keeps (its own rank's or a peer's); null when it has none of that step.</summary>
     [AlwaysInterleave]
     Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index);
+
+    /// <summary>
+    /// Another rank of the job failed: collectives waiting for it fail now instead of at the timeout. The rank
+    /// is rebuilt by the next assignment, even of the same incarnation.
+    /// </summary>
+    [AlwaysInterleave]
+    Task Abort(string jobId, int incarnation);
 
     /// <summary>Gives up the job's rank and frees its memory, replicas included.</summary>
     Task Release(string jobId, int incarnation);

@@ -175,6 +175,7 @@ public sealed class CliTests : IDisposable
     [InlineData(new[] { "params", "--preset", "7b" }, "unknown preset '7b'")]
     [InlineData(new[] { "data", "prepare", "--input", "/nonexistent/a.txt", "--out", "corpus" }, "does not exist")]
     [InlineData(new[] { "data", "prepare", "--input", "bundled", "--out", "corpus", "--tokenizer", "gpt5" }, "unknown tokenizer 'gpt5'")]
+    [InlineData(new[] { "submit", "--config", "tiny-growth" }, "set checkpoint.dir to a folder every server reaches")]
     public void Other_bad_input_is_one_error_line_and_exit_2(string[] args, string expected)
     {
         var r = FlmProcess.Run(_dir, args);

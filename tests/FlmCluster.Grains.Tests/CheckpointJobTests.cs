@@ -64,6 +64,102 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         Assert.Equal(8, resumed.LastCheckpointStep); // the final state, saved when the job ends
     }
 
+    /// <summary>
+    /// 11 steps in three stages: 2 → 4 heads (hidden 32 → 64) moving from one rank to dp=2,tp=2, then 2 → 4
+    /// layers under tp=2,pp=2; GPUs for the widest stage (four).
+    /// </summary>
+    private (JobConfig Job, JobSubmission Submission) GrowthJob(string dir, long interval, long firstSteps = 4)
+    {
+        var job = JobValidator.Validate(TestClusters.MicroJob(1, 1, 1, 1, steps: 11) with
+        {
+            Model = TestClusters.MicroJob(1, 1, 1, 1, 11).Model with { Hidden = 32, Heads = 2 },
+            Checkpoint = new CheckpointConfig { Dir = Path.Combine(_checkpoints, dir), Interval = interval, KeepLast = 10 },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = firstSteps },
+                new StageConfig { Name = "b", Hidden = 64, Heads = 4, Ffn = 192, Steps = 4, MaskRampSteps = 2, Layout = new LayoutConfig { Dp = 2, Tp = 2 } },
+                new StageConfig { Name = "c", Layers = 4, Steps = 3, MaskRampSteps = 3, Layout = new LayoutConfig { Tp = 2, Pp = 2, MicroBatches = 2 }, DepthPlacement = "interpolate" },
+            ],
+        });
+        return (job, new JobSubmission(job.Name, JobConfigLoader.ToJson(job), 0, Dp: 2, Tp: 2, Pp: 1, Steps: job.Train.Steps));
+    }
+
+    /// <summary>Per-step losses and stage names of the in-process run of a job (growth from the gathered state there).</summary>
+    private static List<(double Loss, string Stage)> LocalGrowthRun(JobConfig job)
+    {
+        var steps = new List<(double Loss, string Stage)>();
+        using var run = TrainingRun.Create(job with { Checkpoint = new CheckpointConfig() });
+        while (!run.Finished)
+        {
+            if (run.AtStageEnd)
+                run.Grow();
+            steps.Add((run.RunStep().Loss, run.Stage.Name));
+        }
+        return steps;
+    }
+
+    [Fact]
+    public async Task A_growth_job_runs_its_stages_on_the_cluster_exactly_as_the_in_process_run_and_resumes_inside_a_ramp()
+    {
+        var (job, submission) = GrowthJob("growth", interval: 5);
+        var id = await Scheduler.Submit(submission);
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        Assert.True(status.State == JobStates.Completed, Describe(status));
+
+        // Growth from the stage's checkpoint here, from the gathered state in process: the same numbers.
+        var expected = LocalGrowthRun(job);
+        Assert.Equal(expected.Select(e => e.Stage), status.Recent.Select(p => p.Stage));
+        Assert.Equal(expected.Select(e => e.Loss), status.Recent.Select(p => p.Loss));
+
+        // Each transition is reported with the loss of the next batch before and after: the function is kept.
+        var growth = status.Events.Where(e => e.Kind == "growth").ToList();
+        Assert.Equal(2, growth.Count);
+        foreach (var e in growth)
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(e.Message, @"loss of the next batch (\S+) before, (\S+) after");
+            Assert.True(m.Success, e.Message);
+            var (before, after) = (double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), double.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+            Assert.True(Math.Abs(after - before) <= 1e-5 * before, e.Message);
+        }
+        Assert.Contains("layout dp=1,tp=1,pp=1,micro=1 → dp=2,tp=2,pp=1,micro=1", growth[0].Message);
+        Assert.Contains("layout dp=2,tp=2,pp=1,micro=1 → dp=1,tp=2,pp=2,micro=2", growth[1].Message);
+
+        // Checkpoints at both stage ends (stage 0 and 1), inside the second ramp (step 5) and at the end.
+        var manifests = CheckpointStore.List(job.Checkpoint.Dir).Where(e => e.Valid).ToDictionary(e => e.Step, e => CheckpointReader.Open(e.Directory).Manifest);
+        Assert.Equal([4L, 5L, 8L, 10L, 11L], manifests.Keys.Order());
+        Assert.Equal([0, 1, 1, 2, 2], manifests.OrderBy(kv => kv.Key).Select(kv => kv.Value.Stage));
+        Assert.Equal(0.5, manifests[5].MaskValue);
+        Assert.NotNull(manifests[5].Growth);
+        Assert.Equal(4, manifests[5].StageStartStep);
+
+        // Resume inside the ramp of stage b: the same trajectory from there on.
+        var elsewhere = job with { Checkpoint = job.Checkpoint with { Dir = Path.Combine(_checkpoints, "growth-resumed") } };
+        var resumed = await Scheduler.Submit(submission with { JobJson = JobConfigLoader.ToJson(elsewhere), ResumeFrom = CheckpointStore.DirectoryFor(job.Checkpoint.Dir, 5) });
+        var again = await TestClusters.WaitFor(_cluster.Client, resumed, s => JobStates.IsFinal(s.State));
+        Assert.True(again.State == JobStates.Completed, Describe(again));
+        Assert.Equal(Enumerable.Range(5, 6).Select(i => (long)i), again.Recent.Select(p => p.Step));
+        Assert.Equal(expected.Skip(5).Select(e => e.Loss), again.Recent.Select(p => p.Loss));
+    }
+
+    [Fact]
+    public async Task A_server_killed_at_a_growth_transition_leaves_the_trajectory_unchanged()
+    {
+        var (job, submission) = GrowthJob("growth-kill", interval: 3, firstSteps: 6);
+        var id = await Scheduler.Submit(submission);
+        // As soon as the coordinator moves to stage b (the workers are growing), one server dies and comes back empty.
+        await TestClusters.WaitFor(_cluster.Client, id, s => s.Events.Any(e => e.Kind == "growing") || JobStates.IsFinal(s.State));
+        var silo = _cluster.Silos.Single(s => s.Name == "Silo_1");
+        await _cluster.KillSiloAsync(silo, TestContext.Current.CancellationToken);
+        await _cluster.StartSiloAsync(1, _cluster.Options, TestContext.Current.CancellationToken);
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        Assert.True(status.State == JobStates.Completed, Describe(status));
+        Assert.Contains(status.Events, e => e.Kind == "workers-lost");
+        Assert.Equal(2, status.Events.Count(e => e.Kind == "growth"));
+        var expected = LocalGrowthRun(job);
+        Assert.Equal(Enumerable.Range(0, expected.Count).Select(i => (long)i), status.Recent.Select(p => p.Step));
+        Assert.Equal(expected.Select(e => e.Loss), status.Recent.Select(p => p.Loss), new Tolerance(1e-6));
+    }
+
     private async Task Restart(params string[] names)
     {
         foreach (var name in names)

@@ -102,7 +102,7 @@ public static class JobCommands
         var total = (await client.Status(id)).TotalSteps;
         progress ??= new TrainingProgress(total, Math.Max(1, (int)Math.Min(10, total / 10 + 1)));
         var final = await ClusterAccess.Watch(client, id,
-            p => progress.Report("main", ToSummary(p)),
+            p => progress.Report(p.Stage, ToSummary(p)),
             e => { if (e.Kind is not "allocated") Console.WriteLine($"  [{e.At:HH:mm:ss}] {e.Kind}: {e.Message}"); });
         progress.Finish();
         Console.WriteLine($"{id}: {final.State} at step {final.Step}/{final.TotalSteps}" + (final.Error is null ? "" : $": {final.Error}"));

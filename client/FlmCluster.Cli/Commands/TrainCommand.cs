@@ -7,6 +7,7 @@ using FlmCluster.Training.Data;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Growth;
 using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Cli.Commands;
@@ -33,11 +34,7 @@ public static class TrainCommand
         command.SetAction(async parse =>
         {
             var (config, from) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
-            // Growth stages run on the in-process engine for now.
-            var local = parse.GetValue(engine) == "local" || config.Stages.Count > 0;
-            if (!local)
-                return await RunOnEmbeddedCluster(config, from);
-            return Run(config, from, note: parse.GetValue(engine) != "local");
+            return parse.GetValue(engine) == "local" ? Run(config, from) : await RunOnEmbeddedCluster(config, from);
         });
         return command;
     }
@@ -99,12 +96,34 @@ public static class TrainCommand
     private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume)
     {
         Corpus.ExpandPaths(job.Data.Paths); // missing data is bad input, before anything starts
-        var layout = ParallelLayout.FromConfig(job.Layout);
+        // Growth stages hand the model over through a checkpoint; without a checkpoint folder, a temporary one.
+        string? handover = null;
+        if (GrowthSchedule.ClusterProblem(job) is not null)
+        {
+            handover = Directory.CreateTempSubdirectory("flm-growth-").FullName;
+            job = job with { Checkpoint = job.Checkpoint with { Dir = handover } };
+        }
+        try
+        {
+            return await RunOnEmbeddedCluster(job, resume, keepsCheckpoints: handover is null);
+        }
+        finally
+        {
+            if (handover is not null)
+                Directory.Delete(handover, recursive: true);
+        }
+    }
+
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume, bool keepsCheckpoints)
+    {
+        var stages = GrowthSchedule.Resolve(job);
+        var layout = ClusterAccess.WidestLayout(job);
         var world = layout.WorldSize;
-        var nodes = world >= 2 && world % 2 == 0 && world / 2 % layout.Tp == 0 ? 2 : 1;
-        var m = job.Model;
-        Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
-        Console.WriteLine($"layout {layout}, global batch {job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {job.Train.Precision}");
+        var nodes = world >= 2 && world % 2 == 0 && stages.All(s => world / 2 % s.Job.Layout.Tp == 0) ? 2 : 1;
+        PrintJob(job, stages);
+        var m = stages[0].Job.Model;
+        if (stages.Count == 1)
+            Console.WriteLine($"layout {layout}, global batch {job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {job.Train.Precision}");
         var watch = Stopwatch.StartNew();
         await using var cluster = await LocalCluster.StartAsync(nodes, world / nodes, controlNode: false, torchThreads: job.Train.Threads);
         await using var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
@@ -124,7 +143,7 @@ public static class TrainCommand
         {
             var code = await JobCommands.Follow(client, id, new TrainingProgress(job.Train.Steps, job.Train.LogEvery));
             var final = await client.Status(id);
-            if (final.LastCheckpointStep is { } saved)
+            if (keepsCheckpoints && final.LastCheckpointStep is { } saved)
                 Console.WriteLine($"saved model and optimizer state at step {saved} to {CheckpointStore.DirectoryFor(final.CheckpointDir!, saved)}");
             return cancel.IsCancellationRequested ? CliRunner.Interrupted : code;
         }
@@ -134,17 +153,22 @@ public static class TrainCommand
         }
     }
 
-    private static int Run(JobConfig job, CheckpointReader? resume, bool note)
+    /// <summary>The job's model, and each growth stage when it has several.</summary>
+    private static void PrintJob(JobConfig job, IReadOnlyList<ResolvedStage> stages)
+    {
+        var m = stages[0].Job.Model;
+        Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
+        if (stages.Count > 1)
+            foreach (var stage in stages)
+                Console.WriteLine($"  stage {stage.Name}: {Describe(stage.Job.Model)}, {stage.Job.Model.ParameterCount:N0} parameters, {stage.Job.Train.Steps} steps, peak LR {stage.Job.Optimizer.Lr:0.0e+00}, layout {ParallelLayout.FromConfig(stage.Job.Layout)}");
+    }
+
+    private static int Run(JobConfig job, CheckpointReader? resume)
     {
         var loadWatch = Stopwatch.StartNew();
         using var run = TrainingRun.Create(job, log: message => Console.WriteLine($"  {message}"));
-        if (note)
-            Console.WriteLine("note: growth stages run on the in-process engine (--engine local)");
+        PrintJob(job, run.Stages);
         var m = run.Stage.Job.Model;
-        Console.WriteLine($"job {job.Name}: {Describe(m)}, {m.ParameterCount:N0} parameters, seq {m.SeqLen}, tokenizer {job.Tokenizer}");
-        if (run.Stages.Count > 1)
-            foreach (var stage in run.Stages)
-                Console.WriteLine($"  stage {stage.Name}: {Describe(stage.Job.Model)}, {stage.Job.Model.ParameterCount:N0} parameters, {stage.Job.Train.Steps} steps, peak LR {stage.Job.Optimizer.Lr:0.0e+00}, layout {ParallelLayout.FromConfig(stage.Job.Layout)}");
         var layout = run.Engine.Layout;
         Console.WriteLine($"layout {layout} ({layout.WorldSize} rank{(layout.WorldSize == 1 ? "" : "s")} in this process), global batch {run.Stage.Job.Train.GlobalBatch} × {m.SeqLen} tokens, {job.Train.Device} {run.Engine.Ranks[0].Model.DType}");
         Console.WriteLine($"data: {run.Data.DocumentCount:N0} documents, {run.Data.TokenCount:N0} tokens (ready in {loadWatch.Elapsed.TotalSeconds:0.0} s)");

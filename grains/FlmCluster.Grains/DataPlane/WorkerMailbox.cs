@@ -14,17 +14,24 @@ public sealed class WorkerMailbox
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
 
+    /// <summary>What a collective of a worker that left its job (or was told to stop) fails with: an echo of a failure elsewhere.</summary>
+    public const string LeftJob = "the worker left the job";
+
+    public static bool IsEcho(Exception ex) => ex.Message.Contains(LeftJob, StringComparison.Ordinal);
+
     /// <summary>Starts taking messages of a job (a new incarnation of a left job is a new job).</summary>
     public void Accept(string jobId, int incarnation) => _closed.TryRemove(Prefix(jobId, incarnation), out _);
 
-    /// <summary>Leaves a job: its pending messages are dropped and waiting takers fail.</summary>
+    public bool IsClosed(string jobId, int incarnation) => _closed.ContainsKey(Prefix(jobId, incarnation));
+
+    /// <summary>Leaves a job: its pending messages are dropped and waiting takers fail, as do later ones.</summary>
     public void Close(string jobId, int incarnation)
     {
         var prefix = Prefix(jobId, incarnation);
         _closed[prefix] = true;
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))
-                message.Completion.TrySetException(new OperationCanceledException("the worker left the job"));
+                message.Completion.TrySetException(new OperationCanceledException(LeftJob));
     }
 
     public void Put(TensorChunk chunk)
@@ -48,6 +55,8 @@ public sealed class WorkerMailbox
     {
         var full = Prefix(jobId, incarnation) + key;
         var message = _messages.GetOrAdd(full, _ => new Message());
+        // Checked after the message is in place: a Close before this line is seen here, one after it fails the message.
+        Check(jobId, incarnation);
         if (!message.Completion.Task.Wait(timeout))
             throw new TimeoutException($"{what} waited more than {timeout.TotalSeconds:0}s for its peer's tensor '{key}'");
         _messages.TryRemove(full, out _);
@@ -57,7 +66,7 @@ public sealed class WorkerMailbox
     private void Check(string jobId, int incarnation)
     {
         if (_closed.ContainsKey(Prefix(jobId, incarnation)))
-            throw new InvalidOperationException($"this worker has left job {jobId} (incarnation {incarnation})");
+            throw new OperationCanceledException($"{LeftJob} {jobId} (incarnation {incarnation})");
     }
 
     private static string Prefix(string jobId, int incarnation) => $"{jobId}#{incarnation}|";

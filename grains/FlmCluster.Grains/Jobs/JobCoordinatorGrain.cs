@@ -1,9 +1,12 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
+using FlmCluster.Training.Growth;
+using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Optim;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Hosting;
@@ -39,6 +42,17 @@ public sealed class JobState
 
     /// <summary>Set while workers are being rebuilt from the in-memory replicas of this step.</summary>
     [Id(17)] public long? RestoreFromReplica { get; set; }
+
+    /// <summary>The growth stage being trained (0 for a job without stages) and the step it started at.</summary>
+    [Id(18)] public int Stage { get; set; }
+    [Id(19)] public long StageStartStep { get; set; }
+
+    /// <summary>Set while workers are being rebuilt grown into <see cref="Stage"/> from this checkpoint of the stage before.</summary>
+    [Id(20)] public string? GrowFrom { get; set; }
+
+    /// <summary>At a stage's end: the loss of the next batch under the old model, to compare with the grown one's.</summary>
+    [Id(21)] public double? LossBeforeGrowth { get; set; }
+    [Id(22)] public DateTime? GrowthStartedAt { get; set; }
 }
 
 /// <summary>Where training stood at an in-memory snapshot.</summary>
@@ -93,8 +107,24 @@ public sealed class JobCoordinatorGrain(
 
     private JobState S => store.State;
     private string JobId => this.GetPrimaryKeyString();
+    private IReadOnlyList<ResolvedStage>? _stages;
+
+    /// <summary>The whole job: every stage, the checkpoint policy.</summary>
     private JobConfig Job => _job ??= JobValidator.Validate(JobConfigLoader.FromJson(S.Submission!.JobJson, $"job {JobId}"));
-    private LrSchedule Schedule => _schedule ??= new LrSchedule(Job.Optimizer, Job.Train.Steps);
+    private IReadOnlyList<ResolvedStage> Stages => _stages ??= GrowthSchedule.Resolve(Job);
+
+    /// <summary>The stage being trained: its shape, layout, batch and LR schedule.</summary>
+    private ResolvedStage Stage => Stages[S.Stage];
+    private JobConfig StageJob => Stage.Job;
+    private long StageEnd => S.StageStartStep + StageJob.Train.Steps;
+    private LrSchedule Schedule => _schedule ??= new LrSchedule(StageJob.Optimizer, StageJob.Train.Steps);
+    private double MaskAt(long step) => Stage.Ramp.ValueAt(step - S.StageStartStep);
+
+    /// <summary>
+    /// The workers of the stage's ranks. The job holds enough workers for its widest stage; a narrower stage
+    /// uses the first ones.
+    /// </summary>
+    private List<string> Ranks => S.RankWorkers.Take(ParallelLayout.FromConfig(StageJob.Layout).WorldSize).ToList();
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {
@@ -110,6 +140,8 @@ public sealed class JobCoordinatorGrain(
     {
         if (store.RecordExists)
             return;
+        if (GrowthSchedule.ClusterProblem(JobConfigLoader.FromJson(submission.JobJson, "the submitted job")) is { } problem)
+            throw new ClusterRequestException(problem);
         S.Submission = submission;
         S.SubmittedAt = submittedAt;
         S.State = JobStates.Queued;
@@ -145,8 +177,9 @@ public sealed class JobCoordinatorGrain(
     public Task<JobStatus> GetStatus()
     {
         var sub = S.Submission ?? throw new ClusterRequestException($"no job '{JobId}'");
-        return Task.FromResult(new JobStatus(JobId, sub.Name, S.State, S.NextStep, sub.Steps, $"dp={sub.Dp},tp={sub.Tp},pp={sub.Pp}",
-            S.RankWorkers.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, sub.Priority, S.SubmittedAt, "main",
+        var layout = StageJob.Layout;
+        return Task.FromResult(new JobStatus(JobId, sub.Name, S.State, S.NextStep, sub.Steps, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}",
+            Ranks, S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, sub.Priority, S.SubmittedAt, Stages.Count > 1 ? Stage.Name : "main",
             string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) ? null : Job.Checkpoint.Dir, S.LastCheckpoint?.Step, S.LastReplica?.Step));
     }
 
@@ -266,6 +299,8 @@ public sealed class JobCoordinatorGrain(
                     return;
                 if (S.State == JobStates.Starting && !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
                 {
+                    if (_waitingSince is null)
+                        Log("workers-lost", $"{message}; waiting up to {WorkerWait.TotalMinutes:0} min for the servers to come back");
                     _waitingSince ??= DateTime.UtcNow;
                     if (DateTime.UtcNow - _waitingSince < WorkerWait)
                     {
@@ -282,6 +317,7 @@ public sealed class JobCoordinatorGrain(
     private static bool IsWorkerLoss(Exception ex, string message) =>
         ex is SiloUnavailableException || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException
         || message.Contains("does not hold job", StringComparison.Ordinal)
+        || message.Contains(WorkerMailbox.LeftJob, StringComparison.Ordinal)
         || message.Contains("became unavailable", StringComparison.Ordinal)
         || message.Contains("No active silo for node", StringComparison.Ordinal);
 
@@ -306,20 +342,66 @@ public sealed class JobCoordinatorGrain(
                 await Finish(JobStates.Completed, $"all {S.NextStep} steps done; last loss {S.Recent.LastOrDefault()?.Loss:0.0000}");
             return;
         }
+        if (S.NextStep >= StageEnd)
+        {
+            await EndStage();
+            return;
+        }
         await RunOneStep();
+        // The end of a stage or of the job saves anyway.
         var interval = Job.Checkpoint.Interval;
-        if (checkpoints && S.Pending is null && (S.SaveRequested || (interval > 0 && S.NextStep % interval == 0)) && S.NextStep < S.Submission.Steps)
+        if (checkpoints && S.Pending is null && (S.SaveRequested || (interval > 0 && S.NextStep % interval == 0)) && S.NextStep < StageEnd)
             await BeginCheckpoint();
         var memory = Job.Checkpoint.MemoryInterval;
-        if (memory > 0 && _pendingReplica is null && S.NextStep % memory == 0 && S.NextStep < S.Submission.Steps && ReplicaPeers.For(S.RankWorkers) is { } peers)
+        if (memory > 0 && _pendingReplica is null && S.NextStep % memory == 0 && S.NextStep < StageEnd && ReplicaPeers.For(Ranks) is { } peers)
             await BeginReplica(peers);
+    }
+
+    /// <summary>
+    /// The end of a growth stage, one orchestrated operation: the loss of the next batch under the old model,
+    /// a checkpoint of the stage (committed before anything changes, so a failure at any point resumes from it),
+    /// then every worker rebuilds its rank in the next stage's shape and layout, grown from that checkpoint.
+    /// </summary>
+    private async Task EndStage()
+    {
+        if (S.LossBeforeGrowth is null)
+        {
+            S.GrowthStartedAt = DateTime.UtcNow;
+            S.LossBeforeGrowth = await Evaluate(MaskAt(S.NextStep));
+            await store.WriteStateAsync();
+        }
+        if (S.LastCheckpoint?.Step != S.NextStep || S.Pending is not null)
+        {
+            if (S.Pending is null)
+                await BeginCheckpoint();
+            return;
+        }
+        var from = Stage;
+        S.GrowFrom = S.LastCheckpoint.Directory;
+        S.Stage++;
+        S.StageStartStep = S.NextStep;
+        _schedule = null;
+        // Replicas hold the old shape: no use from here on.
+        S.LastReplica = null;
+        _pendingReplica = null;
+        S.Incarnation++;
+        S.State = JobStates.Starting;
+        Log("growing", $"stage {from.Name} → {Stage.Name} at step {S.NextStep}: workers grow from {S.GrowFrom}");
+        await store.WriteStateAsync();
+    }
+
+    /// <summary>Mean token loss of the next global batch under the workers' current model, without training.</summary>
+    private async Task<double> Evaluate(double maskValue)
+    {
+        var sums = await FanOut(worker => worker.Evaluate(JobId, S.Incarnation, S.SamplesConsumed, maskValue));
+        return sums.Sum(x => x.Sum) / Math.Max(1, sums.Sum(x => x.Tokens));
     }
 
     /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
     private async Task BeginReplica(string[] peers)
     {
         var step = S.NextStep;
-        await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).BeginReplica(new ReplicaCommand(JobId, S.Incarnation, step, peers[rank]))));
+        await Task.WhenAll(Ranks.Select((_, rank) => Worker(rank).BeginReplica(new ReplicaCommand(JobId, S.Incarnation, step, peers[rank]))));
         _pendingReplica = new ReplicaPoint(step, S.SamplesConsumed, S.AdamStep, DateTime.UtcNow);
     }
 
@@ -330,7 +412,7 @@ public sealed class JobCoordinatorGrain(
         if (DateTime.UtcNow - _lastReplicaPoll < TimeSpan.FromMilliseconds(50))
             return;
         _lastReplicaPoll = DateTime.UtcNow;
-        var statuses = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).GetReplicaStatus(JobId, S.Incarnation, pending.Step)));
+        var statuses = await Task.WhenAll(Ranks.Select((_, rank) => Worker(rank).GetReplicaStatus(JobId, S.Incarnation, pending.Step)));
         if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
         {
             _pendingReplica = null;
@@ -345,14 +427,15 @@ public sealed class JobCoordinatorGrain(
         S.LastReplica = pending;
         _pendingReplica = null;
         await store.WriteStateAsync();
-        await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).ConfirmReplica(JobId, pending.Step)));
+        await Task.WhenAll(Ranks.Select((_, rank) => Worker(rank).ConfirmReplica(JobId, pending.Step)));
     }
 
     /// <summary>For every rank, the workers holding its replicas: its own, then its peer.</summary>
     private List<IReadOnlyList<string>> ReplicaHolders()
     {
-        var peers = ReplicaPeers.For(S.RankWorkers) ?? [];
-        return S.RankWorkers.Select((worker, rank) => (IReadOnlyList<string>)(peers.Length > 0 ? [worker, peers[rank]] : [worker])).ToList();
+        var ranks = Ranks;
+        var peers = ReplicaPeers.For(ranks) ?? [];
+        return ranks.Select((worker, rank) => (IReadOnlyList<string>)(peers.Length > 0 ? [worker, peers[rank]] : [worker])).ToList();
     }
 
     /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
@@ -363,7 +446,7 @@ public sealed class JobCoordinatorGrain(
             Directory.Delete(directory, recursive: true);
         Directory.CreateDirectory(directory);
         var command = new SaveCommand(JobId, S.Incarnation, S.NextStep, directory);
-        var fingerprints = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).BeginSave(command)));
+        var fingerprints = await Task.WhenAll(Ranks.Select((_, rank) => Worker(rank).BeginSave(command)));
         S.Pending = new PendingCheckpoint(S.NextStep, directory, S.SamplesConsumed, S.AdamStep, fingerprints[0], DateTime.UtcNow);
         S.SaveRequested = false;
         await store.WriteStateAsync();
@@ -376,7 +459,7 @@ public sealed class JobCoordinatorGrain(
         if (DateTime.UtcNow - _lastPoll < TimeSpan.FromMilliseconds(50))
             return; // shards take a while; do not spin on them
         _lastPoll = DateTime.UtcNow;
-        var statuses = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).SaveStatus(JobId, S.Incarnation, pending.Step)));
+        var statuses = await Task.WhenAll(Ranks.Select((_, rank) => Worker(rank).SaveStatus(JobId, S.Incarnation, pending.Step)));
         if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
         {
             S.Pending = null;
@@ -392,14 +475,18 @@ public sealed class JobCoordinatorGrain(
             JobId = JobId,
             JobJson = JobConfigLoader.ToJson(Job),
             CreatedAt = DateTime.UtcNow,
+            Stage = S.Stage,
+            StageStartStep = S.StageStartStep,
+            Growth = MaskAt(pending.Step) < 1.0 ? GrowthSchedule.ShapeOf(Stages, S.Stage) : null,
+            MaskValue = MaskAt(pending.Step),
             Step = pending.Step,
             SamplesConsumed = pending.SamplesConsumed,
             AdamStep = pending.AdamStep,
-            NextLr = Schedule.At(pending.Step),
+            NextLr = Schedule.At(pending.Step - S.StageStartStep),
             DataFingerprint = pending.DataFingerprint,
             DataSeed = Job.Data.Seed,
             TrainSeed = Job.Train.Seed,
-            Layout = Job.Layout,
+            Layout = StageJob.Layout,
             Shards = shards.Select(s => s.Shard).OrderBy(s => s.Rank).ToList(),
             Tensors = ShardWriter.Merge(shards),
         };
@@ -414,12 +501,21 @@ public sealed class JobCoordinatorGrain(
     /// <summary>Sets the job to continue from a checkpoint (steps after it are redone with the same samples).</summary>
     private void RestorePoint(CheckpointReader reader)
     {
-        CheckpointRestore.CheckCompatible(reader, Job.Model, Job.Tokenizer);
         var m = reader.Manifest;
+        if (m.Stage < 0 || m.Stage >= Stages.Count)
+            throw new FlmCluster.Training.FlmUserException($"checkpoint '{reader.Directory}' is at stage {m.Stage}, but the job has {Stages.Count} stage(s)");
+        CheckpointRestore.CheckCompatible(reader, Stages[m.Stage].Job.Model, Job.Tokenizer);
+        S.Stage = m.Stage;
+        S.StageStartStep = m.StageStartStep;
+        _schedule = null;
+        S.GrowFrom = null;
+        S.LossBeforeGrowth = null;
         S.NextStep = m.Step;
         S.SamplesConsumed = m.SamplesConsumed;
         S.AdamStep = m.AdamStep;
         S.RestoreFrom = reader.Directory;
+        // A committed checkpoint of this step exists: the end of a stage grows from it instead of saving again.
+        S.LastCheckpoint = new PendingCheckpoint(m.Step, reader.Directory, m.SamplesConsumed, m.AdamStep, m.DataFingerprint, m.CreatedAt);
         S.Recent.RemoveAll(p => p.Step >= m.Step);
         Log("restoring", $"from {reader.Directory}: step {m.Step}, data cursor {m.SamplesConsumed}, saved under dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}");
     }
@@ -444,6 +540,7 @@ public sealed class JobCoordinatorGrain(
             S.AdamStep = replica.AdamStep;
             S.RestoreFrom = null;
             S.RestoreFromReplica = replica.Step;
+            S.LossBeforeGrowth = null;
             S.Recent.RemoveAll(p => p.Step >= replica.Step);
             Log("restoring", $"from the in-memory replicas of step {replica.Step} (each rank's own copy, or its peer's)");
             S.Incarnation++;
@@ -470,21 +567,88 @@ public sealed class JobCoordinatorGrain(
 
     private IGpuWorkerGrain Worker(int rank) => grains.GetGrain<IGpuWorkerGrain>(S.RankWorkers[rank]);
 
+    /// <summary>
+    /// Calls every rank's worker at once for work that uses collectives. When one fails, the others are told to
+    /// stop (they would wait for the failed peer until the collective timeout) and the root cause is thrown —
+    /// a lost worker first — not a peer's echo of it.
+    /// </summary>
+    private async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, Task<T>> call)
+    {
+        var ranks = Ranks;
+        var tasks = ranks.Select((_, rank) => call(Worker(rank))).ToList();
+        var pending = new List<Task<T>>(tasks);
+        while (pending.Count > 0)
+        {
+            var done = await Task.WhenAny(pending);
+            pending.Remove(done);
+            if (done.IsCompletedSuccessfully)
+                continue;
+            var incarnation = S.Incarnation;
+            await Task.WhenAll(ranks.Select(async (_, rank) =>
+            {
+                try
+                {
+                    await Worker(rank).Abort(JobId, incarnation);
+                }
+                catch (Exception ex)
+                {
+                    log.LogDebug("Job {Job}: abort of rank {Rank}: {Message}", JobId, rank, ex.Message); // a lost worker has nothing to stop
+                }
+            }));
+            try
+            {
+                await Task.WhenAll(tasks);
+            }
+            catch
+            {
+                // inspected below
+            }
+            var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
+            if (failures.Count == 0)
+                await done; // cancelled
+            var causes = failures.Where(e => !WorkerMailbox.IsEcho(e)).ToList();
+            // Only echoes: a worker left the job by itself (its silo is stopping), which is a lost worker too.
+            var root = causes.FirstOrDefault(e => IsWorkerLoss(e, e.Message)) ?? causes.FirstOrDefault() ?? failures[0];
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(root).Throw();
+        }
+        return tasks.Select(t => t.Result).ToArray();
+    }
+
     private async Task AssignWorkers()
     {
         var watch = Stopwatch.StartNew();
         var json = JobConfigLoader.ToJson(Job);
         var replicas = S.RestoreFromReplica is { } step ? new ReplicaSource(step, ReplicaHolders()) : null;
-        await Task.WhenAll(S.RankWorkers.Select((_, rank) =>
-            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, S.RankWorkers, S.NextStep, S.SamplesConsumed, S.RestoreFrom, replicas))));
-        if (S.LastReplica is null && Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(S.RankWorkers) is null)
+        var ranks = Ranks;
+        await Task.WhenAll(ranks.Select((_, rank) =>
+            Worker(rank).Assign(new WorkerAssignment(JobId, S.Incarnation, json, rank, ranks, S.NextStep, S.SamplesConsumed, S.RestoreFrom, replicas,
+                S.Stage, S.GrowFrom))));
+        if (S.GrowFrom is not null)
+            await ReportGrowth(watch.Elapsed);
+        if (S.LastReplica is null && Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(ranks) is null)
             Log("replica-off", "checkpoint.memory_interval is set but all ranks are on one server, where a replica would die with its rank");
         S.State = JobStates.Running;
         S.RestoreFrom = null;
         S.RestoreFromReplica = null;
         _waitingSince = null;
-        Log("started", $"{S.RankWorkers.Count} workers built their model slices in {watch.Elapsed.TotalSeconds:0.0} s");
+        Log("started", $"{ranks.Count} workers built their model slices{(Stages.Count > 1 ? $" for stage {Stage.Name}" : "")} in {watch.Elapsed.TotalSeconds:0.0} s");
         await store.WriteStateAsync();
+    }
+
+    /// <summary>The grown model's loss on the batch measured before growth: equal when growth preserved the function.</summary>
+    private async Task ReportGrowth(TimeSpan rebuild)
+    {
+        var before = S.LossBeforeGrowth ?? double.NaN;
+        var after = await Evaluate(MaskAt(S.NextStep));
+        var (from, to) = (Stages[S.Stage - 1], Stage);
+        static string Shape(ModelConfig m) => $"{m.Layers} layers × {m.Hidden} ({m.Heads} heads, FFN {m.FfnSize}), {m.ParameterCount:N0} parameters";
+        static string LayoutOf(JobConfig j) => ParallelLayout.FromConfig(j.Layout).ToString();
+        var took = S.GrowthStartedAt is { } started ? (DateTime.UtcNow - started).TotalSeconds : rebuild.TotalSeconds;
+        Log("growth", $"{from.Name} → {to.Name} at step {S.NextStep}: {Shape(from.Job.Model)} → {Shape(to.Job.Model)}, layout {LayoutOf(from.Job)} → {LayoutOf(to.Job)}; " +
+            $"loss of the next batch {before:0.000000} before, {after:0.000000} after (difference {after - before:+0.0e+00;-0.0e+00;0}); masks ramp over {to.Ramp.Steps} steps; {took:0.0} s");
+        S.GrowFrom = null;
+        S.LossBeforeGrowth = null;
+        S.GrowthStartedAt = null;
     }
 
     private async Task RunOneStep()
@@ -492,19 +656,19 @@ public sealed class JobCoordinatorGrain(
         using var activity = FlmTelemetry.Source.StartActivity("job.step");
         activity?.SetTag("job", JobId);
         activity?.SetTag("step", S.NextStep);
-        var step = new WorkerStep(JobId, S.Incarnation, S.NextStep, S.SamplesConsumed, Schedule.At(S.NextStep), 1.0);
+        var step = new WorkerStep(JobId, S.Incarnation, S.NextStep, S.SamplesConsumed, Schedule.At(S.NextStep - S.StageStartStep), MaskAt(S.NextStep));
         var watch = Stopwatch.StartNew();
-        var reports = await Task.WhenAll(S.RankWorkers.Select((_, rank) => Worker(rank).RunStep(step)));
+        var reports = await FanOut(worker => worker.RunStep(step));
         var elapsed = watch.Elapsed;
         var lossRanks = reports.Where(r => r.ReportsLoss).ToList();
         var tokens = lossRanks.Sum(r => r.Tokens);
         var loss = lossRanks.Sum(r => r.LossSum) / Math.Max(1, tokens);
         var comm = reports.Average(r => r.CommMs / Math.Max(1e-9, r.ElapsedMs));
         var point = new StepPoint(step.Step, loss, tokens / elapsed.TotalSeconds, elapsed.TotalMilliseconds, reports[0].GradNorm, comm,
-            step.Lr, tokens, reports[0].Skipped);
+            step.Lr, tokens, reports[0].Skipped, Stages.Count > 1 ? Stage.Name : "main");
         // Commit: the step counts once the durable state says so.
         S.NextStep = step.Step + 1;
-        S.SamplesConsumed += Job.Train.GlobalBatch;
+        S.SamplesConsumed += StageJob.Train.GlobalBatch;
         if (!reports[0].Skipped)
             S.AdamStep++;
         S.Recent.Add(point);

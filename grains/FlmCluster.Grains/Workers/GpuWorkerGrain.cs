@@ -5,6 +5,7 @@ using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Growth;
 using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
@@ -59,10 +60,14 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
 
     public async Task Assign(WorkerAssignment a)
     {
-        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation)
+        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
             return;
         await DropJob();
-        var job = JobValidator.Validate(JobConfigLoader.FromJson(a.JobJson, $"job {a.JobId}"));
+        var whole = JobValidator.Validate(JobConfigLoader.FromJson(a.JobJson, $"job {a.JobId}"));
+        var stages = GrowthSchedule.Resolve(whole);
+        if (a.Stage < 0 || a.Stage >= stages.Count || (a.GrowFrom is not null && a.Stage == 0))
+            throw new ArgumentException($"assignment of job {a.JobId} names stage {a.Stage}{(a.GrowFrom is null ? "" : " to grow into")}; the job has {stages.Count}");
+        var job = stages[a.Stage].Job;
         var layout = ParallelLayout.FromConfig(job.Layout);
         if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
             throw new ArgumentException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
@@ -79,7 +84,9 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
                 var data = datasets.For(job);
-                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data);
+                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, GrowthSchedule.ShapeOf(stages, a.Stage));
+                if (a.GrowFrom is { } grownFrom)
+                    CheckpointRestore.LoadGrown(trainer, CheckpointReader.Open(grownFrom), whole, stages, a.Stage);
                 if (a.RestoreFrom is { } from)
                 {
                     var reader = CheckpointReader.Open(from);
@@ -143,6 +150,13 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
             report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
         return _lastReport;
+    }
+
+    public async Task<LossSum> Evaluate(string jobId, int incarnation, long firstSample, double maskValue)
+    {
+        var trainer = Holding(jobId, incarnation);
+        var (sum, tokens) = await _thread!.Run(() => trainer.EvaluateLoss(firstSample, maskValue));
+        return new LossSum(sum, tokens);
     }
 
     public async Task<string> BeginSave(SaveCommand command)
@@ -286,6 +300,13 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
             }
         }
         throw new InvalidOperationException($"{ReplicaStore.Unavailable}: rank {rank} at step {source.Step} ({string.Join("; ", problems)})");
+    }
+
+    public Task Abort(string jobId, int incarnation)
+    {
+        if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
+            _mailbox.Close(jobId, incarnation);
+        return Task.CompletedTask;
     }
 
     public async Task Release(string jobId, int incarnation)

@@ -1,5 +1,6 @@
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Growth;
 using static TorchSharp.torch;
 
 namespace FlmCluster.Training.Checkpoint;
@@ -61,5 +62,39 @@ public static class CheckpointRestore
             }
         }
         opt.Step = reader.Records("exp_avg").Any() ? reader.Manifest.AdamStep : 0;
+    }
+    /// <summary>
+    /// Loads a checkpoint taken at the end of stage k−1 into one rank of stage k, grown: the whole state is
+    /// read, grown by <see cref="ModelGrowth"/> with the stage's seed (so every rank grows the same new weights)
+    /// and this rank's slice kept; Adam's step count carries over. Each rank holds the whole old and new state
+    /// for a moment, which bounds the model size this path can grow to host memory.
+    /// </summary>
+    public static void LoadGrown(RankTrainer rank, CheckpointReader reader, JobConfig job, IReadOnlyList<ResolvedStage> stages, int stage)
+    {
+        var (from, to) = (stages[stage - 1], stages[stage]);
+        if (reader.Manifest.Stage != from.Index)
+            throw new InvalidCheckpointException($"checkpoint '{reader.Directory}' is of stage {reader.Manifest.Stage}; growing into stage {to.Index} needs one of stage {from.Index}");
+        CheckCompatible(reader, from.Job.Model, job.Tokenizer);
+        var parameters = reader.Records("param").ToDictionary(r => r.Name, r => reader.ReadWhole("param", r.Name));
+        var optimizer = new Dictionary<string, Tensor>();
+        foreach (var kind in new[] { "exp_avg", "exp_avg_sq", "master" })
+            foreach (var record in reader.Records(kind))
+                optimizer[$"{kind}.{record.Name}"] = reader.ReadWhole(kind, record.Name);
+        GrownState? grown = null;
+        try
+        {
+            grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer.Count > 0 ? optimizer : null, to.Options, GrowthSchedule.SeedFor(job, to));
+            StateAssembler.ScatterParameters(rank, grown.Parameters);
+            if (grown.Optimizer is { } state)
+                StateAssembler.ScatterOptimizer(rank, state, reader.Manifest.AdamStep);
+        }
+        finally
+        {
+            IEnumerable<Tensor> all = parameters.Values.Concat(optimizer.Values);
+            if (grown is not null)
+                all = all.Concat(grown.Parameters.Values).Concat(grown.Optimizer?.Values ?? Enumerable.Empty<Tensor>());
+            foreach (var t in all)
+                t.Dispose();
+        }
     }
 }

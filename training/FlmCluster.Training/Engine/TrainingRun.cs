@@ -114,7 +114,7 @@ public sealed class TrainingRun : IDisposable
         var adamStep = old.Ranks[0].Optimizer.Step;
         var (step, samples) = (old.NextStep, old.SamplesConsumed);
         _checkpointer?.WaitForPending(); // a checkpoint of the old stage must finish before its engine goes
-        var grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer, to.Options, SeedFor(to));
+        var grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer, to.Options, GrowthSchedule.SeedFor(Job, to));
         DisposeAll(parameters, optimizer);
         old.Dispose();
         try
@@ -195,9 +195,6 @@ public sealed class TrainingRun : IDisposable
             SaveCheckpoint();
         return summary;
     }
-
-    /// <summary>Seed for a stage's new weights: from the job seed and the stage, so reruns grow identically.</summary>
-    private ulong SeedFor(ResolvedStage stage) => SampleOrder.Mix(Job.Train.Seed ^ (ulong)(stage.Index + 1) * 0x9E3779B97F4A7C15UL);
 
     private static void DisposeAll(params Dictionary<string, TorchSharp.torch.Tensor>[] sets)
     {

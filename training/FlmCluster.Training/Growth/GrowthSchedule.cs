@@ -1,4 +1,6 @@
 using FlmCluster.Training.Config;
+using FlmCluster.Training.Data;
+using FlmCluster.Training.Model;
 
 namespace FlmCluster.Training.Growth;
 
@@ -72,6 +74,23 @@ public static class GrowthSchedule
         }
         return result;
     }
+
+    /// <summary>
+    /// Why a job cannot run its growth stages on a cluster, or null: workers hand the model from one stage to
+    /// the next through a checkpoint, so the job needs a checkpoint folder that every server reaches.
+    /// </summary>
+    public static string? ClusterProblem(JobConfig job) =>
+        job.Stages.Count > 1 && string.IsNullOrWhiteSpace(job.Checkpoint.Dir)
+            ? "a job with growth stages hands its model from stage to stage through a checkpoint on a cluster; set checkpoint.dir to a folder every server reaches (--set checkpoint.dir=DIR)"
+            : null;
+
+    /// <summary>Seed of a stage's new weights: from the job seed and the stage, so every rank and every rerun grows identically.</summary>
+    public static ulong SeedFor(JobConfig job, ResolvedStage stage) =>
+        SampleOrder.Mix(job.Train.Seed ^ (ulong)(stage.Index + 1) * 0x9E3779B97F4A7C15UL);
+
+    /// <summary>The new structure of a stage's model while its masks ramp (null for the first stage).</summary>
+    public static GrowthShape? ShapeOf(IReadOnlyList<ResolvedStage> stages, int index) =>
+        index == 0 ? null : ModelGrowth.ShapeOf(stages[index - 1].Job.Model, stages[index].Job.Model, stages[index].Options);
 
     private static void Require(bool condition, string message)
     {

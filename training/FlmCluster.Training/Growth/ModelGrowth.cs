@@ -124,14 +124,16 @@ public static class ModelGrowth
                 grownOptimizer![prefix + spec.Name] = state;
             }
         }
-        var shape = new GrowthShape(
-            to.Hidden > from.Hidden ? from.Hidden : null,
-            to.AttentionWidth > from.AttentionWidth ? from.AttentionWidth : null,
-            to.FfnSize > from.FfnSize ? from.FfnSize : null,
-            layers.Select((l, i) => (l, i)).Where(x => x.l.IsNew).Select(x => x.i).ToList(),
-            from.WidthMult);
-        return new GrownState(to, grownParams, grownOptimizer, shape, layers.Select(l => l.Source).ToList());
+        return new GrownState(to, grownParams, grownOptimizer, ShapeOf(from, to, options), layers.Select(l => l.Source).ToList());
     }
+
+    /// <summary>Which structure of <paramref name="to"/> is new (what the masks cover): a function of the shapes alone.</summary>
+    public static GrowthShape ShapeOf(ModelConfig from, ModelConfig to, GrowthOptions options) => new(
+        to.Hidden > from.Hidden ? from.Hidden : null,
+        to.AttentionWidth > from.AttentionWidth ? from.AttentionWidth : null,
+        to.FfnSize > from.FfnSize ? from.FfnSize : null,
+        LayerSources(from.Layers, to.Layers, options.DepthPlacement).Select((l, i) => (l, i)).Where(x => x.l.IsNew).Select(x => x.i).ToList(),
+        from.WidthMult);
 
     private static (string? OldName, bool CopyValues, (int Source, bool IsNew) Layer) Source(string name, (int Source, bool IsNew)[] layers, bool copyNew)
     {
