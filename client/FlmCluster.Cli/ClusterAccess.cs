@@ -3,7 +3,6 @@ using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Growth;
-using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Cli;
 
@@ -26,14 +25,10 @@ public static class ClusterAccess
             job = job with { Checkpoint = job.Checkpoint with { Dir = Path.GetFullPath(job.Checkpoint.Dir) } };
         // GPUs for the widest stage: a job keeps its workers from stage to stage.
         var stages = GrowthSchedule.Resolve(job);
-        var widest = WidestLayout(job);
+        var widest = GrowthSchedule.WidestLayout(job);
         return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, widest.Dp, widest.Tp, widest.Pp, stages.Sum(s => s.Job.Train.Steps),
             resumeFrom is null ? null : Path.GetFullPath(resumeFrom));
     }
-
-    /// <summary>The layout of the stage with the most ranks (the job's only layout when it has no stages).</summary>
-    public static ParallelLayout WidestLayout(JobConfig job) =>
-        GrowthSchedule.Resolve(job).Select(s => ParallelLayout.FromConfig(s.Job.Layout)).MaxBy(l => l.WorldSize)!;
 
     /// <summary>Polls a job, reporting every new committed step, until it ends; returns its final status.</summary>
     public static async Task<JobStatus> Watch(FlmClusterClient client, string jobId, Action<StepPoint> onStep, Action<JobEvent>? onEvent = null,

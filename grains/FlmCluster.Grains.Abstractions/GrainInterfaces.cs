@@ -107,6 +107,13 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     Task<bool> Cancel(string jobId);
 
     /// <summary>
+    /// Called by a coordinator whose job lost servers for good: gives the job the first of the data-parallel
+    /// sizes (tp and pp unchanged) that its surviving GPUs plus free ones can hold, and records it as the job's
+    /// allocation; null when none fits (the job keeps its old allocation).
+    /// </summary>
+    Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
+
+    /// <summary>
     /// Called by a coordinator when its job ends: frees its GPUs and starts queued jobs. Interleaves, because
     /// a coordinator may report its end while the scheduler is waiting on it (cancel).
     /// </summary>

@@ -47,6 +47,7 @@ public static class FlmSiloHost
                 Node = s.Node,
                 Devices = s.DeviceSpec,
                 CollectiveTimeout = TimeSpan.FromSeconds(s.CollectiveTimeoutSeconds),
+                WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 TorchThreads = s.TorchThreads,
             });
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))

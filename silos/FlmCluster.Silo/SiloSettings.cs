@@ -35,6 +35,7 @@ public sealed record SiloSettings
     public int MissedProbesLimit { get; init; } = 3;
     public int VotesForDeathDeclaration { get; init; } = 2;
     public double CollectiveTimeoutSeconds { get; init; } = 300;
+    public double WorkerWaitSeconds { get; init; } = 300;
     public int TorchThreads { get; init; }
 
     /// <summary>Command-line switches and the configuration keys they set.</summary>
@@ -88,5 +89,7 @@ public sealed record SiloSettings
             throw new ArgumentException($"Flm:AdvertisedAddress (--advertise) '{AdvertisedAddress}' is not an IP address");
         if (ProbeTimeoutSeconds <= 0 || MissedProbesLimit < 1 || VotesForDeathDeclaration < 1)
             throw new ArgumentException("Flm:ProbeTimeoutSeconds, MissedProbesLimit and VotesForDeathDeclaration must be positive");
+        if (CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0)
+            throw new ArgumentException("Flm:CollectiveTimeoutSeconds and Flm:WorkerWaitSeconds must be positive");
     }
 }

@@ -17,8 +17,11 @@ public sealed class Flm : IDisposable
 
     public FlmResult Run(params string[] args) => Run(TimeSpan.FromMinutes(5), args);
 
+    /// <summary>Environment of every `flm` run (and so of the silos `flm cluster up` starts): silo settings as Flm__Key.</summary>
+    public Dictionary<string, string> Environment { get; } = [];
+
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
-        FlmProcess.Run(Home, new Dictionary<string, string> { ["FLM_PROFILE"] = Profile }, timeout, args);
+        FlmProcess.Run(Home, new Dictionary<string, string>(Environment) { ["FLM_PROFILE"] = Profile }, timeout, args);
 
     /// <summary>`flm cluster up` with Redis membership and a control-plane node; asserts that it worked.</summary>
     public FlmResult Up(int nodes, int gpusPerNode, int basePort)

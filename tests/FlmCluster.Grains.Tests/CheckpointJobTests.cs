@@ -3,27 +3,20 @@ using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using FlmCluster.Training.Engine;
-using Orleans.TestingHost;
 
 namespace FlmCluster.Grains.Tests;
 
 /// <summary>Checkpoints written by workers and committed by the coordinator; resharding resume; restore after workers lose their state.</summary>
 [Collection("Cluster jobs")]
-public sealed class CheckpointJobTests : IAsyncLifetime
+public sealed class CheckpointJobTests() : ClusterTestClass(2, 2, 0)
 {
-    private InProcessTestCluster _cluster = null!;
-    private string _storage = "";
     private readonly string _checkpoints = Directory.CreateTempSubdirectory("flm-cluster-ckpt-").FullName;
 
-    public async ValueTask InitializeAsync() => (_cluster, _storage) = await TestClusters.Start(2, 2, 0);
-
-    public async ValueTask DisposeAsync()
+    public override async ValueTask DisposeAsync()
     {
-        await TestClusters.Stop(_cluster, _storage);
+        await base.DisposeAsync();
         Directory.Delete(_checkpoints, recursive: true);
     }
-
-    private IClusterSchedulerGrain Scheduler => _cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
 
     private JobConfig Job(int dp, int tp, int pp, long steps, string dir, long interval) => TestClusters.MicroJob(dp, tp, pp, micro: 2, steps) with
     {
@@ -44,7 +37,7 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         // 2/2/1 for 8 steps with a checkpoint every 4; then resume the checkpoint of step 4 under 1/2/2.
         var first = Job(2, 2, 1, steps: 8, "a", interval: 4);
         var id = await Scheduler.Submit(TestClusters.Submission(first));
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, status.State);
         Assert.Equal(8, status.LastCheckpointStep);
         Assert.Equal([4L, 8L], CheckpointStore.List(first.Checkpoint.Dir).Where(e => e.Valid).Select(e => e.Step));
@@ -53,7 +46,7 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         var second = Job(1, 2, 2, steps: 8, "b", interval: 0);
         var resumeFrom = CheckpointStore.DirectoryFor(first.Checkpoint.Dir, 4);
         var id2 = await Scheduler.Submit(TestClusters.Submission(second) with { ResumeFrom = resumeFrom });
-        var resumed = await TestClusters.WaitFor(_cluster.Client, id2, s => JobStates.IsFinal(s.State));
+        var resumed = await TestClusters.WaitFor(Cluster.Client, id2, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, resumed.State);
         Assert.Equal([4L, 5L, 6L, 7L], resumed.Recent.Select(p => p.Step));
         Assert.Contains(resumed.Events, e => e.Kind == "restoring" && e.Message.Contains("saved under dp=2,tp=2,pp=1"));
@@ -103,7 +96,7 @@ public sealed class CheckpointJobTests : IAsyncLifetime
     {
         var (job, submission) = GrowthJob("growth", interval: 5);
         var id = await Scheduler.Submit(submission);
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.True(status.State == JobStates.Completed, Describe(status));
 
         // Growth from the stage's checkpoint here, from the gathered state in process: the same numbers.
@@ -135,7 +128,7 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         // Resume inside the ramp of stage b: the same trajectory from there on.
         var elsewhere = job with { Checkpoint = job.Checkpoint with { Dir = Path.Combine(_checkpoints, "growth-resumed") } };
         var resumed = await Scheduler.Submit(submission with { JobJson = JobConfigLoader.ToJson(elsewhere), ResumeFrom = CheckpointStore.DirectoryFor(job.Checkpoint.Dir, 5) });
-        var again = await TestClusters.WaitFor(_cluster.Client, resumed, s => JobStates.IsFinal(s.State));
+        var again = await TestClusters.WaitFor(Cluster.Client, resumed, s => JobStates.IsFinal(s.State));
         Assert.True(again.State == JobStates.Completed, Describe(again));
         Assert.Equal(Enumerable.Range(5, 6).Select(i => (long)i), again.Recent.Select(p => p.Step));
         Assert.Equal(expected.Skip(5).Select(e => e.Loss), again.Recent.Select(p => p.Loss));
@@ -147,11 +140,11 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         var (job, submission) = GrowthJob("growth-kill", interval: 3, firstSteps: 6);
         var id = await Scheduler.Submit(submission);
         // As soon as the coordinator moves to stage b (the workers are growing), one server dies and comes back empty.
-        await TestClusters.WaitFor(_cluster.Client, id, s => s.Events.Any(e => e.Kind == "growing") || JobStates.IsFinal(s.State));
-        var silo = _cluster.Silos.Single(s => s.Name == "Silo_1");
-        await _cluster.KillSiloAsync(silo, TestContext.Current.CancellationToken);
-        await _cluster.StartSiloAsync(1, _cluster.Options, TestContext.Current.CancellationToken);
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        await TestClusters.WaitFor(Cluster.Client, id, s => s.Events.Any(e => e.Kind == "growing") || JobStates.IsFinal(s.State));
+        var silo = Cluster.Silos.Single(s => s.Name == "Silo_1");
+        await Cluster.KillSiloAsync(silo, TestContext.Current.CancellationToken);
+        await Cluster.StartSiloAsync(1, Cluster.Options, TestContext.Current.CancellationToken);
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.True(status.State == JobStates.Completed, Describe(status));
         Assert.Contains(status.Events, e => e.Kind == "workers-lost");
         Assert.Equal(2, status.Events.Count(e => e.Kind == "growth"));
@@ -163,9 +156,9 @@ public sealed class CheckpointJobTests : IAsyncLifetime
     private async Task Restart(params string[] names)
     {
         foreach (var name in names)
-            await _cluster.StopSiloAsync(_cluster.Silos.Single(s => s.Name == name), TestContext.Current.CancellationToken);
+            await Cluster.StopSiloAsync(Cluster.Silos.Single(s => s.Name == name), TestContext.Current.CancellationToken);
         foreach (var name in names)
-            await _cluster.StartSiloAsync(int.Parse(name[5..]), _cluster.Options, TestContext.Current.CancellationToken);
+            await Cluster.StartSiloAsync(int.Parse(name[5..]), Cluster.Options, TestContext.Current.CancellationToken);
     }
 
     private static string Describe(JobStatus s) => $"{s.State}: {s.Error} | {string.Join(" | ", s.Events.TakeLast(8).Select(e => $"{e.Kind}: {e.Message}"))}";
@@ -178,11 +171,11 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         var job = Job(2, 1, 2, steps: 40, "lost", interval: 5) with { Train = TestClusters.MicroJob(2, 1, 2, 2, 40).Train };
         job = job with { Checkpoint = job.Checkpoint with { MemoryInterval = 1 } };
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        var coordinator = _cluster.Client.GetGrain<IJobCoordinatorGrain>(id);
+        var coordinator = Cluster.Client.GetGrain<IJobCoordinatorGrain>(id);
         // Stop the job where the replicas are the newer recovery point, so that they are tried first.
         while (true)
         {
-            await TestClusters.WaitFor(_cluster.Client, id, s => s.State == JobStates.Running && s.LastCheckpointStep >= 10 && s.LastReplicaStep >= s.LastCheckpointStep);
+            await TestClusters.WaitFor(Cluster.Client, id, s => s.State == JobStates.Running && s.LastCheckpointStep >= 10 && s.LastReplicaStep >= s.LastCheckpointStep);
             await coordinator.Pause();
             var paused = await coordinator.GetStatus();
             if (paused.LastReplicaStep >= paused.LastCheckpointStep)
@@ -191,7 +184,7 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         }
         await Restart("Silo_0", "Silo_1");
         await coordinator.Resume();
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.True(status.State == JobStates.Completed, Describe(status));
         Assert.Contains(status.Events, e => e.Kind == "workers-lost");
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
@@ -208,11 +201,11 @@ public sealed class CheckpointJobTests : IAsyncLifetime
         // Four ranks on two servers, an in-memory snapshot every 2 steps and no checkpoint on disk at all.
         var job = TestClusters.MicroJob(2, 1, 2, 2, 40) with { Checkpoint = new CheckpointConfig { MemoryInterval = 2 } };
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        var before = await TestClusters.WaitFor(_cluster.Client, id, s => s.LastReplicaStep >= 10);
+        var before = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastReplicaStep >= 10);
         Assert.Equal(2, before.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
         Assert.Contains(before.Events, e => e.Kind == "replica" && e.Message.Contains("kept by its peer on the next server"));
         await Restart("Silo_1");
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.True(status.State == JobStates.Completed, Describe(status));
         Assert.Contains(status.Events, e => e.Kind == "workers-lost");
         Assert.Contains(status.Events, e => e.Kind == "restoring" && e.Message.Contains("from the in-memory replicas of step"));
@@ -227,23 +220,17 @@ public sealed class CheckpointJobTests : IAsyncLifetime
     {
         var job = TestClusters.MicroJob(1, 1, 1, 1, steps: 2000);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        await TestClusters.WaitFor(_cluster.Client, id, s => s.State == JobStates.Running);
-        var ex = await Assert.ThrowsAsync<ClusterRequestException>(() => _cluster.Client.GetGrain<IJobCoordinatorGrain>(id).SaveCheckpoint());
+        await TestClusters.WaitFor(Cluster.Client, id, s => s.State == JobStates.Running);
+        var ex = await Assert.ThrowsAsync<ClusterRequestException>(() => Cluster.Client.GetGrain<IJobCoordinatorGrain>(id).SaveCheckpoint());
         Assert.Contains("has no checkpoint.dir", ex.Message);
         await Scheduler.Cancel(id);
 
         var withDir = Job(1, 1, 1, steps: 2000, "demand", interval: 0);
         var id2 = await Scheduler.Submit(TestClusters.Submission(withDir));
-        await TestClusters.WaitFor(_cluster.Client, id2, s => s.State == JobStates.Running && s.Step > 2);
-        await _cluster.Client.GetGrain<IJobCoordinatorGrain>(id2).SaveCheckpoint();
-        var saved = await TestClusters.WaitFor(_cluster.Client, id2, s => s.LastCheckpointStep is not null);
+        await TestClusters.WaitFor(Cluster.Client, id2, s => s.State == JobStates.Running && s.Step > 2);
+        await Cluster.Client.GetGrain<IJobCoordinatorGrain>(id2).SaveCheckpoint();
+        var saved = await TestClusters.WaitFor(Cluster.Client, id2, s => s.LastCheckpointStep is not null);
         Assert.Single(CheckpointStore.List(withDir.Checkpoint.Dir), e => e.Valid && e.Step == saved.LastCheckpointStep);
         await Scheduler.Cancel(id2);
-    }
-
-    private sealed class Tolerance(double epsilon) : IEqualityComparer<double>
-    {
-        public bool Equals(double x, double y) => Math.Abs(x - y) <= epsilon * Math.Max(1, Math.Abs(x));
-        public int GetHashCode(double obj) => 0;
     }
 }

@@ -1,26 +1,18 @@
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
-using Orleans.TestingHost;
 using static TorchSharp.torch;
 
 namespace FlmCluster.Grains.Tests;
 
 /// <summary>Collectives over Orleans (in process within a silo, chunked grain calls across silos) against plain references.</summary>
-public sealed class DataPlaneTests : IAsyncLifetime
+public sealed class DataPlaneTests() : ClusterTestClass(2, 2)
 {
-    private InProcessTestCluster _cluster = null!;
-    private string _storage = "";
-
-    public async ValueTask InitializeAsync() => (_cluster, _storage) = await TestClusters.Start(2, 2);
-
-    public async ValueTask DisposeAsync() => await TestClusters.Stop(_cluster, _storage);
-
     // Ranks alternate between the two silos, so every collective mixes in-process and cross-silo messages.
     private static readonly string[] Workers = ["Silo_0/gpu0", "Silo_1/gpu0", "Silo_0/gpu1", "Silo_1/gpu1"];
 
     private async Task<ProbeResult[]> Probe(IReadOnlyList<ProbeOp> ops, ulong seed) =>
         await Task.WhenAll(Workers.Select((w, rank) =>
-            _cluster.Client.GetGrain<IGpuWorkerGrain>(w).Probe(new ProbeRequest($"probe-{seed}", rank, Workers, ops, seed, ReturnOutputs: true))));
+            Cluster.Client.GetGrain<IGpuWorkerGrain>(w).Probe(new ProbeRequest($"probe-{seed}", rank, Workers, ops, seed, ReturnOutputs: true))));
 
     private static Tensor Out(ProbeResult r, int op, string dtype)
     {
@@ -71,13 +63,13 @@ public sealed class DataPlaneTests : IAsyncLifetime
     }
 
     private string SiloName(string silo) =>
-        _cluster.Silos.Single(s => silo.Contains(s.SiloAddress.ToString())).Name;
+        Cluster.Silos.Single(s => silo.Contains(s.SiloAddress.ToString())).Name;
 
     [Fact]
     public async Task A_busy_or_misaddressed_worker_refuses_a_probe()
     {
         var ex = await Assert.ThrowsAsync<ClusterRequestException>(() =>
-            _cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0").Probe(new ProbeRequest("p", 1, Workers, [], 1, false)));
+            Cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0").Probe(new ProbeRequest("p", 1, Workers, [], 1, false)));
         Assert.Contains("does not give rank 1", ex.Message);
     }
 }

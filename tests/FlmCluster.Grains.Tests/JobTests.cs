@@ -2,23 +2,13 @@ using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using FlmCluster.Training.Engine;
-using Orleans.TestingHost;
 
 namespace FlmCluster.Grains.Tests;
 
 /// <summary>Jobs on a cluster of two GPU servers (2 CPU devices each) and one control-plane silo.</summary>
 [Collection("Cluster jobs")]
-public sealed class JobTests : IAsyncLifetime
+public sealed class JobTests() : ClusterTestClass(2, 2, 0)
 {
-    private InProcessTestCluster _cluster = null!;
-    private string _storage = "";
-
-    public async ValueTask InitializeAsync() => (_cluster, _storage) = await TestClusters.Start(2, 2, 0);
-
-    public async ValueTask DisposeAsync() => await TestClusters.Stop(_cluster, _storage);
-
-    private IClusterSchedulerGrain Scheduler => _cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
-
     private static List<double> LocalLosses(JobConfig job)
     {
         using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
@@ -33,7 +23,7 @@ public sealed class JobTests : IAsyncLifetime
     {
         var job = TestClusters.MicroJob(dp, tp, pp, micro, steps: 5);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, status.State);
         Assert.Equal(5, status.Step);
         // Ranks are spread over both servers, TP groups inside one.
@@ -49,8 +39,8 @@ public sealed class JobTests : IAsyncLifetime
         var first = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(2, 1, 1, 1, steps: 400) with { Name = "first" }));
         var second = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(1, 2, 1, 1, steps: 5) with { Name = "second" }));
         // Two GPUs each: both run at once on the four GPUs.
-        await TestClusters.WaitFor(_cluster.Client, first, s => s.State == JobStates.Running && s.Step > 0);
-        var secondStatus = await TestClusters.WaitFor(_cluster.Client, second, s => JobStates.IsFinal(s.State));
+        await TestClusters.WaitFor(Cluster.Client, first, s => s.State == JobStates.Running && s.Step > 0);
+        var secondStatus = await TestClusters.WaitFor(Cluster.Client, second, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, secondStatus.State);
 
         // The scheduler frees a job's GPUs right after its coordinator commits the end.
@@ -61,12 +51,12 @@ public sealed class JobTests : IAsyncLifetime
         var inventory = await Scheduler.GetInventory();
         Assert.Equal([big], inventory.Queue);
         Assert.Equal(2, inventory.FreeGpus);
-        Assert.Equal(JobStates.Queued, (await _cluster.Client.GetGrain<IJobCoordinatorGrain>(big).GetStatus()).State);
+        Assert.Equal(JobStates.Queued, (await Cluster.Client.GetGrain<IJobCoordinatorGrain>(big).GetStatus()).State);
 
         Assert.True(await Scheduler.Cancel(first));
-        var cancelled = await TestClusters.WaitFor(_cluster.Client, first, s => JobStates.IsFinal(s.State));
+        var cancelled = await TestClusters.WaitFor(Cluster.Client, first, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Cancelled, cancelled.State);
-        var bigStatus = await TestClusters.WaitFor(_cluster.Client, big, s => JobStates.IsFinal(s.State));
+        var bigStatus = await TestClusters.WaitFor(Cluster.Client, big, s => JobStates.IsFinal(s.State));
         Assert.Equal(JobStates.Completed, bigStatus.State);
         Assert.Equal(4, bigStatus.Workers.Distinct().Count());
         await Until(async () => (await Scheduler.GetInventory()).FreeGpus == 4);
@@ -99,11 +89,11 @@ public sealed class JobTests : IAsyncLifetime
     {
         var job = TestClusters.MicroJob(2, 1, 1, 1, steps: 60);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        await TestClusters.WaitFor(_cluster.Client, id, s => s.Step >= 10);
+        await TestClusters.WaitFor(Cluster.Client, id, s => s.Step >= 10);
         // Coordinators prefer the control-plane silo (no GPUs): kill it, the workers on the GPU servers survive.
-        var control = _cluster.Silos.Single(s => s.Name == "Silo_2");
-        await _cluster.KillSiloAsync(control, TestContext.Current.CancellationToken);
-        var status = await TestClusters.WaitFor(_cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var control = Cluster.Silos.Single(s => s.Name == "Silo_2");
+        await Cluster.KillSiloAsync(control, TestContext.Current.CancellationToken);
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         Assert.True(status.State == JobStates.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", status.Events.TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
         Assert.Contains(status.Events, e => e.Kind == "resumed");
         // Every step exactly once, with the numbers of an uninterrupted run.

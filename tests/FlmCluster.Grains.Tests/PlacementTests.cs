@@ -1,38 +1,30 @@
 using FlmCluster.Grains.Abstractions;
-using Orleans.TestingHost;
 
 namespace FlmCluster.Grains.Tests;
 
-public sealed class PlacementTests : IAsyncLifetime
+public sealed class PlacementTests() : ClusterTestClass(2, 2, 2)
 {
-    private InProcessTestCluster _cluster = null!;
-    private string _storage = "";
-
-    public async ValueTask InitializeAsync() => (_cluster, _storage) = await TestClusters.Start(2, 2, 2);
-
-    public async ValueTask DisposeAsync() => await TestClusters.Stop(_cluster, _storage);
-
-    private Task<WorkerStatus> Status(string worker) => _cluster.Client.GetGrain<IGpuWorkerGrain>(worker).GetStatus();
+    private Task<WorkerStatus> Status(string worker) => Cluster.Client.GetGrain<IGpuWorkerGrain>(worker).GetStatus();
 
     [Fact]
     public async Task A_worker_lives_only_on_its_nodes_silo_and_fails_loudly_while_the_node_is_away()
     {
-        Assert.Equal(["Silo_0", "Silo_1", "Silo_2"], _cluster.Silos.Select(s => s.Name).Order());
-        foreach (var silo in _cluster.Silos)
+        Assert.Equal(["Silo_0", "Silo_1", "Silo_2"], Cluster.Silos.Select(s => s.Name).Order());
+        foreach (var silo in Cluster.Silos)
             foreach (var gpu in new[] { 0, 1 })
                 Assert.Equal(silo.SiloAddress.ToString(), (await Status($"{silo.Name}/gpu{gpu}")).Silo);
 
-        var away = _cluster.Silos.Single(s => s.Name == "Silo_1");
-        await _cluster.StopSiloAsync(away, TestContext.Current.CancellationToken);
+        var away = Cluster.Silos.Single(s => s.Name == "Silo_1");
+        await Cluster.StopSiloAsync(away, TestContext.Current.CancellationToken);
         var ex = await Assert.ThrowsAnyAsync<Exception>(() => Status("Silo_1/gpu0"));
         Assert.Contains("No active silo for node 'Silo_1'", ex.ToString());
         // Nothing was placed elsewhere meanwhile.
-        Assert.Equal(_cluster.Silos.Single(s => s.Name == "Silo_0").SiloAddress.ToString(), (await Status("Silo_0/gpu1")).Silo);
+        Assert.Equal(Cluster.Silos.Single(s => s.Name == "Silo_0").SiloAddress.ToString(), (await Status("Silo_0/gpu1")).Silo);
 
         // The server comes back: a new silo generation with the same node name.
-        var back = await _cluster.StartSiloAsync(1, _cluster.Options, TestContext.Current.CancellationToken);
+        var back = await Cluster.StartSiloAsync(1, Cluster.Options, TestContext.Current.CancellationToken);
         Assert.Equal("Silo_1", back.Name);
-        await _cluster.WaitForLivenessToStabilizeAsync();
+        await Cluster.WaitForLivenessToStabilizeAsync();
         var status = await RetryAsync(() => Status("Silo_1/gpu0"));
         Assert.Equal(back.SiloAddress.ToString(), status.Silo);
     }
@@ -48,9 +40,9 @@ public sealed class PlacementTests : IAsyncLifetime
     public async Task Every_silo_answers_for_itself_which_server_it_is()
     {
         // The fallback when a silo's metadata is not in the local cache: a grain pinned to that very silo.
-        foreach (var silo in _cluster.Silos)
+        foreach (var silo in Cluster.Silos)
         {
-            var answer = await _cluster.Client.GetGrain<FlmCluster.Grains.Placement.INodeInfoGrain>(silo.SiloAddress.ToParsableString()).Describe();
+            var answer = await Cluster.Client.GetGrain<FlmCluster.Grains.Placement.INodeInfoGrain>(silo.SiloAddress.ToParsableString()).Describe();
             Assert.Equal((silo.Name, "cpu:2"), (answer.Node, answer.Devices));
         }
     }

@@ -10,7 +10,10 @@ namespace FlmCluster.Grains.Tests;
 public static class TestClusters
 {
     /// <summary>Starts a cluster: silo i is node "Silo_i" with <paramref name="devices"/>[i] CPU devices (0 = control plane only).</summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), devices);
+
+    /// <summary>As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks.</summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -22,6 +25,7 @@ public static class TestClusters
                 Node = options.SiloName,
                 Devices = new DeviceSpec("cpu", devices[index]),
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
+                WorkerWait = workerWait,
                 TorchThreads = 1,
             });
             silo.AddFlmFileStorage(storage);

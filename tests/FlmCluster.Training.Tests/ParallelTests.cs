@@ -6,6 +6,44 @@ namespace FlmCluster.Training.Tests;
 
 public class LayoutTests
 {
+    [Theory]
+    // Fewer replicas, more micro-batches of the same size: the global batch is kept.
+    [InlineData(8, 4, 1, 1, 1, 2, 2, 2)]
+    [InlineData(8, 4, 1, 1, 1, 3, 2, 2)] // 3 GPUs hold 2 replicas (8 is not split 3 ways)
+    [InlineData(16, 4, 2, 1, 2, 6, 2, 4)]
+    [InlineData(2304, 96, 2, 1, 24, 184, 72, 32)] // FLM-101B's first stage after losing one 8-GPU server
+    [InlineData(8, 2, 4, 1, 1, 3, 0, 0)] // a tensor-parallel group of 4 does not fit in 3 GPUs
+    public void A_layout_shrinks_to_fewer_replicas_keeping_the_global_batch_and_micro_batch_size(
+        int globalBatch, int dp, int tp, int pp, int micro, int gpus, int expectedDp, int expectedMicro)
+    {
+        var layout = new LayoutConfig { Dp = dp, Tp = tp, Pp = pp, MicroBatches = micro };
+        var fitted = ElasticLayout.Fit(layout, globalBatch, gpus);
+        if (expectedDp == 0)
+        {
+            Assert.Null(fitted);
+            return;
+        }
+        Assert.Equal(new LayoutConfig { Dp = expectedDp, Tp = tp, Pp = pp, MicroBatches = expectedMicro }, fitted);
+        Assert.Equal(globalBatch / (dp * micro), globalBatch / (expectedDp * expectedMicro)); // same micro-batch size
+    }
+
+    [Fact]
+    public void Every_growth_stage_is_fitted_or_none_is()
+    {
+        var job = TestJobs.Micro(layers: 2, hidden: 32, heads: 2) with
+        {
+            Layout = new LayoutConfig { Dp = 4 },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = 2 },
+                new StageConfig { Name = "b", Hidden = 64, Heads = 4, Steps = 2, MaskRampSteps = 2, Layout = new LayoutConfig { Dp = 2, Tp = 2 } },
+            ],
+        };
+        var fitted = ElasticLayout.Fit(JobValidator.Validate(job), 2)!;
+        Assert.Equal([new LayoutConfig { Dp = 2, MicroBatches = 2 }, new LayoutConfig { Dp = 1, Tp = 2, MicroBatches = 2 }], fitted.Stages.Select(s => s.Layout));
+        Assert.Null(ElasticLayout.Fit(JobValidator.Validate(job), 1)); // stage b needs a TP pair
+    }
+
     [Fact]
     public void Ranks_follow_megatron_order_tp_fastest_then_dp_then_pp()
     {

@@ -117,7 +117,7 @@ public static class TrainCommand
     private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume, bool keepsCheckpoints)
     {
         var stages = GrowthSchedule.Resolve(job);
-        var layout = ClusterAccess.WidestLayout(job);
+        var layout = GrowthSchedule.WidestLayout(job);
         var world = layout.WorldSize;
         var nodes = world >= 2 && world % 2 == 0 && stages.All(s => world / 2 % s.Job.Layout.Tp == 0) ? 2 : 1;
         PrintJob(job, stages);

@@ -19,6 +19,12 @@ public sealed record FlmNodeOptions
     /// <summary>How long a worker waits for a peer's tensor before failing the step.</summary>
     public TimeSpan CollectiveTimeout { get; init; } = TimeSpan.FromMinutes(5);
 
+    /// <summary>
+    /// How long a job waits for lost servers to come back (coordinators on this silo) before it continues on
+    /// the GPUs that remain with fewer data-parallel replicas.
+    /// </summary>
+    public TimeSpan WorkerWait { get; init; } = TimeSpan.FromMinutes(5);
+
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 }

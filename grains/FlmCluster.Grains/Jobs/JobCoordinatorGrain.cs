@@ -53,6 +53,9 @@ public sealed class JobState
     /// <summary>At a stage's end: the loss of the next batch under the old model, to compare with the grown one's.</summary>
     [Id(21)] public double? LossBeforeGrowth { get; set; }
     [Id(22)] public DateTime? GrowthStartedAt { get; set; }
+
+    /// <summary>The job fitted onto fewer GPUs after servers were lost for good (null: as submitted).</summary>
+    [Id(23)] public string? ElasticJobJson { get; set; }
 }
 
 /// <summary>Where training stood at an in-memory snapshot.</summary>
@@ -85,6 +88,7 @@ public sealed class JobCoordinatorGrain(
     [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
     IGrainFactory grains,
     IHostApplicationLifetime lifetime,
+    FlmNodeOptions node,
     ILogger<JobCoordinatorGrain> log) : Grain, IJobCoordinatorGrain, IRemindable
 {
     private const int RecentLimit = 200;
@@ -100,17 +104,14 @@ public sealed class JobCoordinatorGrain(
     private DateTime _retryAt;
     private DateTime? _waitingSince;
 
-    /// <summary>How long a job waits for its servers to come back before it fails.</summary>
-    private static readonly TimeSpan WorkerWait = TimeSpan.FromMinutes(5);
-
     private const int RestoreLimit = 3;
 
     private JobState S => store.State;
     private string JobId => this.GetPrimaryKeyString();
     private IReadOnlyList<ResolvedStage>? _stages;
 
-    /// <summary>The whole job: every stage, the checkpoint policy.</summary>
-    private JobConfig Job => _job ??= JobValidator.Validate(JobConfigLoader.FromJson(S.Submission!.JobJson, $"job {JobId}"));
+    /// <summary>The whole job (every stage, the checkpoint policy), with the layouts it runs under now.</summary>
+    private JobConfig Job => _job ??= JobValidator.Validate(JobConfigLoader.FromJson(S.ElasticJobJson ?? S.Submission!.JobJson, $"job {JobId}"));
     private IReadOnlyList<ResolvedStage> Stages => _stages ??= GrowthSchedule.Resolve(Job);
 
     /// <summary>The stage being trained: its shape, layout, batch and LR schedule.</summary>
@@ -297,16 +298,18 @@ public sealed class JobCoordinatorGrain(
                 // servers are back; while they are away, retry with backoff for a while.
                 if (S.State == JobStates.Running && await TryRestore(message))
                     return;
-                if (S.State == JobStates.Starting && !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+                if (S.State == JobStates.Starting && (!string.IsNullOrWhiteSpace(Job.Checkpoint.Dir) || S.RestoreFromReplica is not null))
                 {
                     if (_waitingSince is null)
-                        Log("workers-lost", $"{message}; waiting up to {WorkerWait.TotalMinutes:0} min for the servers to come back");
+                        Log("workers-lost", $"{message}; waiting up to {node.WorkerWait.TotalSeconds:0} s for the servers to come back");
                     _waitingSince ??= DateTime.UtcNow;
-                    if (DateTime.UtcNow - _waitingSince < WorkerWait)
+                    if (DateTime.UtcNow - _waitingSince < node.WorkerWait)
                     {
                         _retryAt = DateTime.UtcNow.AddSeconds(1);
                         return;
                     }
+                    if (await TryShrink(message))
+                        return;
                 }
             }
             log.LogError(ex, "Job {Job} failed at step {Step}", JobId, S.NextStep);
@@ -561,6 +564,49 @@ public sealed class JobCoordinatorGrain(
         RestorePoint(reader);
         S.Incarnation++;
         S.State = JobStates.Starting;
+        await store.WriteStateAsync();
+        return true;
+    }
+
+    /// <summary>
+    /// Servers stayed away longer than the wait: continue on the GPUs that remain (and free ones) with fewer
+    /// data-parallel replicas — same tensor and pipeline split, same global batch by more micro-batches, so the
+    /// same samples per step — from the newest valid checkpoint, loaded into the smaller layout.
+    /// </summary>
+    private async Task<bool> TryShrink(string why)
+    {
+        if (S.Restores >= RestoreLimit || string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+            return false;
+        var reader = CheckpointStore.NewestValid(Job.Checkpoint.Dir, (dir, reason) => Log("checkpoint-rejected", $"{dir}: {reason}"));
+        if (reader is null)
+            return false;
+        var widest = GrowthSchedule.WidestLayout(Job);
+        // Replica counts that use every GPU they ask for, largest first.
+        var choices = Enumerable.Range(1, widest.Dp - 1).Reverse()
+            .Where(dp => ElasticLayout.Fit(Job, dp * widest.Tp * widest.Pp) is { } fits && GrowthSchedule.WidestLayout(fits).WorldSize == dp * widest.Tp * widest.Pp)
+            .ToList();
+        if (choices.Count == 0)
+            return false;
+        var allocation = await grains.GetGrain<IClusterSchedulerGrain>(ClusterSchedulerKey).Reallocate(JobId, choices, widest.Tp, widest.Pp);
+        if (allocation is null)
+            return false;
+        var fitted = ElasticLayout.Fit(Job, allocation.RankWorkers.Count)!;
+        var before = $"{S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}";
+        S.ElasticJobJson = JobConfigLoader.ToJson(fitted);
+        _job = null;
+        _stages = null;
+        _schedule = null;
+        S.RankWorkers = [.. allocation.RankWorkers];
+        S.Restores++;
+        S.Pending = null;
+        S.LastReplica = null;
+        _pendingReplica = null;
+        S.RestoreFromReplica = null;
+        Log("shrunk", $"servers gone for more than {node.WorkerWait.TotalSeconds:0} s ({why}): {before} → {S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}; global batch kept");
+        RestorePoint(reader);
+        S.Incarnation++;
+        S.State = JobStates.Starting;
+        _waitingSince = null;
         await store.WriteStateAsync();
         return true;
     }

@@ -119,6 +119,34 @@ public sealed class ClusterSchedulerGrain(
         await TrySchedule();
     }
 
+    public async Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
+    {
+        if (!S.Jobs.TryGetValue(jobId, out var job) || job.State != JobStates.Running)
+            return null;
+        var nodes = await ActiveNodes();
+        // From here to the write nothing awaits: the free list cannot go stale.
+        var free = FreeGpus(nodes);
+        foreach (var worker in job.RankWorkers)
+        {
+            var node = NodeMetadata.NodeOfWorker(worker);
+            if (free.TryGetValue(node, out var gpus))
+                free[node] = gpus.Append(worker).OrderBy(GpuIndex).ToList(); // the job's own GPUs on servers that are alive
+        }
+        foreach (var dp in dpChoices)
+        {
+            if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
+                continue;
+            FlmTelemetry.AllocatedGpus.Add(ranks.Count - job.RankWorkers.Count);
+            log.LogInformation("Job {Job} lost servers: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
+            job.RankWorkers = [.. ranks];
+            await store.WriteStateAsync();
+            return new JobAllocation(ranks);
+        }
+        return null;
+    }
+
+    private static int GpuIndex(string worker) => int.Parse(worker[(worker.LastIndexOf("/gpu", StringComparison.Ordinal) + 4)..], System.Globalization.CultureInfo.InvariantCulture);
+
     /// <summary>
     /// Starts every queued job that fits now. Allocations are recorded before any call goes out, so an
     /// interleaved call (a job ending meanwhile) never hands the same GPU out twice.

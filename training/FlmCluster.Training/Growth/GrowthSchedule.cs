@@ -1,6 +1,7 @@
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using FlmCluster.Training.Model;
+using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Training.Growth;
 
@@ -83,6 +84,10 @@ public static class GrowthSchedule
         job.Stages.Count > 1 && string.IsNullOrWhiteSpace(job.Checkpoint.Dir)
             ? "a job with growth stages hands its model from stage to stage through a checkpoint on a cluster; set checkpoint.dir to a folder every server reaches (--set checkpoint.dir=DIR)"
             : null;
+
+    /// <summary>The layout of the stage with the most ranks (the job's only layout when it has no stages).</summary>
+    public static ParallelLayout WidestLayout(JobConfig job) =>
+        Resolve(job).Select(s => ParallelLayout.FromConfig(s.Job.Layout)).MaxBy(l => l.WorldSize)!;
 
     /// <summary>Seed of a stage's new weights: from the job seed and the stage, so every rank and every rerun grows identically.</summary>
     public static ulong SeedFor(JobConfig job, ResolvedStage stage) =>
