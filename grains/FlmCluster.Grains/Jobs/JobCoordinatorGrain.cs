@@ -317,8 +317,14 @@ public sealed class JobCoordinatorGrain(
         }
     }
 
+    /// <summary>
+    /// Whether a failure means workers lost their state (their silo died, stopped or restarted). A grain call
+    /// cancelled by the runtime — not by this coordinator's own shutdown, handled before — is one whose
+    /// target silo went away.
+    /// </summary>
     private static bool IsWorkerLoss(Exception ex, string message) =>
-        ex is SiloUnavailableException || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException
+        ex is SiloUnavailableException or OperationCanceledException
+        || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException or OperationCanceledException
         || message.Contains("does not hold job", StringComparison.Ordinal)
         || message.Contains(WorkerMailbox.LeftJob, StringComparison.Ordinal)
         || message.Contains("became unavailable", StringComparison.Ordinal)
