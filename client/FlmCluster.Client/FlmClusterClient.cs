@@ -68,12 +68,35 @@ public sealed class FlmClusterClient : IAsyncDisposable
 
     public Task<string> Submit(JobSubmission submission) => Scheduler.Submit(submission);
 
-    public Task<IReadOnlyList<JobStatus>> Jobs() => Scheduler.ListJobs();
+    public Task<IReadOnlyList<JobStatus>> Jobs() => Read(() => Scheduler.ListJobs());
 
-    public Task<ClusterInventory> Inventory() => Scheduler.GetInventory();
+    public Task<ClusterInventory> Inventory() => Read(() => Scheduler.GetInventory());
 
     /// <summary>A job's status; an unknown id is a <see cref="ClusterRequestException"/>.</summary>
-    public Task<JobStatus> Status(string jobId) => Grains.GetGrain<IJobCoordinatorGrain>(jobId).GetStatus();
+    public Task<JobStatus> Status(string jobId) => Read(() => Grains.GetGrain<IJobCoordinatorGrain>(jobId).GetStatus());
+
+    /// <summary>How long a read keeps trying while the cluster does not answer.</summary>
+    public static readonly TimeSpan ReadPatience = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// A read-only call, retried while messages cannot reach the cluster: when a server dies, so does the
+    /// gateway this client may be using, and the client needs a moment to move to another one.
+    /// </summary>
+    private static async Task<T> Read<T>(Func<Task<T>> call)
+    {
+        var deadline = DateTime.UtcNow + ReadPatience;
+        while (true)
+        {
+            try
+            {
+                return await call();
+            }
+            catch (Exception ex) when (ex is OrleansException or TimeoutException && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(500);
+            }
+        }
+    }
 
     public async Task Cancel(string jobId)
     {
