@@ -113,6 +113,9 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// </summary>
     Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
 
+    /// <summary>The first of the data-parallel sizes that a job's GPUs plus free ones could hold now, or null; allocates nothing.</summary>
+    Task<int?> LargestFit(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
+
     /// <summary>
     /// Called by a coordinator when its job ends: frees its GPUs and starts queued jobs. Interleaves, because
     /// a coordinator may report its end while the scheduler is waiting on it (cancel).

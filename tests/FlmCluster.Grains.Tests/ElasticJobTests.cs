@@ -6,7 +6,7 @@ using FlmCluster.Training.Engine;
 
 namespace FlmCluster.Grains.Tests;
 
-/// <summary>A job that loses a server for good continues on the GPUs that remain, without anyone stepping in.</summary>
+/// <summary>A job that loses a server continues on the GPUs that remain, and takes them back when the server returns, without anyone stepping in.</summary>
 [Collection("Cluster jobs")]
 public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2), 2, 2, 0)
 {
@@ -19,39 +19,42 @@ public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2)
     }
 
     [Fact]
-    public async Task A_job_that_loses_a_server_for_good_continues_on_the_rest_with_fewer_replicas_and_the_same_samples()
+    public async Task A_job_shrinks_onto_the_server_that_remains_and_grows_back_when_the_other_returns_with_the_same_samples()
     {
-        // dp=4 over both servers (two ranks each), fp64 so that the smaller layout differs only by rounding.
-        var job = TestClusters.MicroJob(4, 1, 1, 1, steps: 24) with
+        // dp=4 over both servers (two ranks each), fp64 so that the other layouts differ only by rounding.
+        const int steps = 200;
+        var job = TestClusters.MicroJob(4, 1, 1, 1, steps) with
         {
-            Train = TestClusters.MicroJob(4, 1, 1, 1, 24).Train with { Precision = "fp64" },
+            Train = TestClusters.MicroJob(4, 1, 1, 1, steps).Train with { Precision = "fp64" },
             Checkpoint = new CheckpointConfig { Dir = _checkpoints, Interval = 4, KeepLast = 10 },
         };
-        var scheduler = Cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
-        var id = await scheduler.Submit(TestClusters.Submission(job));
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
         var running = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastCheckpointStep >= 8 || JobStates.IsFinal(s.State));
         Assert.Equal(2, running.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
 
+        // Silo_1 dies: after the wait the job goes on with two replicas of twice the micro-batches on Silo_0.
         await Cluster.KillSiloAsync(Cluster.Silos.Single(s => s.Name == "Silo_1"), TestContext.Current.CancellationToken);
+        var shrunk = await TestClusters.WaitFor(Cluster.Client, id, s => s.Events.Any(e => e.Kind == "shrunk") || JobStates.IsFinal(s.State));
+        Assert.Contains(shrunk.Events, e => e.Kind == "shrunk" && e.Message.Contains("4 GPUs, layout dp=4,tp=1,pp=1,micro=1 → 2 GPUs, layout dp=2,tp=1,pp=1,micro=2; global batch kept"));
+
+        // Silo_1 comes back: the job checkpoints and moves back to its submitted layout.
+        await Cluster.StartSiloAsync(1, Cluster.Options, TestContext.Current.CancellationToken);
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
         string Events() => string.Join("\n", status.Events.Select(e => $"{e.Kind}: {e.Message}"));
         Assert.True(status.State == JobStates.Completed, $"{status.State}: {status.Error}\n{Events()}");
-
-        // Two replicas on the surviving server, each with twice the micro-batches: the global batch is kept.
-        Assert.Contains(status.Events, e => e.Kind == "shrunk" && e.Message.Contains("→ 2 GPUs, layout dp=2,tp=1,pp=1,micro=2"));
-        Assert.Equal("dp=2,tp=1,pp=1", status.Layout);
-        Assert.All(status.Workers, w => Assert.StartsWith("Silo_0/", w));
-        var inventory = await scheduler.GetInventory();
-        Assert.Equal((2, 2), (inventory.TotalGpus, inventory.FreeGpus)); // the dead server is gone; the job freed what it held
+        Assert.True(status.Events.Any(e => e.Kind == "grown-back" && e.Message.Contains("2 GPUs, layout dp=2,tp=1,pp=1,micro=2 → 4 GPUs, layout dp=4,tp=1,pp=1,micro=1")), Events());
+        Assert.Equal("dp=4,tp=1,pp=1", status.Layout);
+        Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
 
         // Every step once, in order, and the same training as one uninterrupted run (rounding aside).
-        Assert.Equal(Enumerable.Range(0, 24).Select(i => (long)i), status.Recent.Select(p => p.Step));
+        Assert.Equal(Enumerable.Range(0, steps).Select(i => (long)i), status.Recent.Select(p => p.Step));
         using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         using var engine = LocalEngine.Create(job with { Checkpoint = new CheckpointConfig() }, data);
-        var expected = Enumerable.Range(0, 24).Select(_ => engine.RunStep().Loss).ToList();
+        var expected = Enumerable.Range(0, steps).Select(_ => engine.RunStep().Loss).ToList();
         Assert.Equal(expected, status.Recent.Select(p => p.Loss), new Tolerance(1e-12));
-        var final = CheckpointReader.Open(CheckpointStore.DirectoryFor(_checkpoints, 24)).Manifest;
-        Assert.Equal(24L * job.Train.GlobalBatch, final.SamplesConsumed);
-        Assert.Equal(2, final.Layout.Dp);
+        var final = CheckpointReader.Open(CheckpointStore.DirectoryFor(_checkpoints, steps)).Manifest;
+        Assert.Equal((long)steps * job.Train.GlobalBatch, final.SamplesConsumed);
+        Assert.Equal(4, final.Layout.Dp);
+        Assert.Equal(4, (await Scheduler.GetInventory()).TotalGpus);
     }
 }

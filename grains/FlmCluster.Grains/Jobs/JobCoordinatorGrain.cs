@@ -56,6 +56,9 @@ public sealed class JobState
 
     /// <summary>The job fitted onto fewer GPUs after servers were lost for good (null: as submitted).</summary>
     [Id(23)] public string? ElasticJobJson { get; set; }
+
+    /// <summary>A shrunk job found GPUs for more replicas: it checkpoints, then moves to this many.</summary>
+    [Id(24)] public int? GrowBackDp { get; set; }
 }
 
 /// <summary>Where training stood at an in-memory snapshot.</summary>
@@ -103,6 +106,7 @@ public sealed class JobCoordinatorGrain(
     private ReplicaPoint? _pendingReplica;
     private DateTime _retryAt;
     private DateTime? _waitingSince;
+    private DateTime _lastGrowBackCheck = DateTime.UtcNow;
 
     private const int RestoreLimit = 3;
 
@@ -356,6 +360,8 @@ public sealed class JobCoordinatorGrain(
             await EndStage();
             return;
         }
+        if (await GrowBack())
+            return;
         await RunOneStep();
         // The end of a stage or of the job saves anyway.
         var interval = Job.Checkpoint.Interval;
@@ -379,14 +385,10 @@ public sealed class JobCoordinatorGrain(
             S.LossBeforeGrowth = await Evaluate(MaskAt(S.NextStep));
             await store.WriteStateAsync();
         }
-        if (S.LastCheckpoint?.Step != S.NextStep || S.Pending is not null)
-        {
-            if (S.Pending is null)
-                await BeginCheckpoint();
+        if (!await CheckpointedNow())
             return;
-        }
         var from = Stage;
-        S.GrowFrom = S.LastCheckpoint.Directory;
+        S.GrowFrom = S.LastCheckpoint!.Directory;
         S.Stage++;
         S.StageStartStep = S.NextStep;
         _schedule = null;
@@ -398,6 +400,94 @@ public sealed class JobCoordinatorGrain(
         Log("growing", $"stage {from.Name} → {Stage.Name} at step {S.NextStep}: workers grow from {S.GrowFrom}");
         await store.WriteStateAsync();
     }
+
+    /// <summary>True once a committed checkpoint of the current step exists; until then, starts or waits for one (steps wait).</summary>
+    private async Task<bool> CheckpointedNow()
+    {
+        if (S.LastCheckpoint?.Step == S.NextStep && S.Pending is null)
+            return true;
+        if (S.Pending is null)
+            await BeginCheckpoint();
+        return false;
+    }
+
+    /// <summary>The job as submitted, before any shrinking.</summary>
+    private JobConfig Submitted => _submitted ??= JobValidator.Validate(JobConfigLoader.FromJson(S.Submission!.JobJson, $"job {JobId}"));
+    private JobConfig? _submitted;
+
+    /// <summary>
+    /// Data-parallel sizes of the widest stage, between <paramref name="from"/> and <paramref name="to"/> (both
+    /// inclusive, largest first), that the submitted job fits into using every GPU they ask for.
+    /// </summary>
+    private List<int> ReplicaChoices(int from, int to)
+    {
+        var submitted = Submitted;
+        var widest = GrowthSchedule.WidestLayout(submitted);
+        return Enumerable.Range(to, Math.Max(0, from - to + 1)).Reverse()
+            .Where(dp => ElasticLayout.Fit(submitted, dp * widest.Tp * widest.Pp) is { } fits && GrowthSchedule.WidestLayout(fits).WorldSize == dp * widest.Tp * widest.Pp)
+            .ToList();
+    }
+
+    /// <summary>
+    /// A shrunk job looks for GPUs again every Flm:WorkerWaitSeconds (returned servers, or ones other jobs freed).
+    /// When more replicas fit, it checkpoints the current step, takes the larger allocation and continues from
+    /// that checkpoint in the larger layout. True while steps must wait for that.
+    /// </summary>
+    private async Task<bool> GrowBack()
+    {
+        if (S.ElasticJobJson is null || (S.GrowBackDp is null && DateTime.UtcNow - _lastGrowBackCheck < node.WorkerWait))
+            return false;
+        var widest = GrowthSchedule.WidestLayout(Submitted);
+        var current = GrowthSchedule.WidestLayout(Job).Dp;
+        if (S.GrowBackDp is null)
+        {
+            _lastGrowBackCheck = DateTime.UtcNow;
+            var choices = ReplicaChoices(widest.Dp, current + 1);
+            if (choices.Count == 0 || await Scheduler.LargestFit(JobId, choices, widest.Tp, widest.Pp) is not { } dp)
+                return false;
+            S.GrowBackDp = dp;
+            Log("growing-back", $"GPUs for dp={dp} are free again; checkpointing step {S.NextStep} to move there");
+            await store.WriteStateAsync();
+        }
+        if (!await CheckpointedNow())
+            return true;
+        var allocation = await Scheduler.Reallocate(JobId, ReplicaChoices(widest.Dp, current + 1), widest.Tp, widest.Pp);
+        S.GrowBackDp = null;
+        if (allocation is null)
+        {
+            Log("growing-back", "the GPUs were taken meanwhile; staying as is");
+            await store.WriteStateAsync();
+            return false;
+        }
+        var reader = CheckpointReader.Open(S.LastCheckpoint!.Directory);
+        var before = $"{S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}";
+        MoveTo(allocation);
+        Log("grown-back", $"{before} → {S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}");
+        RestorePoint(reader);
+        S.Incarnation++;
+        S.State = JobStates.Starting;
+        await store.WriteStateAsync();
+        return true;
+    }
+
+    /// <summary>Takes a new allocation and the layouts that fit it (the submitted ones when it is whole again).</summary>
+    private void MoveTo(JobAllocation allocation)
+    {
+        var submitted = Submitted;
+        var fitted = ElasticLayout.Fit(submitted, allocation.RankWorkers.Count)!;
+        var whole = GrowthSchedule.WidestLayout(fitted).WorldSize == GrowthSchedule.WidestLayout(submitted).WorldSize;
+        S.ElasticJobJson = whole ? null : JobConfigLoader.ToJson(fitted);
+        _job = null;
+        _stages = null;
+        _schedule = null;
+        S.RankWorkers = [.. allocation.RankWorkers];
+        S.Pending = null;
+        S.LastReplica = null;
+        _pendingReplica = null;
+        S.RestoreFromReplica = null;
+    }
+
+    private IClusterSchedulerGrain Scheduler => grains.GetGrain<IClusterSchedulerGrain>(ClusterSchedulerKey);
 
     /// <summary>Mean token loss of the next global batch under the workers' current model, without training.</summary>
     private async Task<double> Evaluate(double maskValue)
@@ -586,28 +676,17 @@ public sealed class JobCoordinatorGrain(
         var reader = CheckpointStore.NewestValid(Job.Checkpoint.Dir, (dir, reason) => Log("checkpoint-rejected", $"{dir}: {reason}"));
         if (reader is null)
             return false;
-        var widest = GrowthSchedule.WidestLayout(Job);
-        // Replica counts that use every GPU they ask for, largest first.
-        var choices = Enumerable.Range(1, widest.Dp - 1).Reverse()
-            .Where(dp => ElasticLayout.Fit(Job, dp * widest.Tp * widest.Pp) is { } fits && GrowthSchedule.WidestLayout(fits).WorldSize == dp * widest.Tp * widest.Pp)
-            .ToList();
+        var widest = GrowthSchedule.WidestLayout(Submitted);
+        var choices = ReplicaChoices(GrowthSchedule.WidestLayout(Job).Dp - 1, 1);
         if (choices.Count == 0)
             return false;
-        var allocation = await grains.GetGrain<IClusterSchedulerGrain>(ClusterSchedulerKey).Reallocate(JobId, choices, widest.Tp, widest.Pp);
+        var allocation = await Scheduler.Reallocate(JobId, choices, widest.Tp, widest.Pp);
         if (allocation is null)
             return false;
-        var fitted = ElasticLayout.Fit(Job, allocation.RankWorkers.Count)!;
         var before = $"{S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}";
-        S.ElasticJobJson = JobConfigLoader.ToJson(fitted);
-        _job = null;
-        _stages = null;
-        _schedule = null;
-        S.RankWorkers = [.. allocation.RankWorkers];
+        MoveTo(allocation);
         S.Restores++;
-        S.Pending = null;
-        S.LastReplica = null;
-        _pendingReplica = null;
-        S.RestoreFromReplica = null;
+        _lastGrowBackCheck = DateTime.UtcNow;
         Log("shrunk", $"servers gone for more than {node.WorkerWait.TotalSeconds:0} s ({why}): {before} → {S.RankWorkers.Count} GPUs, layout {ParallelLayout.FromConfig(StageJob.Layout)}; global batch kept");
         RestorePoint(reader);
         S.Incarnation++;
@@ -758,7 +837,7 @@ public sealed class JobCoordinatorGrain(
                 }
             }));
         }
-        await grains.GetGrain<IClusterSchedulerGrain>(ClusterSchedulerKey).JobEnded(JobId, state);
+        await Scheduler.JobEnded(JobId, state);
         await this.UnregisterReminderIfExists(ReminderName);
     }
 

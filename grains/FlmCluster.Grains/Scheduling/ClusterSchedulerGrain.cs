@@ -119,19 +119,20 @@ public sealed class ClusterSchedulerGrain(
         await TrySchedule();
     }
 
+    public async Task<int?> LargestFit(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
+    {
+        if (!S.Jobs.TryGetValue(jobId, out var job) || job.State != JobStates.Running)
+            return null;
+        var free = FreeFor(job, await ActiveNodes());
+        return dpChoices.Cast<int?>().FirstOrDefault(dp => GangAllocator.Allocate(free, dp!.Value, tp, pp) is not null);
+    }
+
     public async Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
     {
         if (!S.Jobs.TryGetValue(jobId, out var job) || job.State != JobStates.Running)
             return null;
-        var nodes = await ActiveNodes();
         // From here to the write nothing awaits: the free list cannot go stale.
-        var free = FreeGpus(nodes);
-        foreach (var worker in job.RankWorkers)
-        {
-            var node = NodeMetadata.NodeOfWorker(worker);
-            if (free.TryGetValue(node, out var gpus))
-                free[node] = gpus.Append(worker).OrderBy(GpuIndex).ToList(); // the job's own GPUs on servers that are alive
-        }
+        var free = FreeFor(job, await ActiveNodes());
         foreach (var dp in dpChoices)
         {
             if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
@@ -143,6 +144,19 @@ public sealed class ClusterSchedulerGrain(
             return new JobAllocation(ranks);
         }
         return null;
+    }
+
+    /// <summary>Free GPUs plus the job's own GPUs on servers that are alive.</summary>
+    private Dictionary<string, IReadOnlyList<string>> FreeFor(ScheduledJob job, Dictionary<string, DeviceSpec> nodes)
+    {
+        var free = FreeGpus(nodes);
+        foreach (var worker in job.RankWorkers)
+        {
+            var node = NodeMetadata.NodeOfWorker(worker);
+            if (free.TryGetValue(node, out var gpus))
+                free[node] = gpus.Append(worker).OrderBy(GpuIndex).ToList();
+        }
+        return free;
     }
 
     private static int GpuIndex(string worker) => int.Parse(worker[(worker.LastIndexOf("/gpu", StringComparison.Ordinal) + 4)..], System.Globalization.CultureInfo.InvariantCulture);
