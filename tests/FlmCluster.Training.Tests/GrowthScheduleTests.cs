@@ -77,6 +77,52 @@ public class GrowthScheduleTests
         Assert.Equal(8, run.Engine.Layout.WorldSize / 2 * 2 * 2);
     }
 
+    [Theory]
+    [InlineData("fp32")]
+    [InlineData("bf16")] // separate fp32 master weights
+    public void A_rank_grown_tensor_by_tensor_from_the_stage_checkpoint_equals_the_whole_state_growth(string precision)
+    {
+        // 2 → 4 heads and 2 → 3 layers while moving from one rank to dp=2,tp=2 (optimizer shards split over DP).
+        var dir = Path.Combine(Path.GetTempPath(), $"flm-grow-ckpt-{Guid.NewGuid():N}");
+        var job = JobValidator.Validate(TestJobs.Micro(layers: 2, hidden: 32, heads: 2) with
+        {
+            Train = TestJobs.Micro().Train with { Precision = precision },
+            Checkpoint = new CheckpointConfig { Dir = dir, Async = false },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = 3 },
+                new StageConfig { Name = "b", Layers = 3, Hidden = 64, Heads = 4, Ffn = 192, Steps = 2, MaskRampSteps = 2, Layout = new LayoutConfig { Dp = 2, Tp = 2 } },
+            ],
+        });
+        try
+        {
+            using var data = TestJobs.SharedBytes();
+            using var run = TrainingRun.Create(job, data);
+            while (!run.AtStageEnd)
+                run.RunStep();
+            run.SaveCheckpoint();
+            run.Grow();
+            var reader = CheckpointStore.Resolve(dir);
+            using var grown = LocalEngine.Create(run.Stage.Job, data, stage: new StageContext(run.NextStep, GrowthSchedule.ShapeOf(run.Stages, 1), run.Stage.Ramp));
+            grown.Fan(r => CheckpointRestore.LoadGrown(grown.Ranks[r], reader, job, run.Stages, 1));
+            for (var r = 0; r < 4; r++)
+            {
+                var (expected, actual) = (run.Engine.Ranks[r], grown.Ranks[r]);
+                Assert.True(actual.Flat.Params.equal(expected.Flat.Params).all().item<bool>(), $"rank {r} parameters");
+                Assert.True(actual.Optimizer.ExpAvg.equal(expected.Optimizer.ExpAvg).all().item<bool>(), $"rank {r} exp_avg");
+                Assert.True(actual.Optimizer.ExpAvgSq.equal(expected.Optimizer.ExpAvgSq).all().item<bool>(), $"rank {r} exp_avg_sq");
+                Assert.True(actual.Optimizer.Master.equal(expected.Optimizer.Master).all().item<bool>(), $"rank {r} master");
+                Assert.Equal(expected.Optimizer.Step, actual.Optimizer.Step);
+            }
+            Assert.True(run.Engine.Ranks[0].Optimizer.Step > 0);
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+                Directory.Delete(dir, recursive: true);
+        }
+    }
+
     [Fact]
     public void Resuming_inside_a_mask_ramp_continues_exactly()
     {

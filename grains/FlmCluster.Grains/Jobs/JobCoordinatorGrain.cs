@@ -324,11 +324,12 @@ public sealed class JobCoordinatorGrain(
     /// <summary>
     /// Whether a failure means workers lost their state (their silo died, stopped or restarted). A grain call
     /// cancelled by the runtime — not by this coordinator's own shutdown, handled before — is one whose
-    /// target silo went away.
+    /// target silo went away; a call or a collective that timed out waited on a worker that is gone or hung.
+    /// Either way the ranks are rebuilt from the newest recovery point (at most RestoreLimit times).
     /// </summary>
     private static bool IsWorkerLoss(Exception ex, string message) =>
-        ex is SiloUnavailableException or OperationCanceledException
-        || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException or OperationCanceledException
+        ex is SiloUnavailableException or OperationCanceledException or TimeoutException
+        || (ex as AggregateException)?.InnerExceptions[0] is SiloUnavailableException or OperationCanceledException or TimeoutException
         || message.Contains("does not hold job", StringComparison.Ordinal)
         || message.Contains(WorkerMailbox.LeftJob, StringComparison.Ordinal)
         || message.Contains("became unavailable", StringComparison.Ordinal)

@@ -35,39 +35,26 @@ public static class CheckpointRestore
                 throw new FlmUserException($"checkpoint '{reader.Directory}': '{p.Name}' is [{string.Join(",", whole.shape)}], the model needs [{string.Join(",", p.Spec.Shape)}]");
             p.Tensor.copy_(p.Spec.Slice(whole, tp.Rank, tp.Size));
         }
-        var opt = rank.Optimizer;
-        var separateMaster = rank.Flat.Params.dtype != opt.Master.dtype;
-        var kinds = new List<(string Kind, Tensor Shard)> { ("exp_avg", opt.ExpAvg), ("exp_avg_sq", opt.ExpAvgSq) };
-        if (separateMaster)
-            kinds.Add(("master", opt.Master));
-        foreach (var entry in rank.Flat.Entries)
+        var shards = ShardsOf(rank);
+        foreach (var entry in rank.Flat.Entries.Where(e => InShard(rank, e)))
         {
-            var lo = Math.Max(entry.Offset, opt.ShardStart);
-            var hi = Math.Min(entry.Offset + entry.Count, opt.ShardStart + opt.ShardLength);
-            if (hi <= lo)
-                continue;
-            foreach (var (kind, shard) in kinds)
+            foreach (var (kind, shard) in shards)
             {
                 // Master weights missing (an fp32 checkpoint loaded as bf16): from the parameters. Moments missing
                 // (an import of weights only): a fresh optimizer, zero moments.
                 var source = reader.Has(kind, entry.Parameter.Name) ? kind : kind == "master" ? "param" : null;
-                if (source is null)
-                {
-                    shard.narrow(0, lo - opt.ShardStart, hi - lo).zero_();
-                    continue;
-                }
-                using var whole = reader.ReadWhole(source, entry.Parameter.Name);
-                var local = entry.Parameter.Spec.Slice(whole, tp.Rank, tp.Size).reshape(-1);
-                shard.narrow(0, lo - opt.ShardStart, hi - lo).copy_(local.narrow(0, lo - entry.Offset, hi - lo));
+                using var whole = source is null ? null : reader.ReadWhole(source, entry.Parameter.Name);
+                FillShard(rank, entry, shard, whole);
             }
         }
-        opt.Step = reader.Records("exp_avg").Any() ? reader.Manifest.AdamStep : 0;
+        rank.Optimizer.Step = reader.Records("exp_avg").Any() ? reader.Manifest.AdamStep : 0;
     }
     /// <summary>
-    /// Loads a checkpoint taken at the end of stage k−1 into one rank of stage k, grown: the whole state is
-    /// read, grown by <see cref="ModelGrowth"/> with the stage's seed (so every rank grows the same new weights)
-    /// and this rank's slice kept; Adam's step count carries over. Each rank holds the whole old and new state
-    /// for a moment, which bounds the model size this path can grow to host memory.
+    /// Loads a checkpoint taken at the end of stage k−1 into one rank of stage k, grown. Tensor by tensor, the
+    /// rank reads the old tensors a new one comes from, grows it (<see cref="TensorGrowth"/>, the stage's seed,
+    /// so every rank grows the same new weights) and keeps its slice — and, for the tensors in its optimizer
+    /// shard, the grown Adam moments (and master weights). Memory beyond the rank's own state is one whole
+    /// tensor at a time. Adam's step count carries over.
     /// </summary>
     public static void LoadGrown(RankTrainer rank, CheckpointReader reader, JobConfig job, IReadOnlyList<ResolvedStage> stages, int stage)
     {
@@ -75,26 +62,63 @@ public static class CheckpointRestore
         if (reader.Manifest.Stage != from.Index)
             throw new InvalidCheckpointException($"checkpoint '{reader.Directory}' is of stage {reader.Manifest.Stage}; growing into stage {to.Index} needs one of stage {from.Index}");
         CheckCompatible(reader, from.Job.Model, job.Tokenizer);
-        var parameters = reader.Records("param").ToDictionary(r => r.Name, r => reader.ReadWhole("param", r.Name));
-        var optimizer = new Dictionary<string, Tensor>();
-        foreach (var kind in new[] { "exp_avg", "exp_avg_sq", "master" })
-            foreach (var record in reader.Records(kind))
-                optimizer[$"{kind}.{record.Name}"] = reader.ReadWhole(kind, record.Name);
-        GrownState? grown = null;
-        try
+        var growth = new TensorGrowth(from.Job.Model, to.Job.Model, to.Options, GrowthSchedule.SeedFor(job, to));
+        var whole = Model.ParamCatalog.Whole(to.Job.Model).ToDictionary(spec => spec.Name);
+        var kinds = ModelGrowth.OptimizerStates.Select(prefix => prefix.TrimEnd('.')).Where(kind => reader.Has(kind, Model.ParamCatalog.Embedding));
+        var states = kinds.Select(kind => (Prefix: kind + ".", DType: DTypeOf(reader, kind))).ToList();
+        var valueType = DTypeOf(reader, "param");
+        Tensor ReadParam(string name) => reader.ReadWhole("param", name);
+        Tensor ReadState(string prefix, string name) => reader.ReadWhole(prefix.TrimEnd('.'), name);
+
+        using var _ = no_grad();
+        var tp = rank.Model.Tp;
+        var shards = ShardsOf(rank);
+        foreach (var entry in rank.Flat.Entries)
         {
-            grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer.Count > 0 ? optimizer : null, to.Options, GrowthSchedule.SeedFor(job, to));
-            StateAssembler.ScatterParameters(rank, grown.Parameters);
-            if (grown.Optimizer is { } state)
-                StateAssembler.ScatterOptimizer(rank, state, reader.Manifest.AdamStep);
+            using var scope = NewDisposeScope(); // one grown tensor (and its states) at a time
+            var p = entry.Parameter;
+            var inShard = InShard(rank, entry);
+            var (value, grown) = growth.Grow(whole[p.Name], valueType, inShard ? states : [], ReadParam, ReadState, ownsOld: true);
+            p.Tensor.copy_(p.Spec.Slice(value, tp.Rank, tp.Size));
+            if (!inShard)
+                continue;
+            foreach (var (kind, shard) in shards)
+            {
+                // No moments in the checkpoint (weights only): zero; no master weights: the values.
+                var source = grown.FirstOrDefault(g => g.Prefix == kind + ".").State ?? (kind == "master" ? value : null);
+                FillShard(rank, entry, shard, source);
+            }
         }
-        finally
-        {
-            IEnumerable<Tensor> all = parameters.Values.Concat(optimizer.Values);
-            if (grown is not null)
-                all = all.Concat(grown.Parameters.Values).Concat(grown.Optimizer?.Values ?? Enumerable.Empty<Tensor>());
-            foreach (var t in all)
-                t.Dispose();
-        }
+        rank.Optimizer.Step = states.Any(s => s.Prefix != "master.") ? reader.Manifest.AdamStep : 0;
     }
+
+    /// <summary>This rank's optimizer shards by state kind: the moments, and the master weights when kept apart from the values.</summary>
+    private static List<(string Kind, Tensor Shard)> ShardsOf(RankTrainer rank)
+    {
+        var opt = rank.Optimizer;
+        var shards = new List<(string Kind, Tensor Shard)> { ("exp_avg", opt.ExpAvg), ("exp_avg_sq", opt.ExpAvgSq) };
+        if (rank.Flat.Params.dtype != opt.Master.dtype)
+            shards.Add(("master", opt.Master));
+        return shards;
+    }
+
+    private static (long Lo, long Hi) ShardRange(RankTrainer rank, Optim.FlatEntry entry) =>
+        (Math.Max(entry.Offset, rank.Optimizer.ShardStart), Math.Min(entry.Offset + entry.Count, rank.Optimizer.ShardStart + rank.Optimizer.ShardLength));
+
+    private static bool InShard(RankTrainer rank, Optim.FlatEntry entry) => ShardRange(rank, entry) is var (lo, hi) && hi > lo;
+
+    /// <summary>Writes the part of a whole tensor's state that falls in this rank's optimizer shard (zero when there is none).</summary>
+    private static void FillShard(RankTrainer rank, Optim.FlatEntry entry, Tensor shard, Tensor? whole)
+    {
+        var (lo, hi) = ShardRange(rank, entry);
+        var tp = rank.Model.Tp;
+        var target = shard.narrow(0, lo - rank.Optimizer.ShardStart, hi - lo);
+        if (whole is null)
+            target.zero_();
+        else
+            target.copy_(entry.Parameter.Spec.Slice(whole, tp.Rank, tp.Size).reshape(-1).narrow(0, lo - entry.Offset, hi - lo));
+    }
+
+    private static ScalarType DTypeOf(CheckpointReader reader, string kind) =>
+        SafeTensors.ParseDType(reader.Records(kind).First(r => r.Name == Model.ParamCatalog.Embedding).DType);
 }

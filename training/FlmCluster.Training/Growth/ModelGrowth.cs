@@ -84,48 +84,25 @@ public static class ModelGrowth
     public static GrownState Grow(ModelConfig from, ModelConfig to, IReadOnlyDictionary<string, Tensor> parameters,
         IReadOnlyDictionary<string, Tensor>? optimizer, GrowthOptions options, ulong seed)
     {
-        Validate(from, to, "growth");
-        var layers = LayerSources(from.Layers, to.Layers, options.DepthPlacement);
-        var copyNew = options.NewBlockInit == "copy";
+        var plan = new TensorGrowth(from, to, options, seed);
+        var states = optimizer is null ? [] : OptimizerStates
+            .Where(prefix => optimizer.ContainsKey(prefix + ParamCatalog.Embedding))
+            .Select(prefix => (prefix, optimizer[prefix + ParamCatalog.Embedding].dtype)).ToList();
         var grownParams = new Dictionary<string, Tensor>();
         var grownOptimizer = optimizer is null ? null : new Dictionary<string, Tensor>();
-        var optimizerPrefixes = optimizer is null ? [] : new[] { "exp_avg.", "exp_avg_sq.", "master." }
-            .Where(prefix => optimizer.Keys.Any(k => k.StartsWith(prefix, StringComparison.Ordinal))).ToArray();
-
-        using var _ = no_grad();
         foreach (var spec in ParamCatalog.Whole(to))
         {
-            // Which old tensor (if any) this one grows from, and whether its old values are copied in.
-            var (oldName, copyValues, oldLayer) = Source(spec.Name, layers, copyNew);
-            var fresh = ModelInitializer.Generate(spec, seed, to.Mup.QueryZeroInit);
-            var dtype = oldName is not null ? parameters[oldName].dtype : parameters[ParamCatalog.Embedding].dtype;
-            var value = fresh.to(dtype);
-            if (oldName is not null && copyValues)
-                EmbedTopLeft(value, parameters[oldName], spec, to);
+            var (value, grownStates) = plan.Grow(spec, parameters[ParamCatalog.Embedding].dtype, states,
+                name => parameters[name], (prefix, name) => optimizer![prefix + name], ownsOld: false);
             grownParams[spec.Name] = value;
-            foreach (var prefix in optimizerPrefixes)
-            {
-                Tensor state;
-                if (prefix == "master.")
-                {
-                    // Master weights are the parameters in fp32: same layout as the values.
-                    state = fresh.to(optimizer![prefix + ParamCatalog.Embedding].dtype);
-                    if (oldName is not null && copyValues)
-                        EmbedTopLeft(state, optimizer[prefix + oldName], spec, to);
-                }
-                else
-                {
-                    var like = optimizer![prefix + ParamCatalog.Embedding];
-                    state = zeros(spec.Shape, dtype: like.dtype);
-                    // Moments: old block copied only for old layers and shared tensors, zero for inserted layers.
-                    if (oldName is not null && !oldLayer.IsNew)
-                        EmbedTopLeft(state, optimizer[prefix + oldName], spec, to);
-                }
+            foreach (var (prefix, state) in grownStates)
                 grownOptimizer![prefix + spec.Name] = state;
-            }
         }
-        return new GrownState(to, grownParams, grownOptimizer, ShapeOf(from, to, options), layers.Select(l => l.Source).ToList());
+        return new GrownState(to, grownParams, grownOptimizer, ShapeOf(from, to, options), plan.Layers.Select(l => l.Source).ToList());
     }
+
+    /// <summary>Prefixes of the optimizer state tensors that growth carries: Adam's moments and fp32 master weights.</summary>
+    public static readonly string[] OptimizerStates = ["exp_avg.", "exp_avg_sq.", "master."];
 
     /// <summary>Which structure of <paramref name="to"/> is new (what the masks cover): a function of the shapes alone.</summary>
     public static GrowthShape ShapeOf(ModelConfig from, ModelConfig to, GrowthOptions options) => new(
@@ -134,18 +111,6 @@ public static class ModelGrowth
         to.FfnSize > from.FfnSize ? from.FfnSize : null,
         LayerSources(from.Layers, to.Layers, options.DepthPlacement).Select((l, i) => (l, i)).Where(x => x.l.IsNew).Select(x => x.i).ToList(),
         from.WidthMult);
-
-    private static (string? OldName, bool CopyValues, (int Source, bool IsNew) Layer) Source(string name, (int Source, bool IsNew)[] layers, bool copyNew)
-    {
-        const string prefix = "transformer.h.";
-        if (!name.StartsWith(prefix, StringComparison.Ordinal))
-            return (name, true, (-1, false));
-        var dot = name.IndexOf('.', prefix.Length);
-        var index = int.Parse(name[prefix.Length..dot], System.Globalization.CultureInfo.InvariantCulture);
-        var layer = layers[index];
-        var oldName = $"{prefix}{layer.Source}{name[dot..]}";
-        return (oldName, !layer.IsNew || copyNew, layer);
-    }
 
     /// <summary>Copies <paramref name="old"/> into the leading block of <paramref name="target"/> (per Q/K/V block for packed projections).</summary>
     public static void EmbedTopLeft(Tensor target, Tensor old, ParamSpec spec, ModelConfig to)
@@ -168,5 +133,96 @@ public static class ModelGrowth
         for (var dim = 0; dim < shape.Length; dim++)
             view = view.narrow(dim, 0, shape[dim]);
         return view;
+    }
+}
+
+/// <summary>
+/// Growth of one tensor at a time: its new value and optimizer states from the old tensors it comes from,
+/// read on demand. The whole-state <see cref="ModelGrowth.Grow"/> and a rank that grows only its own slices
+/// from a checkpoint share it, so both give the same numbers.
+/// </summary>
+public sealed class TensorGrowth
+{
+    private readonly ModelConfig _to;
+    private readonly ulong _seed;
+    private readonly bool _copyNew;
+
+    public TensorGrowth(ModelConfig from, ModelConfig to, GrowthOptions options, ulong seed)
+    {
+        ModelGrowth.Validate(from, to, "growth");
+        _to = to;
+        _seed = seed;
+        _copyNew = options.NewBlockInit == "copy";
+        Layers = ModelGrowth.LayerSources(from.Layers, to.Layers, options.DepthPlacement);
+    }
+
+    /// <summary>For each layer of the grown model: the old layer it comes from, and whether it is new.</summary>
+    public (int Source, bool IsNew)[] Layers { get; }
+
+    /// <summary>The whole grown tensor of <paramref name="spec"/> (a whole-model spec) and its optimizer states by prefix.</summary>
+    /// <param name="dtype">dtype of the values when the tensor has no old source.</param>
+    /// <param name="states">The optimizer states to grow: prefix and dtype.</param>
+    /// <param name="readParam">An old parameter by name.</param>
+    /// <param name="readState">An old optimizer state by prefix and name.</param>
+    /// <param name="ownsOld">Whether the tensors read are this call's to dispose.</param>
+    public (Tensor Value, List<(string Prefix, Tensor State)> States) Grow(ParamSpec spec, ScalarType dtype, IReadOnlyList<(string Prefix, ScalarType DType)> states,
+        Func<string, Tensor> readParam, Func<string, string, Tensor> readState, bool ownsOld)
+    {
+        using var _ = no_grad();
+        // Which old tensor (if any) this one grows from, and whether its old values are copied in.
+        var (oldName, copyValues, oldLayer) = Source(spec.Name);
+        using var fresh = ModelInitializer.Generate(spec, _seed, _to.Mup.QueryZeroInit);
+        Tensor value;
+        if (oldName is not null)
+        {
+            var old = readParam(oldName);
+            try
+            {
+                value = fresh.to(old.dtype);
+                if (copyValues)
+                    ModelGrowth.EmbedTopLeft(value, old, spec, _to);
+            }
+            finally
+            {
+                if (ownsOld)
+                    old.Dispose();
+            }
+        }
+        else
+            value = fresh.to(dtype);
+        var grown = new List<(string, Tensor)>();
+        foreach (var (prefix, stateType) in states)
+        {
+            // Master weights are the parameters in fp32 (same layout as the values); moments start at zero, with the
+            // old block copied only for old layers and shared tensors (zero for inserted layers).
+            var master = prefix == "master.";
+            var state = master ? fresh.to(stateType) : zeros(spec.Shape, dtype: stateType);
+            if (oldName is not null && (master ? copyValues : !oldLayer.IsNew))
+            {
+                var old = readState(prefix, oldName);
+                try
+                {
+                    ModelGrowth.EmbedTopLeft(state, old, spec, _to);
+                }
+                finally
+                {
+                    if (ownsOld)
+                        old.Dispose();
+                }
+            }
+            grown.Add((prefix, state));
+        }
+        return (value, grown);
+    }
+
+    private (string? OldName, bool CopyValues, (int Source, bool IsNew) Layer) Source(string name)
+    {
+        const string prefix = "transformer.h.";
+        if (!name.StartsWith(prefix, StringComparison.Ordinal))
+            return (name, true, (-1, false));
+        var dot = name.IndexOf('.', prefix.Length);
+        var index = int.Parse(name[prefix.Length..dot], System.Globalization.CultureInfo.InvariantCulture);
+        var layer = Layers[index];
+        return ($"{prefix}{layer.Source}{name[dot..]}", !layer.IsNew || _copyNew, layer);
     }
 }
