@@ -275,7 +275,7 @@ public sealed class HfFormatTests : IDisposable
     public void The_101b_export_has_flm_101b_names_and_shapes()
     {
         var shapes = HfFormat.Shapes(Presets.Model101B);
-        // flm-recipe.md §1.2, written out independently.
+        // docs/model.md (parameter names), written out independently.
         Assert.Equal([100352L, 10240L], shapes["transformer.wte.weight"]);
         Assert.Equal([64L], shapes["transformer.wpe.inv_freq"]);
         Assert.Equal([64L], shapes["transformer.wpe.scale"]);

@@ -8,7 +8,7 @@ public class XPosTests
 {
     private static readonly XposConfig Config = new();
 
-    /// <summary>The written formula (flm-recipe.md §2.3) in plain double arithmetic, one element at a time.</summary>
+    /// <summary>The formula of docs/model.md (xPos) in plain double arithmetic, one element at a time.</summary>
     private static double[,,,] Reference(double[,,,] x, int lk, bool isQuery)
     {
         int b = x.GetLength(0), h = x.GetLength(1), l = x.GetLength(2), d = x.GetLength(3);

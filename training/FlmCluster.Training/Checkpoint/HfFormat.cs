@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace FlmCluster.Training.Checkpoint;
 
 /// <summary>
-/// FLM-101B's Hugging Face layout (flm-recipe.md §1.2): config.json with the FLM keys, and model.safetensors
+/// FLM-101B's Hugging Face layout (docs/model.md, parameter names): config.json with the FLM keys, and model.safetensors
 /// with `transformer.*` names, GPT-2 Conv1D weights stored [in, out] (the transpose of ours), the packed
 /// [Q‖K‖V] projection, the xPos buffers under `transformer.wpe`, and the output head tied to `transformer.wte`.
 /// </summary>

@@ -1,6 +1,6 @@
 namespace FlmCluster.Training.Config;
 
-/// <summary>Shape and parametrization of an FLM-style decoder (flm-recipe.md §1, §2, §4).</summary>
+/// <summary>Shape and parametrization of an FLM-style decoder (docs/model.md).</summary>
 public sealed record ModelConfig
 {
     public int Layers { get; init; }
@@ -78,7 +78,7 @@ public sealed record ModelConfig
     }
 }
 
-/// <summary>μP (maximal update) parametrization as the FLM team implemented it (flm-recipe.md §4.1).</summary>
+/// <summary>μP (maximal update) parametrization as the FLM team implemented it (docs/model.md, μP).</summary>
 public sealed record MupConfig
 {
     /// <summary>Width at which μP multipliers are 1; FLM-101B uses 256.</summary>
@@ -105,7 +105,7 @@ public sealed record MupConfig
     }
 }
 
-/// <summary>xPos rotary embedding constants (flm-recipe.md §2).</summary>
+/// <summary>xPos rotary embedding constants (docs/model.md, xPos).</summary>
 public sealed record XposConfig
 {
     public double ScaleBase { get; init; } = 512;

@@ -22,7 +22,7 @@ public sealed record GrownState(
     IReadOnlyList<int> LayerSources);
 
 /// <summary>
-/// Masked Structural Growth (MSG, flm-recipe.md §3) as pure functions of (config, state) → (bigger config,
+/// Masked Structural Growth (MSG, docs/model.md) as pure functions of (config, state) → (bigger config,
 /// bigger state) on whole tensors by global name: hidden size, FFN size, heads (head size fixed) and layers,
 /// in any combination. Old tensors land in the top-left block of the new ones (per Q, K, V block for the
 /// packed projection); everything else is freshly initialised (μP rules at the new width) and masked to

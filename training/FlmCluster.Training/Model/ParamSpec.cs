@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 namespace FlmCluster.Training.Model;
 
-/// <summary>Optimizer treatment of a parameter under μP (flm-recipe.md §4.1).</summary>
+/// <summary>Optimizer treatment of a parameter under μP (docs/model.md, μP).</summary>
 public enum ParamGroup
 {
     /// <summary>Hidden weight matrices: LR η/m, weight decay wd·m.</summary>

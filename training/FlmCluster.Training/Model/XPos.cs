@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace FlmCluster.Training.Model;
 
 /// <summary>
-/// xPos rotary embedding as FLM applies it (flm-recipe.md §2.2): half-split ("NeoX") rotation with
+/// xPos rotary embedding as FLM applies it (docs/model.md, xPos): half-split ("NeoX") rotation with
 /// θ_i = theta^(−2i/d), per-pair decay ζ_i = (2i + γd)/((1+γ)d) raised to (p − c)/B with the centre
 /// c derived from the key length (min_pos = ⌊−L_k/2⌋), q scaled by ζ^(…) and k by its inverse. Queries
 /// take the last L_q key positions. Only n − m survives in q·k, so cached keys stay valid.

@@ -30,7 +30,7 @@ public sealed record LossPrediction(
 }
 
 /// <summary>
-/// μP tooling on real training runs (flm-recipe.md §4): proxies differ only in width (heads of a fixed size;
+/// μP tooling on real training runs (docs/model.md, μP): proxies differ only in width (heads of a fixed size;
 /// the μP base width stays that of the config, so multipliers follow m = width / base), see the same data in
 /// the same order, and are scored on the same held-out batches.
 /// </summary>
