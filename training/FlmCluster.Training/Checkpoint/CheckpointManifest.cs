@@ -49,7 +49,11 @@ public sealed record CheckpointManifest
     public string SampleOrder { get; init; } = "feistel-v1";
     public ulong DataSeed { get; init; }
 
-    /// <summary>Seed of initialisation and of dropout (the engine draws no other random numbers).</summary>
+    /// <summary>
+    /// The job's train seed: initialisation, weights added by growth, and the dropout masks (keyed by this seed and
+    /// each sample's global index, so a resume redraws the masks of an uninterrupted run). Training draws no other
+    /// random numbers; the sample order has its own seed.
+    /// </summary>
     public ulong TrainSeed { get; init; }
     public LayoutConfig Layout { get; init; } = new();
     public List<ShardRecord> Shards { get; init; } = [];

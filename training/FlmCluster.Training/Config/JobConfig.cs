@@ -72,7 +72,10 @@ public sealed record TrainConfig
     /// <summary>Sequences per optimizer step, summed over data-parallel ranks and micro-batches.</summary>
     public int GlobalBatch { get; init; } = 8;
 
-    /// <summary>Seed of parameter initialisation (and dropout).</summary>
+    /// <summary>
+    /// Seed of parameter initialisation (and of the weights growth adds) and of the dropout masks, which are a
+    /// function of (seed, global sample index, layer, site, position) and so the same under every layout and rerun.
+    /// </summary>
     public ulong Seed { get; init; } = 42;
 
     /// <summary><c>auto</c> (bf16 mixed precision on CUDA, fp32 on CPU), <c>fp32</c>, <c>bf16</c>, <c>fp64</c>.</summary>

@@ -113,7 +113,8 @@ public sealed class RankTrainer : IDisposable
         {
             using var scope = NewDisposeScope();
             var (ids, targets) = LoadMicroBatch(firstSample, k);
-            var sum = Model.LossSum(Model.RunBlocks(Model.Embed(ids)), targets);
+            var dropout = Dropout(firstSample, k);
+            var sum = Model.LossSum(Model.RunBlocks(Model.Embed(ids, dropout), dropout: dropout), targets);
             lossSum += sum.ToScalar().ToDouble();
             (sum / normalizer).backward();
         }
@@ -132,10 +133,11 @@ public sealed class RankTrainer : IDisposable
             {
                 // A scope per forward frees the micro-batch's intermediate handles; autograd keeps what backward needs.
                 using var scope = NewDisposeScope();
+                var dropout = Dropout(firstSample, k);
                 Tensor? input = null;
                 Tensor hidden;
                 if (Groups.IsFirstStage)
-                    hidden = Model.Embed(LoadMicroBatch(firstSample, k).Ids);
+                    hidden = Model.Embed(LoadMicroBatch(firstSample, k).Ids, dropout);
                 else
                 {
                     input = empty(shape, dtype: Model.DType, device: Model.Device);
@@ -143,7 +145,7 @@ public sealed class RankTrainer : IDisposable
                     input.requires_grad_(true);
                     hidden = input;
                 }
-                var output = Model.RunBlocks(hidden);
+                var output = Model.RunBlocks(hidden, dropout: dropout);
                 if (Groups.IsLastStage)
                 {
                     var sum = Model.LossSum(output, LoadMicroBatch(firstSample, k).Targets);
@@ -209,15 +211,26 @@ public sealed class RankTrainer : IDisposable
         return ReportsLoss ? (lossSum, (long)(_globalBatch / Layout.Dp) * Job.Model.SeqLen) : (0, 0);
     }
 
+    /// <summary>Global index of the first sample of micro-batch k of the share starting at <paramref name="firstSample"/>.</summary>
+    private long MicroBatchStart(long firstSample, int k) => firstSample + (long)k * _microBatchSize;
+
     /// <summary>Inputs and next-token targets [mbs, S] of micro-batch k of this DP rank's share.</summary>
     private (Tensor Ids, Tensor Targets) LoadMicroBatch(long firstSample, int k)
     {
         var seq = Job.Model.SeqLen;
+        var start = MicroBatchStart(firstSample, k);
         var windows = new long[_microBatchSize * (seq + 1)];
         for (var i = 0; i < _microBatchSize; i++)
-            _data.CopyTokens(_order.StartToken(firstSample + (long)k * _microBatchSize + i), windows.AsSpan(i * (seq + 1), seq + 1));
+            _data.CopyTokens(_order.StartToken(start + i), windows.AsSpan(i * (seq + 1), seq + 1));
         var batch = tensor(windows, [_microBatchSize, seq + 1], dtype: ScalarType.Int64).to(Model.Device);
         return (batch.narrow(1, 0, seq), batch.narrow(1, 1, seq));
+    }
+
+    /// <summary>Dropout masks of micro-batch k, keyed by its samples' global indices so that no layout changes them.</summary>
+    private DropoutMasks Dropout(long firstSample, int k)
+    {
+        var start = MicroBatchStart(firstSample, k);
+        return new DropoutMasks(Job.Train.Seed, Enumerable.Range(0, _microBatchSize).Select(i => start + i).ToArray());
     }
 
     public void Dispose()

@@ -12,16 +12,21 @@ namespace FlmCluster.Training.Model;
 public sealed class Attention : nn.Module
 {
     private readonly int _localHeads;
+    private readonly long _firstHead;
     private readonly int _headDim;
+    private readonly int _layer;
     private readonly double _dropout;
 
     public ColumnParallelLinear QkvProjection { get; }
     public RowParallelLinear OutputProjection { get; }
 
-    public Attention(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device) : base("Attention")
+    /// <param name="layer">Global layer index (keys the dropout masks).</param>
+    public Attention(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device, int layer) : base("Attention")
     {
         _localHeads = config.Heads / tp.Size;
+        _firstHead = tp.ShardStart(config.Heads);
         _headDim = config.HeadDim;
+        _layer = layer;
         _dropout = config.Dropout;
         QkvProjection = new ColumnParallelLinear(config.Hidden, 3L * config.AttentionWidth, tp, dtype, device);
         OutputProjection = new RowParallelLinear(config.AttentionWidth, config.Hidden, tp, dtype, device);
@@ -30,7 +35,8 @@ public sealed class Attention : nn.Module
     }
 
     /// <param name="headMask">Growth mask over this rank's attention width (new heads' q, k, v scaled by c), or null.</param>
-    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, Tensor? headMask = null)
+    /// <param name="dropout">Dropout masks of the batch's samples (needed in training when dropout &gt; 0).</param>
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, Tensor? headMask = null, DropoutMasks? dropout = null)
     {
         var batch = x.shape[0];
         var time = x.shape[1];
@@ -51,21 +57,38 @@ public sealed class Attention : nn.Module
         (q, k) = xpos.Apply(q, k);
         var lq = q.shape[2];
         var lk = k.shape[2];
-        var p = training ? _dropout : 0.0;
         Tensor attended;
-        if (lq == lk)
-            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, p, true);
+        if (DropoutMasks.For(dropout, training, _dropout) is { } masks)
+            attended = AttendWithDropout(q, k, v, masks);
+        else if (lq == lk)
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, 0, true);
         else if (lq == 1)
-            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, p, false);
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, null, 0, false);
         else
-        {
-            // Queries are the last lq positions: query i may see keys 0 … lk − lq + i.
-            var mask = ones(lq, lk, dtype: ScalarType.Bool, device: q.device).tril(lk - lq);
-            attended = nn.functional.scaled_dot_product_attention(q, k, v, mask, p, false);
-        }
+            attended = nn.functional.scaled_dot_product_attention(q, k, v, CausalMask(lq, lk, q.device), 0, false);
         var merged = attended.transpose(1, 2).reshape(batch, time, width);
         return OutputProjection.Forward(merged);
     }
+
+    /// <summary>
+    /// Attention spelled out so that the probabilities take our keyed mask (SDPA would draw its own): softmax in at
+    /// least fp32, masks keyed by global head so every TP split drops the same probabilities.
+    /// </summary>
+    private Tensor AttendWithDropout(Tensor q, Tensor k, Tensor v, DropoutMasks masks)
+    {
+        var lq = q.shape[2];
+        var lk = k.shape[2];
+        var scores = q.matmul(k.transpose(-2, -1)) * (1.0 / Math.Sqrt(_headDim));
+        scores = scores.masked_fill(CausalMask(lq, lk, q.device).logical_not(), double.NegativeInfinity);
+        var precise = q.dtype is ScalarType.Float64 or ScalarType.Float32 ? scores : scores.to(ScalarType.Float32);
+        var probs = nn.functional.softmax(precise, -1).to(q.dtype);
+        probs = masks.Apply(probs, _dropout, _layer, DropoutSite.AttentionProbabilities, _firstHead);
+        return probs.matmul(v);
+    }
+
+    /// <summary>Queries are the last lq of lk positions: query i may see keys 0 … lk − lq + i.</summary>
+    private static Tensor CausalMask(long lq, long lk, Device device) =>
+        ones(lq, lk, dtype: ScalarType.Bool, device: device).tril(lk - lq);
 }
 
 /// <summary>FFN d → f → d with tanh-approximate GELU; column-parallel in, row-parallel out.</summary>
@@ -97,16 +120,19 @@ public sealed class Block : nn.Module
 {
     private readonly double _dropout;
 
+    /// <summary>Global layer index.</summary>
+    public int Layer { get; }
     public LayerNormLayer Ln1 { get; }
     public Attention Attention { get; }
     public LayerNormLayer Ln2 { get; }
     public Mlp Mlp { get; }
 
-    public Block(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device) : base("Block")
+    public Block(ModelConfig config, TensorParallelContext tp, ScalarType dtype, Device device, int layer) : base("Block")
     {
         _dropout = config.Dropout;
+        Layer = layer;
         Ln1 = new LayerNormLayer(config.Hidden, config.LnEps, dtype, device);
-        Attention = new Attention(config, tp, dtype, device);
+        Attention = new Attention(config, tp, dtype, device, layer);
         Ln2 = new LayerNormLayer(config.Hidden, config.LnEps, dtype, device);
         Mlp = new Mlp(config, tp, dtype, device);
         register_module("ln_1", Ln1);
@@ -118,17 +144,20 @@ public sealed class Block : nn.Module
     /// <summary>
     /// With growth masks: LayerNorms use masked statistics, branch outputs are multiplied by the hidden mask, and
     /// an inserted layer is blended in as c·Block(x) + (1 − c)·x = x + c·(attention + MLP branch).
+    /// Branch outputs are replicated over TP ranks (after the row-parallel all-reduce), so their dropout masks are too.
     /// </summary>
-    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, GrowthMasks? masks = null, double blend = 1.0)
+    public Tensor Forward(Tensor x, XPos xpos, LayerKvCache? cache, GrowthMasks? masks = null, double blend = 1.0, DropoutMasks? dropout = null)
     {
         var hidden = masks?.Hidden;
-        var attention = Mask(Dropout(Attention.Forward(Ln1.Forward(x, hidden), xpos, cache, masks?.Heads)), hidden);
+        var attention = Attention.Forward(Ln1.Forward(x, hidden), xpos, cache, masks?.Heads, dropout);
+        attention = Mask(Dropout(attention, dropout, DropoutSite.AttentionOutput), hidden);
         var h = x + attention;
-        var mlp = Mask(Dropout(Mlp.Forward(Ln2.Forward(h, hidden), masks?.Ffn)), hidden);
+        var mlp = Mask(Dropout(Mlp.Forward(Ln2.Forward(h, hidden), masks?.Ffn), dropout, DropoutSite.MlpOutput), hidden);
         return blend == 1.0 ? h + mlp : x + (attention + mlp) * blend;
     }
 
     private static Tensor Mask(Tensor x, Tensor? mask) => mask is null ? x : x * mask;
 
-    private Tensor Dropout(Tensor x) => training && _dropout > 0 ? nn.functional.dropout(x, _dropout, true) : x;
+    private Tensor Dropout(Tensor x, DropoutMasks? dropout, DropoutSite site) =>
+        DropoutMasks.For(dropout, training, _dropout) is { } masks ? masks.Apply(x, _dropout, Layer, site) : x;
 }

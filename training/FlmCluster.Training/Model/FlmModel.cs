@@ -75,7 +75,7 @@ public sealed class FlmModel : nn.Module
         var list = new TorchSharp.Modules.ModuleList<Block>();
         for (var local = 0; local < Plan.LayerCount; local++)
         {
-            var block = new Block(config, Tp, dtype, Device);
+            var block = new Block(config, Tp, dtype, Device, Plan.FirstLayer + local);
             _blocks.Add(block);
             list.Add(block);
             var p = ParamCatalog.Block(Plan.FirstLayer + local);
@@ -114,7 +114,8 @@ public sealed class FlmModel : nn.Module
     }
 
     /// <summary>Token ids [B,T] → hidden states [B,T,d] (first stage only).</summary>
-    public Tensor Embed(Tensor ids)
+    /// <param name="dropout">Dropout masks of the batch's samples (needed in training when dropout &gt; 0).</param>
+    public Tensor Embed(Tensor ids, DropoutMasks? dropout = null)
     {
         if (!Plan.HasEmbedding)
             throw new InvalidOperationException($"stage {Plan.Stage} has no embedding");
@@ -123,14 +124,16 @@ public sealed class FlmModel : nn.Module
             h = h * Config.Mup.InputMult;
         if (Masks?.Hidden is { } mask)
             h = h * mask;
-        return training && Config.Dropout > 0 ? nn.functional.dropout(h, Config.Dropout, true) : h;
+        // The embedding output is replicated over TP ranks, and so is its mask.
+        return DropoutMasks.For(dropout, training, Config.Dropout) is { } masks ? masks.Apply(h, Config.Dropout, 0, DropoutSite.Embedding) : h;
     }
 
     /// <summary>Runs this stage's blocks; with a cache, appends the new positions to it.</summary>
-    public Tensor RunBlocks(Tensor hidden, KvCache? cache = null)
+    /// <param name="dropout">Dropout masks of the batch's samples (needed in training when dropout &gt; 0).</param>
+    public Tensor RunBlocks(Tensor hidden, KvCache? cache = null, DropoutMasks? dropout = null)
     {
         for (var i = 0; i < _blocks.Count; i++)
-            hidden = _blocks[i].Forward(hidden, _xpos, cache?[i], Masks, Masks?.LayerBlend(Plan.FirstLayer + i) ?? 1.0);
+            hidden = _blocks[i].Forward(hidden, _xpos, cache?[i], Masks, Masks?.LayerBlend(_blocks[i].Layer) ?? 1.0, dropout);
         return hidden;
     }
 
@@ -176,7 +179,7 @@ public sealed class FlmModel : nn.Module
     }
 
     /// <summary>Whole forward for a model with every layer (pp = 1): ids → full logits.</summary>
-    public Tensor Forward(Tensor ids, KvCache? cache = null) => Logits(RunBlocks(Embed(ids), cache));
+    public Tensor Forward(Tensor ids, KvCache? cache = null, DropoutMasks? dropout = null) => Logits(RunBlocks(Embed(ids, dropout), cache, dropout));
 }
 
 /// <summary>Cross-entropy over a vocabulary split across tensor-parallel ranks (Megatron's vocab-parallel loss).</summary>

@@ -13,6 +13,9 @@ public sealed class TensorParallelContext(ICollectives collectives, ProcessGroup
     public int Size => Group.Size;
     public int Rank => Group.IndexOf(Collectives.Rank);
 
+    /// <summary>Global index of this rank's first item when <paramref name="total"/> items (heads, rows) are split evenly in order.</summary>
+    public long ShardStart(long total) => total / Size * Rank;
+
     /// <summary>Megatron's f: identity forward, all-reduce of the gradient backward (enters a TP region).</summary>
     public Tensor CopyToRegion(Tensor x) => Size == 1 ? x : CopyToTensorParallel.apply(x, this);
 
