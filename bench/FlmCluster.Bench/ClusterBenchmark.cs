@@ -151,14 +151,14 @@ public static class ClusterBenchmark
         await using (cluster)
         await using (client)
         {
-            var id = await client.Submit(new JobSubmission(job.Name, JobConfigLoader.ToJson(job), 0, 2, 1, 1, steps));
+            var id = await client.Submit(new JobSubmission(JobConfigLoader.ToJson(job)));
             JobStatus status;
             do
             {
                 await Task.Delay(100);
                 status = await client.Status(id);
             }
-            while (!JobStates.IsFinal(status.State));
+            while (!status.State.IsFinal());
             // Steady state: the steps after the first, from the coordinator's per-step wall time.
             clustered = status.Recent.Skip(1).Sum(p => p.Tokens) / status.Recent.Skip(1).Sum(p => p.StepMs / 1000);
         }

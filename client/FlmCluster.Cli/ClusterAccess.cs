@@ -1,7 +1,10 @@
 using FlmCluster.Client;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training;
+using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
+using FlmCluster.Training.Data;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Growth;
 
 namespace FlmCluster.Cli;
@@ -16,18 +19,33 @@ public static class ClusterAccess
         return await FlmClusterClient.ConnectAsync(profile);
     }
 
-    /// <summary>A submission; <paramref name="resumeFrom"/> is a checkpoint already checked against the job (TrainCommand.LoadResume).</summary>
-    public static JobSubmission Submission(JobConfig job, int priority, string? resumeFrom = null)
+    /// <summary>
+    /// A submission: the job with its paths made absolute (the servers cannot know what a relative one meant);
+    /// <paramref name="resumeFrom"/> is a checkpoint already checked against the job (TrainCommand.LoadResume).
+    /// The cluster validates it again.
+    /// </summary>
+    public static JobSubmission Submission(JobConfig job, int priority, string? resumeFrom = null, bool overwrite = false)
     {
         if (GrowthSchedule.ClusterProblem(job) is { } problem)
             throw new FlmUserException(problem);
         if (!string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
             job = job with { Checkpoint = job.Checkpoint with { Dir = Path.GetFullPath(job.Checkpoint.Dir) } };
-        // GPUs for the widest stage: a job keeps its workers from stage to stage.
-        var stages = GrowthSchedule.Resolve(job);
-        var widest = GrowthSchedule.WidestLayout(job);
-        return new JobSubmission(job.Name, JobConfigLoader.ToJson(job), priority, widest.Dp, widest.Tp, widest.Pp, stages.Sum(s => s.Job.Train.Steps),
-            resumeFrom is null ? null : Path.GetFullPath(resumeFrom));
+        job = job with { Data = job.Data with { Paths = [.. job.Data.Paths.Select(p => p == Corpus.Bundled ? p : Path.GetFullPath(p))] } };
+        return new JobSubmission(JobConfigLoader.ToJson(job), priority, resumeFrom is null ? null : Path.GetFullPath(resumeFrom), overwrite);
+    }
+
+    /// <summary>
+    /// Refuses, before anything starts, a checkpoint folder that holds another run's checkpoints (or, for a
+    /// resumed run, newer ones of its own) unless the user asked to overwrite them.
+    /// </summary>
+    public static void CheckCheckpointFolder(JobConfig job, CheckpointReader? resume, bool overwrite)
+    {
+        if (overwrite || string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
+            return;
+        var resolved = ResolvedJob.Resolve(job);
+        var run = resume is null ? RunIdentity.New(resolved) : RunIdentity.Continuing(resume.Manifest, resolved);
+        if (CheckpointOwnership.Problem(job.Checkpoint.Dir, run, resume?.Manifest.Step) is { } problem)
+            throw new FlmUserException(problem);
     }
 
     /// <summary>Polls a job, reporting every new committed step, until it ends; returns its final status.</summary>
@@ -51,7 +69,7 @@ public static class ClusterAccess
                 onStep(point);
                 nextStep = point.Step;
             }
-            if (JobStates.IsFinal(status.State))
+            if (status.State.IsFinal())
                 return status;
             await Task.Delay(200, cancel);
         }

@@ -116,7 +116,7 @@ public sealed class FlmClusterClient : IAsyncDisposable
             }
             catch (Exception ex)
             {
-                return new WorkerStatus(g.Worker, "unreachable", null, -1, 0, ex.Message, "");
+                return new WorkerStatus(g.Worker, WorkerState.Unreachable, null, -1, 0, ex.Message, "");
             }
         }));
     }

@@ -1,16 +1,32 @@
 namespace FlmCluster.Grains.Abstractions;
 
-/// <summary>A job as submitted: its validated config (JSON, the same format as job files) and scheduling facts.</summary>
+/// <summary>
+/// A job as a client submits it: its config (JSON, the same format as job files), its priority, the checkpoint
+/// it resumes from, and whether it may replace another run's checkpoints in its checkpoint folder. The cluster
+/// validates all of it and derives the rest (name, layout, GPUs, steps); nothing here is trusted.
+/// </summary>
 [GenerateSerializer, Immutable, Alias("flm.JobSubmission")]
 public sealed record JobSubmission(
+    [property: Id(0)] string JobJson,
+    [property: Id(1)] int Priority = 0,
+    [property: Id(2)] string? ResumeFrom = null,
+    [property: Id(3)] bool OverwriteCheckpoints = false);
+
+/// <summary>A job the cluster accepted: the submission, with what the cluster derived from it when it validated it.</summary>
+/// <param name="RunId">The run its checkpoints belong to: a new one, or the run of the checkpoint it resumes.</param>
+/// <param name="Dp">Data-parallel size of its widest stage: the job holds dp × tp × pp GPUs.</param>
+/// <param name="Device">The device kind its servers must have (cpu or cuda).</param>
+[GenerateSerializer, Immutable, Alias("flm.AcceptedJob")]
+public sealed record AcceptedJob(
     [property: Id(0)] string Name,
-    [property: Id(1)] string JobJson,
-    [property: Id(2)] int Priority,
+    [property: Id(1)] JobSubmission Submission,
+    [property: Id(2)] string RunId,
     [property: Id(3)] int Dp,
     [property: Id(4)] int Tp,
     [property: Id(5)] int Pp,
     [property: Id(6)] long Steps,
-    [property: Id(7)] string? ResumeFrom = null)
+    [property: Id(7)] string Device,
+    [property: Id(8)] DateTime SubmittedAt)
 {
     public int WorldSize => Dp * Tp * Pp;
 }
@@ -19,10 +35,47 @@ public sealed record JobSubmission(
 [GenerateSerializer, Immutable, Alias("flm.JobAllocation")]
 public sealed record JobAllocation([property: Id(0)] IReadOnlyList<string> RankWorkers);
 
+/// <summary>Where the state of a job's ranks comes from when they are (re)built.</summary>
+public enum RebuildKind
+{
+    /// <summary>Initialised from the job's seed: a job's first start.</summary>
+    Fresh,
+
+    /// <summary>Loaded from a checkpoint on disk, resharded into the job's layout (a resume, a restore, a resize).</summary>
+    Checkpoint,
+
+    /// <summary>Each rank from its in-memory replica: its own worker's copy or its peer's (same layout).</summary>
+    Replicas,
+
+    /// <summary>Grown into the next stage's shape and layout from the checkpoint that ended the stage before.</summary>
+    Growth,
+}
+
+/// <summary>How the ranks of a job are (re)built: from nothing, a checkpoint folder, the replicas of a step, or grown from a stage's checkpoint.</summary>
+[GenerateSerializer, Immutable, Alias("flm.Rebuild")]
+public sealed record Rebuild(
+    [property: Id(0)] RebuildKind Kind,
+    [property: Id(1)] string? Checkpoint = null,
+    [property: Id(2)] ReplicaSource? Replicas = null)
+{
+    public static Rebuild Fresh { get; } = new(RebuildKind.Fresh);
+    public static Rebuild FromCheckpoint(string directory) => new(RebuildKind.Checkpoint, directory);
+    public static Rebuild FromReplicas(ReplicaSource replicas) => new(RebuildKind.Replicas, Replicas: replicas);
+    public static Rebuild GrowFrom(string stageCheckpoint) => new(RebuildKind.Growth, stageCheckpoint);
+
+    public override string ToString() => Kind switch
+    {
+        RebuildKind.Checkpoint => $"from {Checkpoint}",
+        RebuildKind.Replicas => $"from the in-memory replicas of step {Replicas!.Step}",
+        RebuildKind.Growth => $"grown from {Checkpoint}",
+        _ => "from the job's seed",
+    };
+}
+
 /// <summary>
-/// What a worker must hold for a job: the job, its rank, the rank table and where training stands. A job with
-/// growth stages holds one stage at a time (its shape and layout); GrowFrom is the checkpoint of the previous
-/// stage to grow from.
+/// What a worker must hold for a job: the job (resolved, as JSON), its rank, the rank table, where training
+/// stands and where the rank's state comes from. A job with growth stages holds one stage at a time (its shape
+/// and layout).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerAssignment")]
 public sealed record WorkerAssignment(
@@ -33,10 +86,8 @@ public sealed record WorkerAssignment(
     [property: Id(4)] IReadOnlyList<string> RankWorkers,
     [property: Id(5)] long NextStep,
     [property: Id(6)] long SamplesConsumed,
-    [property: Id(7)] string? RestoreFrom = null,
-    [property: Id(8)] ReplicaSource? RestoreFromReplica = null,
-    [property: Id(9)] int Stage = 0,
-    [property: Id(10)] string? GrowFrom = null);
+    [property: Id(7)] int Stage,
+    [property: Id(8)] Rebuild Rebuild);
 
 /// <summary>
 /// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
@@ -135,11 +186,25 @@ public sealed record TensorChunk(
     public const int MaxBytes = 4 << 20;
 }
 
+/// <summary>What a GPU's worker is doing.</summary>
+public enum WorkerState
+{
+    Idle,
+    Loading,
+    Ready,
+    Training,
+    Probing,
+    Failed,
+
+    /// <summary>Not a worker's own state: a client could not reach it.</summary>
+    Unreachable,
+}
+
 /// <summary>What a GPU is doing, and on which silo its worker lives.</summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStatus")]
 public sealed record WorkerStatus(
     [property: Id(0)] string Worker,
-    [property: Id(1)] string State,
+    [property: Id(1)] WorkerState State,
     [property: Id(2)] string? JobId,
     [property: Id(3)] int Rank,
     [property: Id(4)] long Step,
@@ -168,17 +233,35 @@ public sealed record StepPoint(
 [GenerateSerializer, Immutable, Alias("flm.LossSum")]
 public sealed record LossSum([property: Id(0)] double Sum, [property: Id(1)] long Tokens);
 
-public static class JobStates
+/// <summary>Where a job is in its life (docs/architecture.md has the state diagram).</summary>
+public enum JobPhase
 {
-    public const string Queued = "queued";
-    public const string Starting = "starting";
-    public const string Running = "running";
-    public const string Paused = "paused";
-    public const string Completed = "completed";
-    public const string Cancelled = "cancelled";
-    public const string Failed = "failed";
+    /// <summary>Accepted, waiting for GPUs.</summary>
+    Queued,
 
-    public static bool IsFinal(string state) => state is Completed or Cancelled or Failed;
+    /// <summary>Its ranks are being (re)built: first start, resume, restore, resize or growth into the next stage.</summary>
+    Starting,
+
+    /// <summary>Steps are running.</summary>
+    Running,
+
+    /// <summary>Between steps, by request; it holds its GPUs.</summary>
+    Paused,
+
+    /// <summary>Lost workers and nothing to rebuild them on yet: it waits for servers to return or GPUs to free up.</summary>
+    Waiting,
+
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+public static class JobPhases
+{
+    public static bool IsFinal(this JobPhase phase) => phase is JobPhase.Completed or JobPhase.Cancelled or JobPhase.Failed;
+
+    /// <summary>The job holds GPUs in this phase.</summary>
+    public static bool HoldsGpus(this JobPhase phase) => phase is JobPhase.Starting or JobPhase.Running or JobPhase.Paused or JobPhase.Waiting;
 }
 
 /// <summary>A job as the client sees it.</summary>
@@ -186,7 +269,7 @@ public static class JobStates
 public sealed record JobStatus(
     [property: Id(0)] string JobId,
     [property: Id(1)] string Name,
-    [property: Id(2)] string State,
+    [property: Id(2)] JobPhase State,
     [property: Id(3)] long Step,
     [property: Id(4)] long TotalSteps,
     [property: Id(5)] string Layout,
@@ -217,14 +300,6 @@ public sealed record ClusterInventory([property: Id(0)] IReadOnlyList<NodeInfo> 
     public int FreeGpus => Nodes.Where(n => n.Status == "active").Sum(n => n.Gpus.Count(g => g.JobId is null));
 }
 
-/// <summary>A request the cluster refuses (unknown job, a layout it can never host): reported to the user as bad input.</summary>
-[GenerateSerializer, Alias("flm.ClusterRequestException")]
-public sealed class ClusterRequestException : Exception
-{
-    public ClusterRequestException() { }
-    public ClusterRequestException(string message) : base(message) { }
-    public ClusterRequestException(string message, Exception inner) : base(message, inner) { }
-}
 
 /// <summary>One collective of a data-plane probe (like nccl-tests): kind, size, element type, root.</summary>
 /// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring) or barrier.</param>
@@ -255,3 +330,11 @@ public sealed record ProbeResult(
     [property: Id(1)] IReadOnlyList<byte[]> Outputs,
     [property: Id(2)] IReadOnlyList<double> Milliseconds,
     [property: Id(3)] string Silo);
+
+/// <summary>What the scheduler can offer a job that lost workers, or that runs on fewer GPUs than it asked for.</summary>
+/// <param name="AllocationAlive">Every server the job's workers are on is active (restarted ones included): a rebuild in place can work.</param>
+/// <param name="FittingDp">Of the data-parallel sizes asked about, those the job's live GPUs plus free ones could hold now, largest first.</param>
+[GenerateSerializer, Immutable, Alias("flm.ClusterView")]
+public sealed record ClusterView(
+    [property: Id(0)] bool AllocationAlive,
+    [property: Id(1)] IReadOnlyList<int> FittingDp);

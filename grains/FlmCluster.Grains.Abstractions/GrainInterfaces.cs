@@ -77,7 +77,8 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
 /// <summary>One job (key = job id): persisted spec and progress; drives the steps of its workers.</summary>
 public interface IJobCoordinatorGrain : IGrainWithStringKey
 {
-    Task Initialize(JobSubmission submission, DateTime submittedAt);
+    /// <summary>Records a job the scheduler accepted (idempotent).</summary>
+    Task Initialize(AcceptedJob job);
 
     /// <summary>Starts the job on the allocated workers (from the scheduler).</summary>
     Task Start(JobAllocation allocation);
@@ -96,7 +97,11 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
 /// <summary>The cluster's GPUs and job queue (one per cluster, key "cluster").</summary>
 public interface IClusterSchedulerGrain : IGrainWithStringKey
 {
-    /// <summary>Queues a job and returns its id; rejects a layout the cluster can never host.</summary>
+    /// <summary>
+    /// Validates a submission (the job, its paths, its layout against the cluster, the checkpoint it resumes from,
+    /// its checkpoint folder's owner), queues it and returns its id; refuses anything invalid with
+    /// <see cref="ClusterRequestException"/> before anything is recorded.
+    /// </summary>
     Task<string> Submit(JobSubmission submission);
 
     Task<IReadOnlyList<JobStatus>> ListJobs();
@@ -107,19 +112,19 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     Task<bool> Cancel(string jobId);
 
     /// <summary>
-    /// Called by a coordinator whose job lost servers for good: gives the job the first of the data-parallel
-    /// sizes (tp and pp unchanged) that its surviving GPUs plus free ones can hold, and records it as the job's
-    /// allocation; null when none fits (the job keeps its old allocation).
+    /// Called by a coordinator whose job lost workers or may grow back: gives the job the first of the
+    /// data-parallel sizes (tp and pp unchanged) that its GPUs on live servers plus free ones can hold, and records
+    /// it as the job's allocation; null when none fits (the job keeps its old allocation).
     /// </summary>
     Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
 
-    /// <summary>The first of the data-parallel sizes that a job's GPUs plus free ones could hold now, or null; allocates nothing.</summary>
-    Task<int?> LargestFit(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
+    /// <summary>Whether a job's servers are all active, and which of the data-parallel sizes its live GPUs plus free ones could hold now; allocates nothing.</summary>
+    Task<ClusterView> Survey(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
 
     /// <summary>
     /// Called by a coordinator when its job ends: frees its GPUs and starts queued jobs. Interleaves, because
     /// a coordinator may report its end while the scheduler is waiting on it (cancel).
     /// </summary>
     [AlwaysInterleave]
-    Task JobEnded(string jobId, string state);
+    Task JobEnded(string jobId, JobPhase final);
 }

@@ -29,19 +29,19 @@ public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2)
             Checkpoint = new CheckpointConfig { Dir = _checkpoints, Interval = 4, KeepLast = 10 },
         };
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        var running = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastCheckpointStep >= 8 || JobStates.IsFinal(s.State));
+        var running = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastCheckpointStep >= 8 || s.State.IsFinal());
         Assert.Equal(2, running.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
 
         // Silo_1 dies: after the wait the job goes on with two replicas of twice the micro-batches on Silo_0.
         await Cluster.KillSiloAsync(Cluster.Silos.Single(s => s.Name == "Silo_1"), TestContext.Current.CancellationToken);
-        var shrunk = await TestClusters.WaitFor(Cluster.Client, id, s => s.Events.Any(e => e.Kind == "shrunk") || JobStates.IsFinal(s.State));
+        var shrunk = await TestClusters.WaitFor(Cluster.Client, id, s => s.Events.Any(e => e.Kind == "shrunk") || s.State.IsFinal());
         Assert.Contains(shrunk.Events, e => e.Kind == "shrunk" && e.Message.Contains("4 GPUs, layout dp=4,tp=1,pp=1,micro=1 → 2 GPUs, layout dp=2,tp=1,pp=1,micro=2; global batch kept"));
 
         // Silo_1 comes back: the job checkpoints and moves back to its submitted layout.
         await Cluster.StartSiloAsync(1, Cluster.Options, TestContext.Current.CancellationToken);
-        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
         string Events() => string.Join("\n", status.Events.Select(e => $"{e.Kind}: {e.Message}"));
-        Assert.True(status.State == JobStates.Completed, $"{status.State}: {status.Error}\n{Events()}");
+        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events()}");
         Assert.True(status.Events.Any(e => e.Kind == "grown-back" && e.Message.Contains("2 GPUs, layout dp=2,tp=1,pp=1,micro=2 → 4 GPUs, layout dp=4,tp=1,pp=1,micro=1")), Events());
         Assert.Equal("dp=4,tp=1,pp=1", status.Layout);
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());

@@ -23,8 +23,8 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
     {
         var job = TestClusters.MicroJob(dp, tp, pp, micro, steps: 5);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
-        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
-        Assert.Equal(JobStates.Completed, status.State);
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
+        Assert.Equal(JobPhase.Completed, status.State);
         Assert.Equal(5, status.Step);
         // Ranks are spread over both servers, TP groups inside one.
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
@@ -39,9 +39,9 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         var first = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(2, 1, 1, 1, steps: 400) with { Name = "first" }));
         var second = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(1, 2, 1, 1, steps: 5) with { Name = "second" }));
         // Two GPUs each: both run at once on the four GPUs.
-        await TestClusters.WaitFor(Cluster.Client, first, s => s.State == JobStates.Running && s.Step > 0);
-        var secondStatus = await TestClusters.WaitFor(Cluster.Client, second, s => JobStates.IsFinal(s.State));
-        Assert.Equal(JobStates.Completed, secondStatus.State);
+        await TestClusters.WaitFor(Cluster.Client, first, s => s.State == JobPhase.Running && s.Step > 0);
+        var secondStatus = await TestClusters.WaitFor(Cluster.Client, second, s => s.State.IsFinal());
+        Assert.Equal(JobPhase.Completed, secondStatus.State);
 
         // The scheduler frees a job's GPUs right after its coordinator commits the end.
         await Until(async () => (await Scheduler.GetInventory()).FreeGpus == 2);
@@ -51,17 +51,17 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         var inventory = await Scheduler.GetInventory();
         Assert.Equal([big], inventory.Queue);
         Assert.Equal(2, inventory.FreeGpus);
-        Assert.Equal(JobStates.Queued, (await Cluster.Client.GetGrain<IJobCoordinatorGrain>(big).GetStatus()).State);
+        Assert.Equal(JobPhase.Queued, (await Cluster.Client.GetGrain<IJobCoordinatorGrain>(big).GetStatus()).State);
 
         Assert.True(await Scheduler.Cancel(first));
-        var cancelled = await TestClusters.WaitFor(Cluster.Client, first, s => JobStates.IsFinal(s.State));
-        Assert.Equal(JobStates.Cancelled, cancelled.State);
-        var bigStatus = await TestClusters.WaitFor(Cluster.Client, big, s => JobStates.IsFinal(s.State));
-        Assert.Equal(JobStates.Completed, bigStatus.State);
+        var cancelled = await TestClusters.WaitFor(Cluster.Client, first, s => s.State.IsFinal());
+        Assert.Equal(JobPhase.Cancelled, cancelled.State);
+        var bigStatus = await TestClusters.WaitFor(Cluster.Client, big, s => s.State.IsFinal());
+        Assert.Equal(JobPhase.Completed, bigStatus.State);
         Assert.Equal(4, bigStatus.Workers.Distinct().Count());
         await Until(async () => (await Scheduler.GetInventory()).FreeGpus == 4);
         Assert.False(await Scheduler.Cancel("no-such-job"));
-        Assert.Equal(3, (await Scheduler.ListJobs()).Count(j => j.State == JobStates.Completed || j.State == JobStates.Cancelled));
+        Assert.Equal(3, (await Scheduler.ListJobs()).Count(j => j.State == JobPhase.Completed || j.State == JobPhase.Cancelled));
     }
 
     private static async Task Until(Func<Task<bool>> condition)
@@ -93,8 +93,8 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         // Coordinators prefer the control-plane silo (no GPUs): kill it, the workers on the GPU servers survive.
         var control = Cluster.Silos.Single(s => s.Name == "Silo_2");
         await Cluster.KillSiloAsync(control, TestContext.Current.CancellationToken);
-        var status = await TestClusters.WaitFor(Cluster.Client, id, s => JobStates.IsFinal(s.State));
-        Assert.True(status.State == JobStates.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", status.Events.TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
+        var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
+        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", status.Events.TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
         Assert.Contains(status.Events, e => e.Kind == "resumed");
         // Every step exactly once, with the numbers of an uninterrupted run.
         Assert.Equal(Enumerable.Range(0, 60).Select(i => (long)i), status.Recent.Select(p => p.Step));

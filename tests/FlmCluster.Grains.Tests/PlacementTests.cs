@@ -16,8 +16,10 @@ public sealed class PlacementTests() : ClusterTestClass(2, 2, 2)
 
         var away = Cluster.Silos.Single(s => s.Name == "Silo_1");
         await Cluster.StopSiloAsync(away, TestContext.Current.CancellationToken);
-        var ex = await Assert.ThrowsAnyAsync<Exception>(() => Status("Silo_1/gpu0"));
-        Assert.Contains("No active silo for node 'Silo_1'", ex.ToString());
+        // Refused by placement, as the typed failure a coordinator recovers from.
+        var ex = await Assert.ThrowsAsync<WorkerLostException>(() => Status("Silo_1/gpu0"));
+        Assert.Equal("Silo_1/gpu0", ex.Worker);
+        Assert.Contains("no active silo for node 'Silo_1'", ex.Message);
         // Nothing was placed elsewhere meanwhile.
         Assert.Equal(Cluster.Silos.Single(s => s.Name == "Silo_0").SiloAddress.ToString(), (await Status("Silo_0/gpu1")).Silo);
 

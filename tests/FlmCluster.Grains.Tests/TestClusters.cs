@@ -61,8 +61,7 @@ public static class TestClusters
         Layout = new LayoutConfig { Dp = dp, Tp = tp, Pp = pp, MicroBatches = micro },
     });
 
-    public static JobSubmission Submission(JobConfig job, int priority = 0) =>
-        new(job.Name, JobConfigLoader.ToJson(job), priority, job.Layout.Dp, job.Layout.Tp, job.Layout.Pp, job.Train.Steps);
+    public static JobSubmission Submission(JobConfig job, int priority = 0) => new(JobConfigLoader.ToJson(job), priority);
 
     /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
     public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)

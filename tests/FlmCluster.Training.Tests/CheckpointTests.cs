@@ -1,6 +1,7 @@
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Model;
 using static TorchSharp.torch;
 
@@ -180,7 +181,7 @@ public sealed class CheckpointTests : IDisposable
         var steps = restored.Fan(r => RankReplica.Restore(restored.Ranks[r], replicas[r]));
         Assert.All(steps, s => Assert.Equal(3, s));
         Assert.All(restored.Ranks, r => Assert.Equal(3, r.Optimizer.Step));
-        restored.SetProgress(3, 3 * job.Train.GlobalBatch);
+        restored.SetCursor(new JobCursor(3, 3 * job.Train.GlobalBatch, 3, 0, 0));
         Assert.Equal(expected, Enumerable.Range(0, 3).Select(_ => restored.RunStep().Loss));
         foreach (var (name, t) in StateAssembler.GatherParameters(restored.Ranks))
             Assert.True(t.equal(expectedParams[name]).all().item<bool>(), name);

@@ -164,7 +164,7 @@ public class CollectivesTests
             if (rank == 0)
                 comm.Barrier(new ProcessGroup("all", [0, 1]));
         }, TimeSpan.FromMilliseconds(300)));
-        Assert.IsType<TimeoutException>(ex.InnerException);
+        Assert.IsType<CollectiveTimeoutException>(ex.InnerException);
     }
 
     [Fact]

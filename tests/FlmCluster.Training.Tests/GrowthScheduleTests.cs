@@ -103,7 +103,7 @@ public class GrowthScheduleTests
             run.SaveCheckpoint();
             run.Grow();
             var reader = CheckpointStore.Resolve(dir);
-            using var grown = LocalEngine.Create(run.Stage.Job, data, stage: new StageContext(run.NextStep, GrowthSchedule.ShapeOf(run.Stages, 1), run.Stage.Ramp));
+            using var grown = LocalEngine.ForStage(run.Progress, run.Engine.Cursor, data);
             grown.Fan(r => CheckpointRestore.LoadGrown(grown.Ranks[r], reader, job, run.Stages, 1));
             for (var r = 0; r < 4; r++)
             {

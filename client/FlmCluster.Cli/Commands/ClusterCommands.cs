@@ -44,7 +44,7 @@ public static partial class ClusterCommands
                     table.AddRow(node.Node, node.Address, node.Status, "-", "-", "", "", "control plane");
                 foreach (var gpu in node.Gpus)
                 {
-                    var live = workers.TryGetValue(gpu.Worker, out var w) ? $"{w.State}{(w.Detail is null ? "" : $" ({w.Detail})")}" : "";
+                    var live = workers.TryGetValue(gpu.Worker, out var w) ? $"{Text.Of(w.State)}{(w.Detail is null ? "" : $" ({w.Detail})")}" : "";
                     table.AddRow(node.Node, node.Address, node.Status, gpu.Worker[(gpu.Worker.IndexOf('/') + 1)..], gpu.Device, gpu.JobId ?? "", gpu.Rank >= 0 ? $"{gpu.Rank}" : "", live);
                 }
             }

@@ -23,7 +23,9 @@ public static class JobCommands
         {
             var from = parse.GetValue(resumeFrom);
             var (config, checkpoint) = from is null ? (job.Load(parse), null) : TrainCommand.LoadResume(from, "--resume-from", parse, job);
-            var submission = ClusterAccess.Submission(config, parse.GetValue(priority), checkpoint?.Directory);
+            var overwrite = parse.GetValue(job.Overwrite);
+            ClusterAccess.CheckCheckpointFolder(config, checkpoint, overwrite);
+            var submission = ClusterAccess.Submission(config, parse.GetValue(priority), checkpoint?.Directory, overwrite);
             await using var client = await ClusterAccess.Connect();
             var id = await client.Submit(submission);
             Console.WriteLine(id);
@@ -43,7 +45,7 @@ public static class JobCommands
             foreach (var column in new[] { "job", "name", "state", "step", "loss", "layout", "priority", "submitted (UTC)" })
                 table.AddColumn(column);
             foreach (var j in jobs)
-                table.AddRow(j.JobId, j.Name, j.State, $"{j.Step}/{j.TotalSteps}", j.Recent.Count > 0 ? $"{j.Recent[^1].Loss:0.0000}" : "", j.Layout, $"{j.Priority}", $"{j.SubmittedAt:yyyy-MM-dd HH:mm:ss}");
+                table.AddRow(j.JobId, j.Name, Text.Of(j.State), $"{j.Step}/{j.TotalSteps}", j.Recent.Count > 0 ? $"{j.Recent[^1].Loss:0.0000}" : "", j.Layout, $"{j.Priority}", $"{j.SubmittedAt:yyyy-MM-dd HH:mm:ss}");
             AnsiConsole.Write(table);
             return CliRunner.Ok;
         });
@@ -84,7 +86,7 @@ public static class JobCommands
     private static void Print(JobStatus s)
     {
         var last = s.Recent.Count > 0 ? s.Recent[^1] : null;
-        Console.WriteLine($"{s.JobId} ({s.Name}): {s.State}, step {s.Step}/{s.TotalSteps}, stage {s.Stage}, layout {s.Layout}" +
+        Console.WriteLine($"{s.JobId} ({s.Name}): {Text.Of(s.State)}, step {s.Step}/{s.TotalSteps}, stage {s.Stage}, layout {s.Layout}" +
             (last is null ? "" : $", loss {last.Loss:0.0000}, {last.TokensPerSecond:N0} tokens/s"));
         foreach (var node in s.Workers.Select((w, rank) => (w, rank)).GroupBy(x => x.w[..x.w.IndexOf('/')]))
             Console.WriteLine($"  {node.Key}: {string.Join(", ", node.Select(x => $"rank {x.rank} on {x.w[(x.w.IndexOf('/') + 1)..]}"))}");
@@ -105,9 +107,9 @@ public static class JobCommands
             p => progress.Report(p.Stage, ToSummary(p)),
             e => { if (e.Kind is not "allocated") Console.WriteLine($"  [{e.At:HH:mm:ss}] {e.Kind}: {e.Message}"); });
         progress.Finish();
-        Console.WriteLine($"{id}: {final.State} at step {final.Step}/{final.TotalSteps}" + (final.Error is null ? "" : $": {final.Error}"));
+        Console.WriteLine($"{id}: {Text.Of(final.State)} at step {final.Step}/{final.TotalSteps}" + (final.Error is null ? "" : $": {final.Error}"));
         progress.PrintSummary();
-        return final.State == JobStates.Completed ? CliRunner.Ok : CliRunner.Failed;
+        return final.State == JobPhase.Completed ? CliRunner.Ok : CliRunner.Failed;
     }
 
     public static StepSummary ToSummary(StepPoint p) =>

@@ -25,6 +25,11 @@ public sealed class JobOptions
 
     public Option<int?> MicroBatches { get; } = new("--micro-batches") { Description = "Micro-batches per step on each data-parallel rank" };
 
+    public Option<bool> Overwrite { get; } = new("--overwrite")
+    {
+        Description = "Replace another run's checkpoints in the checkpoint folder (deletes them) instead of refusing to save there",
+    };
+
     public void AddTo(Command command)
     {
         command.Add(Config);
@@ -32,6 +37,7 @@ public sealed class JobOptions
         command.Add(Set);
         command.Add(Layout);
         command.Add(MicroBatches);
+        command.Add(Overwrite);
     }
 
     /// <summary>Loads and validates the job; every problem is an FlmUserException before anything runs.</summary>

@@ -8,6 +8,7 @@ using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Growth;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Cli.Commands;
@@ -34,7 +35,9 @@ public static class TrainCommand
         command.SetAction(async parse =>
         {
             var (config, from) = Load(job, parse, parse.GetValue(output), parse.GetValue(resume));
-            return parse.GetValue(engine) == "local" ? Run(config, from) : await RunOnEmbeddedCluster(config, from);
+            var overwrite = parse.GetValue(job.Overwrite);
+            ClusterAccess.CheckCheckpointFolder(config, from, overwrite);
+            return parse.GetValue(engine) == "local" ? Run(config, from, overwrite) : await RunOnEmbeddedCluster(config, from, overwrite);
         });
         return command;
     }
@@ -60,12 +63,7 @@ public static class TrainCommand
         {
             var reader = CheckpointStore.Resolve(path, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}"));
             var job = options.Load(parse, reader.Manifest.JobJson);
-            var stages = FlmCluster.Training.Growth.GrowthSchedule.Resolve(job);
-            var stage = Math.Clamp(reader.Manifest.Stage, 0, stages.Count - 1);
-            CheckpointRestore.CheckCompatible(reader, stages[stage].Job.Model, job.Tokenizer);
-            var total = stages.Sum(s => s.Job.Train.Steps);
-            if (reader.Manifest.Step >= total)
-                throw new FlmUserException($"the checkpoint is at step {reader.Manifest.Step} and the job has {total} steps; give more (--steps)");
+            new JobProgress(ResolvedJob.Resolve(job)).CheckResume(reader);
             return (job, reader);
         }
         catch (InvalidCheckpointException ex)
@@ -93,7 +91,7 @@ public static class TrainCommand
     /// The default: start a local cluster inside this process (two silos when the layout splits evenly), submit
     /// the job to it as a client, follow it to the end and stop the cluster.
     /// </summary>
-    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume)
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume, bool overwrite)
     {
         Corpus.ExpandPaths(job.Data.Paths); // missing data is bad input, before anything starts
         // Growth stages hand the model over through a checkpoint; without a checkpoint folder, a temporary one.
@@ -105,7 +103,7 @@ public static class TrainCommand
         }
         try
         {
-            return await RunOnEmbeddedCluster(job, resume, keepsCheckpoints: handover is null);
+            return await RunOnEmbeddedCluster(job, resume, overwrite, keepsCheckpoints: handover is null);
         }
         finally
         {
@@ -114,7 +112,7 @@ public static class TrainCommand
         }
     }
 
-    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume, bool keepsCheckpoints)
+    private static async Task<int> RunOnEmbeddedCluster(JobConfig job, CheckpointReader? resume, bool overwrite, bool keepsCheckpoints)
     {
         var stages = GrowthSchedule.Resolve(job);
         var layout = GrowthSchedule.WidestLayout(job);
@@ -130,7 +128,7 @@ public static class TrainCommand
         Console.WriteLine($"embedded cluster: {nodes} silo(s) × {world / nodes} device(s) in this process, up in {watch.Elapsed.TotalSeconds:0.0} s");
         if (resume is { Manifest: var m0 })
             Console.WriteLine($"resumed from {resume.Directory} at step {m0.Step} (saved under dp={m0.Layout.Dp},tp={m0.Layout.Tp},pp={m0.Layout.Pp})");
-        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume?.Directory));
+        var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume?.Directory, overwrite));
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>
         {
@@ -163,10 +161,11 @@ public static class TrainCommand
                 Console.WriteLine($"  stage {stage.Name}: {Describe(stage.Job.Model)}, {stage.Job.Model.ParameterCount:N0} parameters, {stage.Job.Train.Steps} steps, peak LR {stage.Job.Optimizer.Lr:0.0e+00}, layout {ParallelLayout.FromConfig(stage.Job.Layout)}");
     }
 
-    private static int Run(JobConfig job, CheckpointReader? resume)
+    private static int Run(JobConfig job, CheckpointReader? resume, bool overwrite)
     {
         var loadWatch = Stopwatch.StartNew();
         using var run = TrainingRun.Create(job, log: message => Console.WriteLine($"  {message}"));
+        run.OverwriteCheckpoints = overwrite;
         PrintJob(job, run.Stages);
         var m = run.Stage.Job.Model;
         var layout = run.Engine.Layout;
@@ -175,8 +174,11 @@ public static class TrainCommand
         if (resume is not null)
         {
             run.Restore(resume);
-            Console.WriteLine($"resumed from {resume.Directory} at step {run.NextStep} (stage {run.Stage.Name}, layout {run.Engine.Layout})");
+            Console.WriteLine($"resumed from {resume.Directory} at step {run.NextStep} (stage {run.Stage.Name}, layout {run.Engine.Layout}), run {run.Run.RunId}");
         }
+        if (!string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
+            foreach (var removed in run.ClaimCheckpointFolder())
+                Console.WriteLine($"removed {removed} (another run's checkpoint; --overwrite)");
 
         using var cancel = new CancellationTokenSource();
         ConsoleCancelEventHandler onCancel = (_, e) =>

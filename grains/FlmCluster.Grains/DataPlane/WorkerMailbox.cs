@@ -1,5 +1,7 @@
 using System.Collections.Concurrent;
 using FlmCluster.Grains.Abstractions;
+using CollectiveAbortedException = FlmCluster.Training.Parallel.CollectiveAbortedException;
+using CollectiveTimeoutException = FlmCluster.Training.Parallel.CollectiveTimeoutException;
 
 namespace FlmCluster.Grains.DataPlane;
 
@@ -7,17 +9,15 @@ namespace FlmCluster.Grains.DataPlane;
 /// Where a worker's incoming tensor messages land, whole (from a worker on the same silo) or in chunks (from
 /// another silo), keyed by job, incarnation and message key. The device thread blocks in <see cref="Take"/>
 /// until its message is complete. A peer may send before this worker has taken up the job, so messages are
-/// kept until taken; those of a job this worker has left are dropped.
+/// kept until taken; those of a job this worker has left are dropped, and its waiting collectives fail as
+/// aborted (<see cref="CollectiveAbortedException"/>), a peer that never sends as timed out.
 /// </summary>
 public sealed class WorkerMailbox
 {
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
 
-    /// <summary>What a collective of a worker that left its job (or was told to stop) fails with: an echo of a failure elsewhere.</summary>
-    public const string LeftJob = "the worker left the job";
-
-    public static bool IsEcho(Exception ex) => ex.Message.Contains(LeftJob, StringComparison.Ordinal);
+    private const string LeftJob = "the worker left the job";
 
     /// <summary>Starts taking messages of a job (a new incarnation of a left job is a new job).</summary>
     public void Accept(string jobId, int incarnation) => _closed.TryRemove(Prefix(jobId, incarnation), out _);
@@ -31,7 +31,7 @@ public sealed class WorkerMailbox
         _closed[prefix] = true;
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))
-                message.Completion.TrySetException(new OperationCanceledException(LeftJob));
+                message.Completion.TrySetException(new CollectiveAbortedException(LeftJob));
     }
 
     public void Put(TensorChunk chunk)
@@ -57,8 +57,17 @@ public sealed class WorkerMailbox
         var message = _messages.GetOrAdd(full, _ => new Message());
         // Checked after the message is in place: a Close before this line is seen here, one after it fails the message.
         Check(jobId, incarnation);
-        if (!message.Completion.Task.Wait(timeout))
-            throw new TimeoutException($"{what} waited more than {timeout.TotalSeconds:0}s for its peer's tensor '{key}'");
+        bool arrived;
+        try
+        {
+            arrived = message.Completion.Task.Wait(timeout);
+        }
+        catch (AggregateException ex) when (ex.InnerException is CollectiveAbortedException aborted)
+        {
+            throw aborted;
+        }
+        if (!arrived)
+            throw new CollectiveTimeoutException($"{what} waited more than {timeout.TotalSeconds:0}s for its peer's tensor '{key}'");
         _messages.TryRemove(full, out _);
         return message.Completion.Task.Result;
     }
@@ -66,7 +75,7 @@ public sealed class WorkerMailbox
     private void Check(string jobId, int incarnation)
     {
         if (_closed.ContainsKey(Prefix(jobId, incarnation)))
-            throw new OperationCanceledException($"{LeftJob} {jobId} (incarnation {incarnation})");
+            throw new CollectiveAbortedException($"{LeftJob} {jobId} (incarnation {incarnation})");
     }
 
     private static string Prefix(string jobId, int incarnation) => $"{jobId}#{incarnation}|";

@@ -18,6 +18,9 @@ public readonly record struct DeviceSpec(string Kind, int Count)
     public static DeviceSpec Parse(string text) =>
         TryParse(text, out var spec) ? spec : throw new ArgumentException($"devices '{text}' is not cpu:N, cuda:N or sim:N");
 
+    /// <summary>The kind of device a job's <c>train.device</c> asks for: cuda for "cuda" and "cuda:N", else cpu.</summary>
+    public static string KindOf(string torchDevice) => torchDevice.StartsWith("cuda", StringComparison.Ordinal) ? "cuda" : "cpu";
+
     /// <summary>The torch device of GPU k on this server.</summary>
     public string TorchDevice(int index) => Kind == "cuda" ? $"cuda:{index}" : "cpu";
 

@@ -3,6 +3,7 @@ using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
 using Orleans.Runtime.Hosting;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -27,6 +28,12 @@ public sealed record FlmNodeOptions
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
+
+    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans".</summary>
+    public string DataPlane { get; init; } = OrleansCollectivesFactory.TransportName;
+
+    /// <summary>The data planes a silo can be configured with.</summary>
+    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName];
 }
 
 public static class FlmSiloBuilderExtensions
@@ -43,6 +50,8 @@ public static class FlmSiloBuilderExtensions
     {
         if (options.Devices.Kind == "sim")
             throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
+        if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
+            throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
         silo.UseSiloMetadata(new Dictionary<string, string>
         {
             [NodeMetadata.Node] = options.Node,
@@ -55,6 +64,8 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton(options);
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
+        silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        silo.Services.TryAddSingleton(TimeProvider.System);
         return silo;
     }
 

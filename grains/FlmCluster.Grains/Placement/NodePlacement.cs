@@ -1,3 +1,4 @@
+using FlmCluster.Grains.Abstractions;
 using Orleans.Placement;
 using Orleans.Runtime;
 using Orleans.Runtime.Placement;
@@ -30,7 +31,7 @@ public sealed class NodePinnedPlacementAttribute() : PlacementAttribute(new Node
 
 /// <summary>
 /// Places "node/gpuK" only on the active silo whose metadata names that node, and refuses (throws) when no
-/// such silo is active: a GPU's worker never lands on another server.
+/// such silo is active (<see cref="WorkerLostException"/>): a GPU's worker never lands on another server.
 /// </summary>
 public sealed class NodePinnedPlacementDirector(NodeDirectory nodes) : IPlacementDirector
 {
@@ -46,7 +47,7 @@ public sealed class NodePinnedPlacementDirector(NodeDirectory nodes) : IPlacemen
         foreach (var silo in silos.Where(s => nodes.Known(s) is null))
             if ((await nodes.Resolve(silo))?.Node == node)
                 return silo;
-        throw new OrleansException($"No active silo for node '{node}': worker '{key}' can only run on that server");
+        throw new WorkerLostException(key, $"no active silo for node '{node}': worker '{key}' can only run on that server");
     }
 }
 

@@ -1,6 +1,7 @@
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Jobs;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Runtime;
@@ -10,9 +11,11 @@ namespace FlmCluster.Grains.Scheduling;
 [GenerateSerializer, Alias("flm.ScheduledJob")]
 public sealed class ScheduledJob
 {
-    [Id(0)] public required JobSubmission Submission { get; set; }
+    [Id(0)] public required AcceptedJob Job { get; set; }
     [Id(1)] public long Sequence { get; set; }
-    [Id(2)] public string State { get; set; } = JobStates.Queued;
+
+    /// <summary>Queued, Running (holds GPUs) or the final phase.</summary>
+    [Id(2)] public JobPhase Phase { get; set; } = JobPhase.Queued;
     [Id(3)] public List<string> RankWorkers { get; set; } = [];
 }
 
@@ -25,9 +28,10 @@ public sealed class SchedulerState
 
 /// <summary>
 /// The cluster's GPUs and job queue. The inventory comes from Orleans membership (active silos and the
-/// devices in their metadata); queued jobs start in priority order (first come first served within a
-/// priority, later jobs backfilling GPUs the head of the queue cannot use) when their whole layout fits.
-/// A job's GPUs are freed when its coordinator reports its end.
+/// devices in their metadata); submissions are validated here (<see cref="SubmissionValidator"/>); queued jobs
+/// start in priority order (first come first served within a priority, later jobs backfilling GPUs the head of
+/// the queue cannot use) when their whole layout fits on servers of their device kind. A job's GPUs are freed
+/// when its coordinator reports its end.
 /// </summary>
 [ControlPlanePlacement]
 public sealed class ClusterSchedulerGrain(
@@ -35,32 +39,45 @@ public sealed class ClusterSchedulerGrain(
     IClusterMembershipService membership,
     NodeDirectory directory,
     IGrainFactory grains,
+    TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;
 
     public async Task<string> Submit(JobSubmission submission)
     {
+        ArgumentNullException.ThrowIfNull(submission);
         var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
-        if (!GangAllocator.CanEverHost(nodes.Values.Select(n => n.Count), submission.Dp, submission.Tp, submission.Pp))
-            throw new ClusterRequestException(
-                $"layout dp={submission.Dp},tp={submission.Tp},pp={submission.Pp} needs {submission.Dp * submission.Pp} groups of {submission.Tp} GPUs on one server, " +
-                $"but the cluster has {string.Join(", ", nodes.Select(n => $"{n.Key}: {n.Value.Count} GPUs"))}; choose a layout with tp ≤ GPUs per server and dp×tp×pp ≤ {nodes.Values.Sum(n => n.Count)}");
-        var id = $"{Slug(submission.Name)}-{Guid.NewGuid().ToString("N")[..8]}";
-        await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(submission, DateTime.UtcNow);
-        S.Jobs[id] = new ScheduledJob { Submission = submission, Sequence = S.NextSequence++ };
+        var id = RunIdentity.NewId(JobNameOf(submission));
+        var job = SubmissionValidator.Validate(submission, id, nodes, time.GetUtcNow().UtcDateTime);
+        await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
+        S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();
         FlmTelemetry.QueueLength.Add(1);
-        log.LogInformation("Job {Job} queued ({World} GPUs, priority {Priority})", id, submission.WorldSize, submission.Priority);
+        log.LogInformation("Job {Job} queued ({World} GPUs, priority {Priority})", id, job.WorldSize, submission.Priority);
         await TrySchedule();
         return id;
     }
 
+    /// <summary>Every job's status; a job whose coordinator cannot answer is listed with the reason, never breaking the list.</summary>
     public async Task<IReadOnlyList<JobStatus>> ListJobs()
     {
-        var statuses = await Task.WhenAll(S.Jobs.Keys.Select(id => grains.GetGrain<IJobCoordinatorGrain>(id).GetStatus()));
+        var statuses = await Task.WhenAll(S.Jobs.Select(async kv =>
+        {
+            try
+            {
+                return await grains.GetGrain<IJobCoordinatorGrain>(kv.Key).GetStatus();
+            }
+            catch (Exception ex)
+            {
+                log.LogWarning("Job {Job}: no status ({Message})", kv.Key, ex.Message);
+                var j = kv.Value.Job;
+                return new JobStatus(kv.Key, j.Name, kv.Value.Phase, 0, j.Steps, $"dp={j.Dp},tp={j.Tp},pp={j.Pp}", kv.Value.RankWorkers, [], [],
+                    $"status unavailable: {ex.Message}", j.Submission.Priority, j.SubmittedAt, "main");
+            }
+        }));
         return statuses.OrderBy(s => s.SubmittedAt).ToList();
     }
 
@@ -68,7 +85,7 @@ public sealed class ClusterSchedulerGrain(
     {
         var members = membership.CurrentSnapshot.Members.Values.OrderBy(m => m.SiloAddress.ToString()).ToList();
         var identities = await Task.WhenAll(members.Select(m => directory.Resolve(m.SiloAddress)));
-        var holders = S.Jobs.Where(j => j.Value.State == JobStates.Running)
+        var holders = S.Jobs.Where(j => j.Value.Phase == JobPhase.Running)
             .SelectMany(j => j.Value.RankWorkers.Select((w, rank) => (Worker: w, Job: j.Key, Rank: rank)))
             .ToDictionary(x => x.Worker, x => (x.Job, x.Rank));
         var nodes = new List<NodeInfo>();
@@ -87,49 +104,50 @@ public sealed class ClusterSchedulerGrain(
             }).ToList();
             nodes.Add(new NodeInfo(node, member.SiloAddress.ToString(), status, gpus));
         }
-        var queue = S.Jobs.Where(j => j.Value.State == JobStates.Queued).OrderByDescending(j => j.Value.Submission.Priority).ThenBy(j => j.Value.Sequence).Select(j => j.Key).ToList();
-        return new ClusterInventory(nodes, queue);
+        return new ClusterInventory(nodes, Queue().Select(j => j.Key).ToList());
     }
 
     public async Task<bool> Cancel(string jobId)
     {
-        if (!S.Jobs.TryGetValue(jobId, out var job))
+        if (!S.Jobs.TryGetValue(jobId ?? "", out var job))
             return false;
-        if (job.State == JobStates.Queued)
+        if (job.Phase == JobPhase.Queued)
         {
-            job.State = JobStates.Cancelled;
+            job.Phase = JobPhase.Cancelled;
             FlmTelemetry.QueueLength.Add(-1);
             await store.WriteStateAsync();
         }
-        await grains.GetGrain<IJobCoordinatorGrain>(jobId).Cancel("cancelled by the user");
+        await grains.GetGrain<IJobCoordinatorGrain>(jobId!).Cancel("cancelled by the user");
         return true;
     }
 
-    public async Task JobEnded(string jobId, string state)
+    public async Task JobEnded(string jobId, JobPhase final)
     {
-        if (!S.Jobs.TryGetValue(jobId, out var job) || JobStates.IsFinal(job.State))
+        if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase.IsFinal() || !final.IsFinal())
             return;
-        if (job.State == JobStates.Running)
+        if (job.Phase == JobPhase.Running)
             FlmTelemetry.AllocatedGpus.Add(-job.RankWorkers.Count);
-        else if (job.State == JobStates.Queued)
+        else if (job.Phase == JobPhase.Queued)
             FlmTelemetry.QueueLength.Add(-1);
-        job.State = state;
-        log.LogInformation("Job {Job} ended ({State}); its {Count} GPUs are free", jobId, state, job.RankWorkers.Count);
+        job.Phase = final;
+        log.LogInformation("Job {Job} ended ({State}); its {Count} GPUs are free", jobId, final, job.RankWorkers.Count);
         await store.WriteStateAsync();
         await TrySchedule();
     }
 
-    public async Task<int?> LargestFit(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
+    public async Task<ClusterView> Survey(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
     {
-        if (!S.Jobs.TryGetValue(jobId, out var job) || job.State != JobStates.Running)
-            return null;
-        var free = FreeFor(job, await ActiveNodes());
-        return dpChoices.Cast<int?>().FirstOrDefault(dp => GangAllocator.Allocate(free, dp!.Value, tp, pp) is not null);
+        if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase != JobPhase.Running)
+            return new ClusterView(false, []);
+        var nodes = await ActiveNodes();
+        var alive = job.RankWorkers.All(w => nodes.ContainsKey(NodeMetadata.NodeOfWorker(w)));
+        var free = FreeFor(job, nodes);
+        return new ClusterView(alive, dpChoices.Where(dp => GangAllocator.Allocate(free, dp, tp, pp) is not null).OrderDescending().ToList());
     }
 
     public async Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp)
     {
-        if (!S.Jobs.TryGetValue(jobId, out var job) || job.State != JobStates.Running)
+        if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase != JobPhase.Running)
             return null;
         // From here to the write nothing awaits: the free list cannot go stale.
         var free = FreeFor(job, await ActiveNodes());
@@ -138,7 +156,7 @@ public sealed class ClusterSchedulerGrain(
             if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
                 continue;
             FlmTelemetry.AllocatedGpus.Add(ranks.Count - job.RankWorkers.Count);
-            log.LogInformation("Job {Job} lost servers: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
+            log.LogInformation("Job {Job}: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
             job.RankWorkers = [.. ranks];
             await store.WriteStateAsync();
             return new JobAllocation(ranks);
@@ -146,10 +164,10 @@ public sealed class ClusterSchedulerGrain(
         return null;
     }
 
-    /// <summary>Free GPUs plus the job's own GPUs on servers that are alive.</summary>
+    /// <summary>Free GPUs of the job's device kind plus the job's own GPUs on servers that are alive.</summary>
     private Dictionary<string, IReadOnlyList<string>> FreeFor(ScheduledJob job, Dictionary<string, DeviceSpec> nodes)
     {
-        var free = FreeGpus(nodes);
+        var free = FreeGpus(nodes, job.Job.Device);
         foreach (var worker in job.RankWorkers)
         {
             var node = NodeMetadata.NodeOfWorker(worker);
@@ -161,6 +179,9 @@ public sealed class ClusterSchedulerGrain(
 
     private static int GpuIndex(string worker) => int.Parse(worker[(worker.LastIndexOf("/gpu", StringComparison.Ordinal) + 4)..], System.Globalization.CultureInfo.InvariantCulture);
 
+    private IEnumerable<KeyValuePair<string, ScheduledJob>> Queue() =>
+        S.Jobs.Where(j => j.Value.Phase == JobPhase.Queued).OrderByDescending(j => j.Value.Job.Submission.Priority).ThenBy(j => j.Value.Sequence);
+
     /// <summary>
     /// Starts every queued job that fits now. Allocations are recorded before any call goes out, so an
     /// interleaved call (a job ending meanwhile) never hands the same GPU out twice.
@@ -170,21 +191,13 @@ public sealed class ClusterSchedulerGrain(
         var nodes = await ActiveNodes();
         // From here to the first call out nothing awaits: the free list cannot go stale.
         var starts = new List<(string Id, ScheduledJob Job)>();
-        var free = FreeGpus(nodes);
-        foreach (var (id, job) in S.Jobs.Where(j => j.Value.State == JobStates.Queued)
-                     .OrderByDescending(j => j.Value.Submission.Priority).ThenBy(j => j.Value.Sequence).ToList())
+        foreach (var (id, job) in Queue().ToList())
         {
-            var sub = job.Submission;
-            var ranks = GangAllocator.Allocate(free, sub.Dp, sub.Tp, sub.Pp);
-            if (ranks is null)
+            var j = job.Job;
+            if (GangAllocator.Allocate(FreeGpus(nodes, j.Device), j.Dp, j.Tp, j.Pp) is not { } ranks)
                 continue;
-            job.State = JobStates.Running;
+            job.Phase = JobPhase.Running;
             job.RankWorkers = [.. ranks];
-            foreach (var worker in ranks)
-            {
-                var node = NodeMetadata.NodeOfWorker(worker);
-                free[node] = free[node].Where(w => w != worker).ToList();
-            }
             starts.Add((id, job));
         }
         if (starts.Count == 0)
@@ -198,7 +211,7 @@ public sealed class ClusterSchedulerGrain(
         }
     }
 
-    /// <summary>Active GPU servers and their device counts.</summary>
+    /// <summary>Active GPU servers and their devices.</summary>
     private async Task<Dictionary<string, DeviceSpec>> ActiveNodes()
     {
         var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
@@ -207,17 +220,25 @@ public sealed class ClusterSchedulerGrain(
             .GroupBy(n => n.Node).ToDictionary(g => g.Key, g => g.Last().Devices);
     }
 
-    private Dictionary<string, IReadOnlyList<string>> FreeGpus(Dictionary<string, DeviceSpec> nodes)
+    /// <summary>Per server of the device kind, its GPUs that no running job holds.</summary>
+    private Dictionary<string, IReadOnlyList<string>> FreeGpus(Dictionary<string, DeviceSpec> nodes, string device)
     {
-        var busy = S.Jobs.Values.Where(j => j.State == JobStates.Running).SelectMany(j => j.RankWorkers).ToHashSet();
-        return nodes.ToDictionary(
+        var busy = S.Jobs.Values.Where(j => j.Phase == JobPhase.Running).SelectMany(j => j.RankWorkers).ToHashSet();
+        return nodes.Where(n => n.Value.Kind == device).ToDictionary(
             n => n.Key,
             n => (IReadOnlyList<string>)Enumerable.Range(0, n.Value.Count).Select(k => $"{n.Key}/gpu{k}").Where(w => !busy.Contains(w)).ToList());
     }
 
-    private static string Slug(string name)
+    /// <summary>The name a submission's job gives itself (for its id); the validator checks the rest.</summary>
+    private static string JobNameOf(JobSubmission submission)
     {
-        var slug = new string(name.ToLowerInvariant().Select(c => char.IsLetterOrDigit(c) ? c : '-').ToArray()).Trim('-');
-        return string.IsNullOrEmpty(slug) ? "job" : slug[..Math.Min(24, slug.Length)];
+        try
+        {
+            return System.Text.Json.Nodes.JsonNode.Parse(submission.JobJson ?? "")?["name"]?.GetValue<string>() ?? "job";
+        }
+        catch (Exception ex) when (ex is System.Text.Json.JsonException or InvalidOperationException or FormatException)
+        {
+            return "job";
+        }
     }
 }

@@ -3,9 +3,8 @@ using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Checkpoint;
-using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
-using FlmCluster.Training.Growth;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
@@ -18,10 +17,12 @@ namespace FlmCluster.Grains.Workers;
 /// One GPU ("node/gpuK"), activated only on its node's silo and never moved or collected. It holds one rank
 /// of one job — model slice, flat buffers, optimizer shard — built and run on a dedicated device thread, so
 /// compute never occupies the Orleans scheduler and collectives may block. Holds no durable state: what a
-/// lost worker held is rebuilt by the coordinator.
+/// lost worker held is rebuilt by the coordinator. What its work throws reaches the coordinator as a typed
+/// failure (<see cref="WorkerFailures"/>).
 /// </summary>
 [NodePinnedPlacement, Immovable, KeepAlive]
-public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
+public sealed class GpuWorkerGrain(
+    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, ICollectivesFactory collectives, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
@@ -30,7 +31,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     private RankTrainer? _trainer;
     private WorkerStepReport? _lastReport;
     private long _nextStep;
-    private string _state = "idle";
+    private WorkerState _state = WorkerState.Idle;
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
@@ -63,45 +64,42 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
             return;
         await DropJob();
-        var whole = JobValidator.Validate(JobConfigLoader.FromJson(a.JobJson, $"job {a.JobId}"));
-        var stages = GrowthSchedule.Resolve(whole);
-        if (a.Stage < 0 || a.Stage >= stages.Count || (a.GrowFrom is not null && a.Stage == 0))
-            throw new ArgumentException($"assignment of job {a.JobId} names stage {a.Stage}{(a.GrowFrom is null ? "" : " to grow into")}; the job has {stages.Count}");
-        var job = stages[a.Stage].Job;
+        var whole = Parse(a);
+        var job = whole.Stages[a.Stage].Job;
         var layout = ParallelLayout.FromConfig(job.Layout);
         if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
-            throw new ArgumentException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+            throw new ClusterRequestException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+        if (DeviceSpec.KindOf(job.Train.Device) != node.Devices.Kind)
+            throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
         job = job with { Train = job.Train with { Device = node.Devices.TorchDevice(gpu) } };
-        _state = "loading";
+        _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
-        var comm = new OrleansCollectives(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, local, grains, node.CollectiveTimeout);
+        var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox));
         try
         {
-            var replica = a.RestoreFromReplica is { } source ? await FindReplica(a.JobId, a.Rank, source) : null;
-            _trainer = await _thread!.Run(() =>
+            var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
+            _trainer = await OnDevice(a.Rank, () =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
                 var data = datasets.For(job);
-                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, GrowthSchedule.ShapeOf(stages, a.Stage));
-                if (a.GrowFrom is { } grownFrom)
-                    CheckpointRestore.LoadGrown(trainer, CheckpointReader.Open(grownFrom), whole, stages, a.Stage);
-                if (a.RestoreFrom is { } from)
+                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
+                try
                 {
-                    var reader = CheckpointReader.Open(from);
-                    if (reader.Manifest.DataFingerprint.Length > 0 && reader.Manifest.DataFingerprint != data.Fingerprint)
-                        throw new InvalidOperationException($"checkpoint {from} was trained on other data than this job's");
-                    CheckpointRestore.Load(trainer, reader);
+                    Rebuild(trainer, whole, a, data.Fingerprint, replica);
                 }
-                if (replica is not null)
-                    RankReplica.Restore(trainer, replica);
+                catch
+                {
+                    trainer.Dispose();
+                    throw;
+                }
                 return trainer;
             });
         }
         catch (Exception ex)
         {
-            _state = "failed";
+            _state = WorkerState.Failed;
             _detail = ex.Message;
             _mailbox.Close(a.JobId, a.Incarnation);
             throw;
@@ -109,9 +107,47 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         _assignment = a;
         _nextStep = a.NextStep;
         _lastReport = null;
-        _state = "ready";
+        _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation})", Key, a.Rank, a.JobId, a.Incarnation);
+        log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
+    }
+
+    /// <summary>The assignment's job, resolved; its stage and rebuild must make sense for it.</summary>
+    private static ResolvedJob Parse(WorkerAssignment a)
+    {
+        ResolvedJob job;
+        try
+        {
+            job = ResolvedJob.Parse(a.JobJson, $"job {a.JobId}");
+        }
+        catch (FlmCluster.Training.FlmUserException ex)
+        {
+            throw new ClusterRequestException(ex.Message);
+        }
+        if (a.Stage < 0 || a.Stage >= job.Stages.Count || (a.Rebuild.Kind == RebuildKind.Growth && a.Stage == 0)
+            || (a.Rebuild.Kind is RebuildKind.Checkpoint or RebuildKind.Growth && string.IsNullOrEmpty(a.Rebuild.Checkpoint))
+            || (a.Rebuild.Kind == RebuildKind.Replicas && a.Rebuild.Replicas is null))
+            throw new ClusterRequestException($"assignment of job {a.JobId} names stage {a.Stage} (rebuild {a.Rebuild.Kind}); the job has {job.Stages.Count}");
+        return job;
+    }
+
+    /// <summary>Loads the rank's state from where the assignment says (on the device thread).</summary>
+    private static void Rebuild(RankTrainer trainer, ResolvedJob job, WorkerAssignment a, string dataFingerprint, ChunkedBytes? replica)
+    {
+        switch (a.Rebuild.Kind)
+        {
+            case RebuildKind.Growth:
+                CheckpointRestore.LoadGrown(trainer, CheckpointReader.Open(a.Rebuild.Checkpoint!), job.Job, job.Stages, a.Stage);
+                break;
+            case RebuildKind.Checkpoint:
+                var reader = CheckpointReader.Open(a.Rebuild.Checkpoint!);
+                new JobProgress(job).CheckResume(reader, dataFingerprint, stepsLeft: false);
+                CheckpointRestore.Load(trainer, reader);
+                break;
+            case RebuildKind.Replicas:
+                RankReplica.Restore(trainer, replica!);
+                break;
+        }
     }
 
     public async Task<WorkerStepReport> RunStep(WorkerStep step)
@@ -121,10 +157,10 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         if (_lastReport is { } last && last.Step == step.Step)
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
-            throw new InvalidOperationException($"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
+            throw new RankFailedException(Key, a.Rank, "StepOutOfOrder", $"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
         var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
         FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
-        _state = "training";
+        _state = WorkerState.Training;
         _detail = $"step {step.Step}";
         using var activity = FlmTelemetry.Source.StartActivity("worker.step");
         activity?.SetTag("job", a.JobId);
@@ -133,16 +169,16 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         RankStepReport report;
         try
         {
-            report = await _thread!.Run(() => trainer.TrainStep(new StepPlan(step.Step, step.FirstSample, step.Lr, step.MaskValue)));
+            report = await OnDevice(a.Rank, () => trainer.TrainStep(new StepPlan(step.Step, step.FirstSample, step.Lr, step.MaskValue)));
         }
         catch (Exception ex)
         {
-            _state = "failed";
+            _state = WorkerState.Failed;
             _detail = ex.Message;
             throw;
         }
         _nextStep = step.Step + 1;
-        _state = "ready";
+        _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
         FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
         FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
@@ -155,7 +191,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
     public async Task<LossSum> Evaluate(string jobId, int incarnation, long firstSample, double maskValue)
     {
         var trainer = Holding(jobId, incarnation);
-        var (sum, tokens) = await _thread!.Run(() => trainer.EvaluateLoss(firstSample, maskValue));
+        var (sum, tokens) = await OnDevice(_assignment!.Rank, () => trainer.EvaluateLoss(firstSample, maskValue));
         return new LossSum(sum, tokens);
     }
 
@@ -175,7 +211,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
                 log.LogWarning("Worker {Worker}: the previous shard failed: {Message}", Key, ex.Message);
             }
         }
-        var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer));
+        var snapshot = await OnDevice(_assignment!.Rank, () => RankSnapshot.Capture(trainer));
         Directory.CreateDirectory(command.Directory);
         _save = (command.Step, Task.Run(() =>
         {
@@ -219,7 +255,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
                 log.LogWarning("Worker {Worker}: the previous replica failed: {Message}", Key, ex.Message);
             }
         }
-        var snapshot = await _thread!.Run(() => RankSnapshot.Capture(trainer, allParameters: true));
+        var snapshot = await OnDevice(rank, () => RankSnapshot.Capture(trainer, allParameters: true));
         var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
         var stop = new CancellationTokenSource();
         var stopped = stop.Token;
@@ -299,7 +335,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
                 problems.Add($"{holder}: {ex.Message}");
             }
         }
-        throw new InvalidOperationException($"{ReplicaStore.Unavailable}: rank {rank} at step {source.Step} ({string.Join("; ", problems)})");
+        throw new ReplicaUnavailableException(rank, source.Step, $"no holder has the replica of rank {rank} at step {source.Step} ({string.Join("; ", problems)})");
     }
 
     public Task Abort(string jobId, int incarnation)
@@ -332,24 +368,37 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         if (request.RankWorkers.Count == 0 || request.Rank < 0 || request.Rank >= request.RankWorkers.Count || request.RankWorkers[request.Rank] != Key)
             throw new ClusterRequestException($"probe {request.ProbeId} does not give rank {request.Rank} to worker {Key}");
         _mailbox.Accept(request.ProbeId, 0);
-        _state = "probing";
+        _state = WorkerState.Probing;
         try
         {
-            var comm = new OrleansCollectives(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox, local, grains, node.CollectiveTimeout);
+            var comm = collectives.Create(new CollectivesSession(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox));
             var silo = RuntimeIdentity;
-            return await _thread!.Run(() => ProbeRunner.Run(request, comm, silo));
+            return await OnDevice(request.Rank, () => ProbeRunner.Run(request, comm, silo));
         }
         finally
         {
             _mailbox.Close(request.ProbeId, 0);
-            _state = "idle";
+            _state = WorkerState.Idle;
         }
     }
 
     private RankTrainer Holding(string jobId, int incarnation) =>
         _assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation && _trainer is { } trainer
             ? trainer
-            : throw new InvalidOperationException($"worker {Key} does not hold job {jobId} (incarnation {incarnation})");
+            : throw new WorkerNotHoldingJobException(Key, jobId, incarnation);
+
+    /// <summary>Runs a rank's work on the device thread; what it throws comes back as a typed failure.</summary>
+    private async Task<T> OnDevice<T>(int rank, Func<T> work)
+    {
+        try
+        {
+            return await _thread!.Run(work);
+        }
+        catch (Exception ex)
+        {
+            throw WorkerFailures.Translate(ex, Key, rank);
+        }
+    }
 
     /// <summary>Gives up the rank (on release or a new assignment); replicas stay: a restore may need them.</summary>
     private async Task DropJob()
@@ -379,7 +428,7 @@ public sealed class GpuWorkerGrain(FlmNodeOptions node, LocalWorkers local, Silo
         _trainer = null;
         _assignment = null;
         _lastReport = null;
-        _state = "idle";
+        _state = WorkerState.Idle;
         _detail = null;
     }
 }

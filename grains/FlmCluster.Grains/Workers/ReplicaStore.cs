@@ -12,9 +12,6 @@ namespace FlmCluster.Grains.Workers;
 /// </summary>
 public sealed class ReplicaStore
 {
-    /// <summary>The start of the error a worker raises when no holder has the replica it needs.</summary>
-    public const string Unavailable = "replica unavailable";
-
     private readonly Lock _lock = new();
     private const int Kept = 2;
     private readonly Dictionary<(string Job, int Rank), List<(long Step, ChunkedBytes Bytes)>> _complete = [];

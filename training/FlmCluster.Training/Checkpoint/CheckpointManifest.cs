@@ -29,6 +29,16 @@ public sealed record CheckpointManifest
     public string Format { get; init; } = FormatName;
     public int Version { get; init; } = CurrentVersion;
     public string JobId { get; init; } = "";
+
+    /// <summary>The run this checkpoint belongs to: the job that started it, continued by every resume (docs/checkpoints.md).</summary>
+    public string RunId { get; init; } = "";
+
+    /// <summary>What makes two runs the same training (<see cref="Jobs.ResolvedJob.Fingerprint"/>).</summary>
+    public string ConfigFingerprint { get; init; } = "";
+
+    /// <summary>The run, for checkpoints written before runs were recorded: their job.</summary>
+    [System.Text.Json.Serialization.JsonIgnore]
+    public string Run => RunId.Length > 0 ? RunId : JobId;
     public string JobJson { get; init; } = "";
     public DateTime CreatedAt { get; init; }
     public int Stage { get; init; }

@@ -5,8 +5,8 @@ using FlmCluster.Training.Config;
 
 namespace FlmCluster.Training.Checkpoint;
 
-/// <summary>A checkpoint in a store and whether it can be loaded.</summary>
-public sealed record CheckpointEntry(string Directory, long Step, bool Valid, string? Problem);
+/// <summary>A checkpoint in a store, whether it can be loaded, and the run it belongs to (null: no readable manifest).</summary>
+public sealed record CheckpointEntry(string Directory, long Step, bool Valid, string? Problem, string? Run = null);
 
 /// <summary>
 /// A folder of checkpoints ("step-00000120", …): commit (manifest last, by atomic rename), listing with
@@ -20,16 +20,65 @@ public static partial class CheckpointStore
     /// <summary>Makes a checkpoint exist: fsync the shards' folder, write the manifest to a temporary file, fsync, rename, fsync the folder.</summary>
     public static void Commit(string directory, CheckpointManifest manifest)
     {
-        var temp = Path.Combine(directory, CheckpointReader.ManifestFile + ".tmp");
+        SyncDirectory(directory);
+        WriteDurably(Path.Combine(directory, CheckpointReader.ManifestFile), stream => JsonSerializer.Serialize(stream, manifest, CheckpointManifest.Json));
+        SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(directory))!);
+    }
+
+    /// <summary>Writes a file so that it exists whole or not at all: a temporary file, fsync, rename, fsync of the folder.</summary>
+    public static void WriteDurably(string path, Action<Stream> write)
+    {
+        var temp = path + ".tmp";
         using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None))
         {
-            JsonSerializer.Serialize(stream, manifest, CheckpointManifest.Json);
+            write(stream);
             stream.Flush(flushToDisk: true);
         }
-        SyncDirectory(directory);
-        File.Move(temp, Path.Combine(directory, CheckpointReader.ManifestFile), overwrite: true);
-        SyncDirectory(directory);
-        SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(directory))!);
+        File.Move(temp, path, overwrite: true);
+        SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+    }
+
+    /// <summary>
+    /// The folder to save step <paramref name="step"/> into, emptied of an earlier attempt that never committed
+    /// (or whose checkpoint does not verify); null when a good checkpoint of that step exists, which is never
+    /// replaced.
+    /// </summary>
+    public static string? PrepareDirectory(string root, long step)
+    {
+        var directory = DirectoryFor(root, step);
+        if (File.Exists(Path.Combine(directory, CheckpointReader.ManifestFile)) && Verifies(directory))
+            return null;
+        if (Directory.Exists(directory))
+            Directory.Delete(directory, recursive: true);
+        Directory.CreateDirectory(directory);
+        return directory;
+    }
+
+    /// <summary>Whether a checkpoint folder holds a checkpoint whose manifest, sizes and checksums are good.</summary>
+    public static bool Verifies(string directory)
+    {
+        try
+        {
+            return CheckpointReader.Open(directory).Verify().Count == 0;
+        }
+        catch (InvalidCheckpointException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>The run a checkpoint folder's manifest names, whether or not its shards are intact; null without a readable manifest.</summary>
+    public static string? RunOf(string directory)
+    {
+        try
+        {
+            var path = Path.Combine(directory, CheckpointReader.ManifestFile);
+            return File.Exists(path) ? JsonSerializer.Deserialize<CheckpointManifest>(File.ReadAllText(path), CheckpointManifest.Json)?.Run : null;
+        }
+        catch (Exception ex) when (ex is JsonException or IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     /// <summary>Writes a weights-only checkpoint at step 0 (e.g. of an imported model): one shard, whole tensors, no optimizer state.</summary>
@@ -73,11 +122,11 @@ public static partial class CheckpointStore
             {
                 var reader = CheckpointReader.Open(dir);
                 var problems = verifyChecksums ? reader.Verify() : [];
-                result.Add(new CheckpointEntry(dir, step, problems.Count == 0, problems.Count == 0 ? null : string.Join("; ", problems)));
+                result.Add(new CheckpointEntry(dir, step, problems.Count == 0, problems.Count == 0 ? null : string.Join("; ", problems), reader.Manifest.Run));
             }
             catch (InvalidCheckpointException ex)
             {
-                result.Add(new CheckpointEntry(dir, step, false, ex.Message));
+                result.Add(new CheckpointEntry(dir, step, false, ex.Message, RunOf(dir)));
             }
         }
         return result;
@@ -85,11 +134,12 @@ public static partial class CheckpointStore
 
     /// <summary>
     /// The newest checkpoint whose manifest, sizes and checksums are good; every newer one that is not is
-    /// reported through <paramref name="rejected"/> with its reason. Null when there is none.
+    /// reported through <paramref name="rejected"/> with its reason. Null when there is none. With
+    /// <paramref name="run"/>, only that run's checkpoints count.
     /// </summary>
-    public static CheckpointReader? NewestValid(string root, Action<string, string>? rejected = null)
+    public static CheckpointReader? NewestValid(string root, Action<string, string>? rejected = null, string? run = null)
     {
-        foreach (var entry in List(root).AsEnumerable().Reverse())
+        foreach (var entry in List(root).AsEnumerable().Reverse().Where(e => run is null || e.Run == run))
         {
             if (!entry.Valid)
             {
@@ -122,12 +172,13 @@ public static partial class CheckpointStore
     }
 
     /// <summary>
-    /// Deletes checkpoints other than the last <paramref name="keepLast"/> valid ones and those whose step is a
-    /// multiple of <paramref name="keepStepMultiple"/> (0 = none). Invalid ones older than the newest valid one go too.
+    /// Deletes checkpoints of run <paramref name="run"/> other than its last <paramref name="keepLast"/> valid ones
+    /// and those whose step is a multiple of <paramref name="keepStepMultiple"/> (0 = none). Its invalid ones and
+    /// saves that never committed, older than its newest valid one, go too. Another run's checkpoints are never touched.
     /// </summary>
-    public static IReadOnlyList<string> Prune(string root, int keepLast, long keepStepMultiple)
+    public static IReadOnlyList<string> Prune(string root, string run, int keepLast, long keepStepMultiple)
     {
-        var entries = List(root);
+        var entries = List(root).Where(e => e.Run == run || (e.Run is null && !File.Exists(Path.Combine(e.Directory, CheckpointReader.ManifestFile)))).ToList();
         var valid = entries.Where(e => e.Valid).ToList();
         var keep = new HashSet<string>(valid.TakeLast(Math.Max(1, keepLast)).Select(e => e.Directory));
         if (keepStepMultiple > 0)

@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Jobs;
 
 namespace FlmCluster.Training.Checkpoint;
 
@@ -11,9 +11,10 @@ public sealed record SaveReport(string Directory, long Step, long Bytes, TimeSpa
 /// Saves an engine's state as a sharded checkpoint. The training thread only waits for the snapshot (one
 /// memory copy per rank, and for the previous save if it is still being written: at most one snapshot in
 /// flight); shards are then written and fsynced in parallel in the background, the manifest is committed
-/// last and old checkpoints are pruned by the retention policy.
+/// last and the run's old checkpoints are pruned by the retention policy. A committed checkpoint of the same
+/// step is kept, never replaced.
 /// </summary>
-public sealed class Checkpointer(CheckpointConfig policy, Action<string>? log = null) : IDisposable
+public sealed class Checkpointer(JobProgress progress, Action<string>? log = null) : IDisposable
 {
     private Task<SaveReport>? _inFlight;
 
@@ -23,17 +24,20 @@ public sealed class Checkpointer(CheckpointConfig policy, Action<string>? log = 
     public bool Writing => _inFlight is { IsCompleted: false };
 
     /// <summary>Starts a save of the engine's current state (between steps). Returns the time training was stalled.</summary>
-    public TimeSpan Save(LocalEngine engine, JobConfig job, string jobId, int stage)
+    public TimeSpan Save(LocalEngine engine, RunIdentity run)
     {
         var stall = Stopwatch.StartNew();
         WaitForPending();
-        var root = policy.Dir;
-        var directory = CheckpointStore.DirectoryFor(root, engine.NextStep);
-        if (Directory.Exists(directory))
-            Directory.Delete(directory, recursive: true); // an earlier, uncommitted attempt at this step
-        Directory.CreateDirectory(directory);
+        var policy = progress.Job.Job.Checkpoint;
+        var at = engine.Cursor;
+        if (CheckpointStore.PrepareDirectory(policy.Dir, at.NextStep) is not { } directory)
+        {
+            log?.Invoke($"checkpoint {CheckpointStore.DirectoryFor(policy.Dir, at.NextStep)} is already committed; kept as it is");
+            LastCommitted = new SaveReport(CheckpointStore.DirectoryFor(policy.Dir, at.NextStep), at.NextStep, 0, stall.Elapsed, TimeSpan.Zero);
+            return stall.Elapsed;
+        }
         var snapshots = engine.Fan(r => RankSnapshot.Capture(engine.Ranks[r]));
-        var manifest = BaseManifest(engine, job, jobId, stage);
+        var fingerprint = engine.Data.Fingerprint;
         var stalled = stall.Elapsed;
         var write = Task.Run(() =>
         {
@@ -42,13 +46,9 @@ public sealed class Checkpointer(CheckpointConfig policy, Action<string>? log = 
             {
                 var shards = new WrittenShard[snapshots.Length];
                 System.Threading.Tasks.Parallel.For(0, snapshots.Length, r => shards[r] = ShardWriter.Write(snapshots[r], directory));
-                CheckpointStore.Commit(directory, manifest with
-                {
-                    Shards = shards.Select(s => s.Shard).ToList(),
-                    Tensors = ShardWriter.Merge(shards),
-                });
-                var removed = CheckpointStore.Prune(root, policy.KeepLast, policy.KeepEvery * Math.Max(1, policy.Interval));
-                var report = new SaveReport(directory, manifest.Step, shards.Sum(s => s.Shard.Bytes), stalled, persist.Elapsed);
+                CheckpointStore.Commit(directory, progress.Manifest(at, run, run.JobName, fingerprint, shards));
+                var removed = progress.Prune(run);
+                var report = new SaveReport(directory, at.NextStep, shards.Sum(s => s.Shard.Bytes), stalled, persist.Elapsed);
                 log?.Invoke($"checkpoint {directory} committed ({report.Bytes / 1e6:0.0} MB in {report.Persist.TotalSeconds:0.00} s{(removed.Count > 0 ? $", pruned {removed.Count}" : "")})");
                 return report;
             }
@@ -78,25 +78,6 @@ public sealed class Checkpointer(CheckpointConfig policy, Action<string>? log = 
             _inFlight = null;
         }
     }
-
-    public static CheckpointManifest BaseManifest(LocalEngine engine, JobConfig job, string jobId, int stage) => new()
-    {
-        JobId = jobId,
-        JobJson = JobConfigLoader.ToJson(job),
-        CreatedAt = DateTime.UtcNow,
-        Stage = stage,
-        StageStartStep = engine.StageStartStep,
-        Growth = engine.NextMaskValue < 1.0 ? engine.Growth : null,
-        MaskValue = engine.NextMaskValue,
-        Step = engine.NextStep,
-        SamplesConsumed = engine.SamplesConsumed,
-        AdamStep = engine.Ranks[0].Optimizer.Step,
-        NextLr = engine.Schedule.At(engine.NextStep - engine.StageStartStep),
-        DataFingerprint = engine.Data.Fingerprint,
-        DataSeed = engine.Job.Data.Seed,
-        TrainSeed = engine.Job.Train.Seed,
-        Layout = engine.Job.Layout,
-    };
 
     public void Dispose()
     {

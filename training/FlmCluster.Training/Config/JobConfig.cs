@@ -25,6 +25,27 @@ public sealed record JobConfig
     public IReadOnlyList<StageConfig> Stages { get; init; } = [];
 
     public CheckpointConfig Checkpoint { get; init; } = new();
+
+    public RecoveryConfig Recovery { get; init; } = new();
+}
+
+/// <summary>How a cluster job recovers when it loses workers (docs/operations.md).</summary>
+public sealed record RecoveryConfig
+{
+    /// <summary>
+    /// Seconds to wait for lost servers to return before continuing on fewer GPUs, when nothing can replace them;
+    /// null: the server's setting (Flm:WorkerWaitSeconds).
+    /// </summary>
+    public double? WaitSeconds { get; init; }
+
+    /// <summary>Restores in a row without a committed step before the job fails.</summary>
+    public int RestoreLimit { get; init; } = 3;
+
+    /// <summary>Give lost ranks free GPUs of the same shape at once (false: only the same servers, after they return).</summary>
+    public bool Replace { get; init; } = true;
+
+    /// <summary>Continue with fewer data-parallel replicas once the wait is over and nothing can replace the lost ranks.</summary>
+    public bool Shrink { get; init; } = true;
 }
 
 /// <summary>Checkpoint policy (docs/checkpoints.md).</summary>

@@ -57,6 +57,10 @@ public static class JobValidator
         Require(c.KeepEvery >= 0, $"checkpoint.keep_every must not be negative (got {c.KeepEvery})");
         Require(c.Interval == 0 || !string.IsNullOrWhiteSpace(c.Dir), "checkpoint.interval is set but checkpoint.dir is empty; give a folder (e.g. --set checkpoint.dir=runs/job)");
         Require(string.IsNullOrWhiteSpace(c.Dir) || !File.Exists(c.Dir), $"checkpoint.dir '{c.Dir}' is a file; give a folder");
+        var r = job.Recovery;
+        Require(r.WaitSeconds is null || (double.IsFinite(r.WaitSeconds.Value) && r.WaitSeconds >= 0 && r.WaitSeconds <= 7 * 24 * 3600),
+            $"recovery.wait_seconds must be between 0 and one week (got {r.WaitSeconds}); leave it out for the server's setting");
+        Require(r.RestoreLimit is >= 1 and <= 1000, $"recovery.restore_limit must be between 1 and 1000 (got {r.RestoreLimit})");
         Require(job.Data.Paths.Count > 0, "data.paths is empty; give at least one text, JSONL or token file (or 'bundled')");
         ParallelLayout.FromConfig(job.Layout).Validate(model, t.GlobalBatch);
         return job with { Model = model };

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
-using FlmCluster.Training.Growth;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Model;
 using FlmCluster.Training.Optim;
 using FlmCluster.Training.Parallel;
@@ -21,13 +21,10 @@ public sealed record StepSummary(
     double CommFraction,
     long SamplesConsumed);
 
-/// <summary>Where a stage engine sits in a growth schedule.</summary>
-public sealed record StageContext(long StartStep, GrowthShape? Growth, GrowthRamp Ramp);
-
 /// <summary>
-/// Runs every rank of a job inside this process, one device thread per rank, over in-process collectives.
-/// It plays the coordinator's part for a local run: plans each step (data cursor, LR), fans it out to
-/// all ranks and aggregates their reports.
+/// Runs every rank of one stage of a job inside this process, one device thread per rank, over in-process
+/// collectives. It plays the coordinator's part for a local run with the same rules as the cluster's
+/// (<see cref="JobProgress"/>): plans each step from its cursor, fans it out to all ranks and aggregates their reports.
 /// </summary>
 public sealed class LocalEngine : IDisposable
 {
@@ -36,44 +33,41 @@ public sealed class LocalEngine : IDisposable
     private readonly RankTrainer[] _ranks;
     private bool _ownsData;
 
+    /// <summary>The stage's job: its shape, batch, optimizer and layout.</summary>
     public JobConfig Job { get; }
+    public JobProgress Progress { get; }
     public ParallelLayout Layout { get; }
     public TokenDataset Data { get; }
-    public LrSchedule Schedule { get; }
     public IReadOnlyList<RankTrainer> Ranks => _ranks;
 
+    /// <summary>Where the job stands: next step, data cursor, Adam's step count, stage.</summary>
+    public JobCursor Cursor { get; private set; }
+
     /// <summary>Next step to run (0-based).</summary>
-    public long NextStep { get; private set; }
+    public long NextStep => Cursor.NextStep;
 
     /// <summary>Global samples consumed so far: the data cursor.</summary>
-    public long SamplesConsumed { get; private set; }
+    public long SamplesConsumed => Cursor.SamplesConsumed;
 
-    /// <summary>Step at which this engine's stage started (LR schedule and mask ramp count from it).</summary>
-    public long StageStartStep { get; }
+    public LrSchedule Schedule => Progress.Schedule(Cursor.Stage);
 
-    /// <summary>New structure of a model grown at the start of this stage, or null.</summary>
-    public GrowthShape? Growth { get; }
-
-    public GrowthRamp Ramp { get; }
-
-    private LocalEngine(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout, StageContext? stage)
+    private LocalEngine(JobProgress progress, JobCursor cursor, TokenDataset data, TimeSpan? collectiveTimeout)
     {
-        StageStartStep = stage?.StartStep ?? 0;
-        Growth = stage?.Growth;
-        Ramp = stage?.Ramp ?? new GrowthRamp(0);
-        Job = job;
-        Layout = ParallelLayout.FromConfig(job.Layout);
+        Progress = progress;
+        Cursor = cursor;
+        Job = progress.StageJob(cursor);
+        Layout = ParallelLayout.FromConfig(Job.Layout);
         Data = data;
-        Schedule = new LrSchedule(job.Optimizer, job.Train.Steps);
-        TorchEnvironment.ConfigureThreads(job.Train.Threads, Layout.WorldSize);
+        TorchEnvironment.ConfigureThreads(Job.Train.Threads, Layout.WorldSize);
         _fabric = new InProcessFabric(Layout.WorldSize, collectiveTimeout);
         _threads = new DeviceThread[Layout.WorldSize];
         _ranks = new RankTrainer[Layout.WorldSize];
+        var growth = progress.Job.GrowthShapeOf(cursor.Stage);
         try
         {
             for (var r = 0; r < Layout.WorldSize; r++)
                 _threads[r] = new DeviceThread($"rank{r}");
-            Fan(r => _ranks[r] = new RankTrainer(job, new RankGroups(Layout, r), _fabric.ForRank(r), data, Growth));
+            Fan(r => _ranks[r] = new RankTrainer(Job, new RankGroups(Layout, r), _fabric.ForRank(r), data, growth));
         }
         catch
         {
@@ -100,31 +94,29 @@ public sealed class LocalEngine : IDisposable
         }
     }
 
-    /// <summary>Builds all ranks over an already loaded dataset (shared, read-only).</summary>
-    public static LocalEngine Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null, StageContext? stage = null)
+    /// <summary>Builds all ranks of a job without growth stages over an already loaded dataset (shared, read-only).</summary>
+    public static LocalEngine Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null)
     {
-        job = JobValidator.Validate(job);
-        if (job.Stages.Count > 0)
+        var resolved = ResolvedJob.Resolve(job);
+        if (resolved.Stages.Count > 1)
             throw new ArgumentException("a job with growth stages runs through TrainingRun, one engine per stage", nameof(job));
-        return new(job, data, collectiveTimeout, stage);
+        return new(new JobProgress(resolved), JobCursor.Start, data, collectiveTimeout);
     }
 
+    /// <summary>Builds all ranks of the stage <paramref name="at"/> is in, standing at <paramref name="at"/>.</summary>
+    public static LocalEngine ForStage(JobProgress progress, JobCursor at, TokenDataset data, TimeSpan? collectiveTimeout = null) =>
+        new(progress, at, data, collectiveTimeout);
+
     /// <summary>Mask value of the next step: ramps from 0 right after growth to exactly 1.</summary>
-    public double NextMaskValue => Growth is null ? 1.0 : Ramp.ValueAt(NextStep - StageStartStep);
+    public double NextMaskValue => Progress.MaskAt(Cursor);
 
     public StepSummary RunStep()
     {
-        var plan = new StepPlan(NextStep, SamplesConsumed, Schedule.At(NextStep - StageStartStep), NextMaskValue);
+        var plan = Progress.Plan(Cursor);
         var started = Stopwatch.GetTimestamp();
         var reports = Fan(r => _ranks[r].TrainStep(plan));
-        var elapsed = Stopwatch.GetElapsedTime(started);
-        NextStep++;
-        SamplesConsumed += Job.Train.GlobalBatch;
-        var lossRanks = reports.Where(r => r.ReportsLoss).ToList();
-        var tokens = lossRanks.Sum(r => r.Tokens);
-        var comm = reports.Average(r => r.CommTime.TotalSeconds / Math.Max(1e-9, r.Elapsed.TotalSeconds));
-        return new StepSummary(plan.Step, lossRanks.Sum(r => r.LossSum) / tokens, tokens, plan.Lr,
-            reports[0].GradNorm, reports[0].Skipped, elapsed, tokens / elapsed.TotalSeconds, comm, SamplesConsumed);
+        (var summary, Cursor) = Progress.Complete(Cursor, plan, reports, Stopwatch.GetElapsedTime(started));
+        return summary;
     }
 
     /// <summary>Mean token loss of the global batch starting at <paramref name="firstSample"/>, without training.</summary>
@@ -135,11 +127,12 @@ public sealed class LocalEngine : IDisposable
         return reports.Sum(x => x.LossSum) / reports.Sum(x => x.Tokens);
     }
 
-    /// <summary>Sets the progress counters after restoring state (the optimizer's step is restored with it).</summary>
-    public void SetProgress(long nextStep, long samplesConsumed)
+    /// <summary>Sets the cursor after restoring state into the ranks (Adam's step count as the ranks hold it).</summary>
+    public void SetCursor(JobCursor at)
     {
-        NextStep = nextStep;
-        SamplesConsumed = samplesConsumed;
+        if (at.Stage != Cursor.Stage)
+            throw new ArgumentException($"this engine runs stage {Cursor.Stage}, not {at.Stage}", nameof(at));
+        Cursor = at with { AdamStep = _ranks[0].Optimizer.Step };
     }
 
     /// <summary>Runs <paramref name="work"/> for every rank on its device thread; the first failure aborts the others.</summary>
@@ -155,7 +148,7 @@ public sealed class LocalEngine : IDisposable
                 {
                     return work(rank);
                 }
-                catch (Exception ex) when (ex is not OperationCanceledException)
+                catch (Exception ex) when (ex is not CollectiveAbortedException)
                 {
                     _fabric.Abort(ex);
                     throw;
@@ -170,7 +163,7 @@ public sealed class LocalEngine : IDisposable
         {
             // Report the root cause, not a peer's "aborted" echo.
             var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
-            var root = failures.FirstOrDefault(e => e is not OperationCanceledException) ?? failures[0];
+            var root = RootCause.Of(failures, e => e is CollectiveAbortedException);
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(root).Throw();
         }
         return tasks.Select(t => t.Result).ToArray();

@@ -3,6 +3,7 @@ using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using FlmCluster.Training.Growth;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 
 namespace FlmCluster.Training.Engine;
@@ -24,9 +25,10 @@ public sealed record TransitionReport(
     TimeSpan Elapsed);
 
 /// <summary>
-/// A whole job: one or more stages, each trained by a <see cref="LocalEngine"/> of its own shape and layout.
-/// Between stages it gathers the whole state, grows it (<see cref="ModelGrowth"/>), and loads it into the
-/// next stage's engine, keeping the data cursor and Adam's step count; the next stage ramps the masks.
+/// A whole job in this process: one or more stages, each trained by a <see cref="LocalEngine"/> of its own shape
+/// and layout. Between stages it gathers the whole state, grows it (<see cref="ModelGrowth"/>), and loads it into
+/// the next stage's engine, keeping the data cursor and Adam's step count; the next stage ramps the masks. Its
+/// checkpoints belong to its run (<see cref="RunIdentity"/>): a new one, or the run of the checkpoint it resumed.
 /// </summary>
 public sealed class TrainingRun : IDisposable
 {
@@ -34,50 +36,53 @@ public sealed class TrainingRun : IDisposable
     private readonly TimeSpan? _timeout;
     private readonly Action<string>? _log;
     private Checkpointer? _checkpointer;
+    private long? _resumedStep;
+    private bool _claimed;
 
-    public JobConfig Job { get; }
-    public IReadOnlyList<ResolvedStage> Stages { get; }
+    public ResolvedJob Resolved { get; }
+    public JobProgress Progress { get; }
+    public JobConfig Job => Resolved.Job;
+    public IReadOnlyList<ResolvedStage> Stages => Resolved.Stages;
     public TokenDataset Data { get; }
-    public int StageIndex { get; private set; }
     public LocalEngine Engine { get; private set; }
+    public int StageIndex => Engine.Cursor.Stage;
     public ResolvedStage Stage => Stages[StageIndex];
 
-    /// <summary>First global step of each stage.</summary>
-    public IReadOnlyList<long> StageStarts { get; }
+    /// <summary>The run this job's checkpoints belong to.</summary>
+    public RunIdentity Run { get; private set; }
 
-    public long TotalSteps => StageStarts[^1] + Stages[^1].Job.Train.Steps;
+    /// <summary>Replace another run's checkpoints in the checkpoint folder instead of refusing to save there.</summary>
+    public bool OverwriteCheckpoints { get; set; }
+
+    /// <summary>First global step of each stage.</summary>
+    public IReadOnlyList<long> StageStarts => Resolved.StageStarts;
+
+    public long TotalSteps => Resolved.TotalSteps;
     public long NextStep => Engine.NextStep;
-    public bool Finished => NextStep >= TotalSteps;
+    public bool Finished => Progress.Finished(Engine.Cursor);
 
     /// <summary>True when the current stage's steps are done and another stage follows.</summary>
-    public bool AtStageEnd => StageIndex < Stages.Count - 1 && NextStep >= StageStarts[StageIndex + 1];
+    public bool AtStageEnd => Progress.AtStageEnd(Engine.Cursor);
 
-    private TrainingRun(JobConfig job, TokenDataset data, bool ownsData, TimeSpan? timeout, Action<string>? log)
+    private TrainingRun(ResolvedJob job, TokenDataset data, bool ownsData, TimeSpan? timeout, Action<string>? log)
     {
         _log = log;
-        Job = job;
+        Resolved = job;
+        Progress = new JobProgress(job);
+        Run = RunIdentity.New(job);
         Data = data;
         _ownsData = ownsData;
         _timeout = timeout;
-        Stages = GrowthSchedule.Resolve(job);
-        var starts = new List<long>();
-        long step = 0;
-        foreach (var stage in Stages)
-        {
-            starts.Add(step);
-            step += stage.Job.Train.Steps;
-        }
-        StageStarts = starts;
-        Engine = LocalEngine.Create(Stages[0].Job, data, timeout, new StageContext(0, null, new GrowthRamp(0)));
+        Engine = LocalEngine.ForStage(Progress, JobCursor.Start, data, timeout);
     }
 
     public static TrainingRun Create(JobConfig job, TimeSpan? collectiveTimeout = null, Action<string>? log = null)
     {
-        job = JobValidator.Validate(job);
-        var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        var resolved = ResolvedJob.Resolve(job);
+        var data = TokenDataset.Load(resolved.Job.Data.Paths, TokenizerFactory.Create(resolved.Job.Tokenizer), resolved.Job.Model.PaddedVocab);
         try
         {
-            return new TrainingRun(job, data, ownsData: true, collectiveTimeout, log);
+            return new TrainingRun(resolved, data, ownsData: true, collectiveTimeout, log);
         }
         catch
         {
@@ -87,7 +92,7 @@ public sealed class TrainingRun : IDisposable
     }
 
     public static TrainingRun Create(JobConfig job, TokenDataset data, TimeSpan? collectiveTimeout = null, Action<string>? log = null) =>
-        new(JobValidator.Validate(job), data, ownsData: false, collectiveTimeout, log);
+        new(ResolvedJob.Resolve(job), data, ownsData: false, collectiveTimeout, log);
 
     public StepSummary RunStep()
     {
@@ -112,40 +117,53 @@ public sealed class TrainingRun : IDisposable
         var parameters = StateAssembler.GatherParameters(old.Ranks);
         var optimizer = StateAssembler.GatherOptimizer(old.Ranks);
         var adamStep = old.Ranks[0].Optimizer.Step;
-        var (step, samples) = (old.NextStep, old.SamplesConsumed);
+        var next = old.Cursor.IntoNextStage();
         _checkpointer?.WaitForPending(); // a checkpoint of the old stage must finish before its engine goes
         var grown = ModelGrowth.Grow(from.Job.Model, to.Job.Model, parameters, optimizer, to.Options, GrowthSchedule.SeedFor(Job, to));
         DisposeAll(parameters, optimizer);
         old.Dispose();
         try
         {
-            Engine = LocalEngine.Create(to.Job, Data, _timeout, new StageContext(step, grown.Shape, to.Ramp));
+            Engine = LocalEngine.ForStage(Progress, next, Data, _timeout);
             Engine.Fan(r =>
             {
                 StateAssembler.ScatterParameters(Engine.Ranks[r], grown.Parameters);
                 StateAssembler.ScatterOptimizer(Engine.Ranks[r], grown.Optimizer!, adamStep);
             });
-            Engine.SetProgress(step, samples);
+            Engine.SetCursor(next);
         }
         finally
         {
             DisposeAll(grown.Parameters, grown.Optimizer!);
         }
-        StageIndex++;
         var lossAfter = Engine.EvaluateLoss(evalBatch);
-        return new TransitionReport(from.Name, to.Name, step, from.Job.Model, to.Job.Model, old.Layout, Engine.Layout,
+        return new TransitionReport(from.Name, to.Name, next.NextStep, from.Job.Model, to.Job.Model, old.Layout, Engine.Layout,
             lossBefore, lossAfter, to.Ramp.Steps, watch.Elapsed);
     }
 
     /// <summary>The checkpointer of this run (policy from the job's checkpoint section).</summary>
-    public Checkpointer Checkpoints => _checkpointer ??= new Checkpointer(Job.Checkpoint, _log);
+    public Checkpointer Checkpoints => _checkpointer ??= new Checkpointer(Progress, _log);
+
+    /// <summary>
+    /// Makes the checkpoint folder this run's before its first save (see <see cref="CheckpointOwnership"/>);
+    /// refuses with <see cref="FlmUserException"/> a folder that holds another run's checkpoints, or newer ones of
+    /// this run than the checkpoint it resumed. Returns the folders an overwrite deleted.
+    /// </summary>
+    public IReadOnlyList<string> ClaimCheckpointFolder()
+    {
+        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+            throw new FlmUserException("no checkpoint.dir is set; give one (e.g. --out DIR or --set checkpoint.dir=DIR)");
+        var removed = CheckpointOwnership.Claim(Job.Checkpoint.Dir, Run, OverwriteCheckpoints, _resumedStep);
+        _claimed = true;
+        return removed;
+    }
 
     /// <summary>Saves a checkpoint now (asynchronously when the policy says so); returns the training stall.</summary>
     public TimeSpan SaveCheckpoint()
     {
-        if (string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
-            throw new FlmUserException("no checkpoint.dir is set; give one (e.g. --out DIR or --set checkpoint.dir=DIR)");
-        return Checkpoints.Save(Engine, Job, Job.Name, StageIndex);
+        if (!_claimed)
+            ClaimCheckpointFolder();
+        return Checkpoints.Save(Engine, Run);
     }
 
     /// <summary>
@@ -167,31 +185,28 @@ public sealed class TrainingRun : IDisposable
         return reader;
     }
 
-    /// <summary>Continues from a checkpoint already opened (and verified) by <see cref="CheckpointStore.Resolve"/>.</summary>
+    /// <summary>
+    /// Continues from a checkpoint already opened (and verified) by <see cref="CheckpointStore.Resolve"/>; the run
+    /// becomes the checkpoint's.
+    /// </summary>
     public void Restore(CheckpointReader reader)
     {
-        var m = reader.Manifest;
-        if (m.Stage < 0 || m.Stage >= Stages.Count)
-            throw new FlmUserException($"checkpoint '{reader.Directory}' is at stage {m.Stage}, but the job has {Stages.Count} stage(s)");
-        if (m.DataFingerprint.Length > 0 && m.DataFingerprint != Data.Fingerprint)
-            throw new FlmUserException($"checkpoint '{reader.Directory}' was trained on different data (fingerprint {m.DataFingerprint[..12]}… vs {Data.Fingerprint[..12]}…); resume with the same data.paths and tokenizer");
-        CheckpointRestore.CheckCompatible(reader, Stages[m.Stage].Job.Model, Job.Tokenizer);
-        if (m.Stage != StageIndex || m.Growth is not null)
-        {
-            Engine.Dispose();
-            StageIndex = m.Stage;
-            Engine = LocalEngine.Create(Stage.Job, Data, _timeout, new StageContext(m.StageStartStep, m.Growth, Stage.Ramp));
-        }
+        Progress.CheckResume(reader, Data.Fingerprint, stepsLeft: false);
+        var at = JobCursor.Of(reader.Manifest);
+        Engine.Dispose();
+        Engine = LocalEngine.ForStage(Progress, at, Data, _timeout);
         Engine.Fan(r => CheckpointRestore.Load(Engine.Ranks[r], reader));
-        Engine.SetProgress(m.Step, m.SamplesConsumed);
+        Engine.SetCursor(at);
+        Run = RunIdentity.Continuing(reader.Manifest, Resolved);
+        _resumedStep = at.NextStep;
+        _claimed = false;
     }
 
     /// <summary>Runs a step, then a checkpoint when the policy's interval says so.</summary>
     public StepSummary RunStepAndCheckpoint()
     {
         var summary = RunStep();
-        var interval = Job.Checkpoint.Interval;
-        if (interval > 0 && NextStep % interval == 0 && !string.IsNullOrWhiteSpace(Job.Checkpoint.Dir))
+        if (Progress.CheckpointDue(Engine.Cursor, requested: false))
             SaveCheckpoint();
         return summary;
     }

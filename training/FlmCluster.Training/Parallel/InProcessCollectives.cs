@@ -59,8 +59,8 @@ public sealed class InProcessFabric : IDisposable
 
     internal Exception Failure(string what) =>
         _abortReason is { } reason
-            ? new OperationCanceledException($"{what} aborted: another rank failed ({reason.Message})", reason)
-            : new OperationCanceledException($"{what} aborted");
+            ? new CollectiveAbortedException($"{what} aborted: another rank failed ({reason.Message})", reason)
+            : new CollectiveAbortedException($"{what} aborted");
 
     public void Dispose()
     {
@@ -208,7 +208,7 @@ internal sealed unsafe class InProcessCollectives(InProcessFabric fabric, int ra
 
     private Exception Timeout(string what)
     {
-        var ex = new TimeoutException($"rank {Rank}: {what} waited more than {fabric.Timeout.TotalSeconds:0}s for its peers");
+        var ex = new CollectiveTimeoutException($"rank {Rank}: {what} waited more than {fabric.Timeout.TotalSeconds:0}s for its peers");
         fabric.Abort(ex);
         return ex;
     }

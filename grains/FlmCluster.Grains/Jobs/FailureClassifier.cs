@@ -1,0 +1,66 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training;
+using FlmCluster.Training.Checkpoint;
+using Orleans.Runtime;
+using Orleans.Runtime.Messaging;
+using Orleans.Storage;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>What kind of failure a job met, as far as recovery is concerned.</summary>
+public enum FailureKind
+{
+    /// <summary>Workers lost their state: their server died, stopped or restarted, a call or collective waited on a gone or hung peer.</summary>
+    WorkerLost,
+
+    /// <summary>A rank's in-memory replica is gone with its holders: the replicas cannot rebuild the job.</summary>
+    ReplicaUnavailable,
+
+    /// <summary>The job or its inputs are wrong (config, data, a checkpoint): retrying cannot help; the user must fix it.</summary>
+    UserError,
+
+    /// <summary>The job's persisted state changed under this activation: reload it and go on.</summary>
+    StateConflict,
+
+    /// <summary>This coordinator was activated on another silo in the middle of the job.</summary>
+    CoordinatorRestarted,
+
+    /// <summary>A rank's own computation failed, or something unforeseen: the job fails with it.</summary>
+    Fatal,
+}
+
+/// <summary>A classified failure: its kind and, for people, its message.</summary>
+public sealed record Failure(FailureKind Kind, string Message)
+{
+    public static Failure CoordinatorRestarted(string silo) => new(FailureKind.CoordinatorRestarted, $"coordinator activated on {silo}");
+}
+
+/// <summary>
+/// The one place that turns exceptions into failure kinds, by their types: recovery never reads a message.
+/// </summary>
+public static class FailureClassifier
+{
+    /// <summary>A peer's collective that stopped because another rank failed: never a root cause.</summary>
+    public static bool IsEcho(Exception ex) => Unwrap(ex) is RankAbortedException;
+
+    public static Failure Classify(Exception ex)
+    {
+        var inner = Unwrap(ex);
+        return new Failure(KindOf(inner), inner.Message);
+    }
+
+    private static FailureKind KindOf(Exception ex) => ex switch
+    {
+        // The worker's silo died or stopped (declared dead, unreachable, a call cut off or timed out), its worker
+        // lost the job's state, a peer stopped sending, or — when only echoes remain — a worker left by itself.
+        SiloUnavailableException or OrleansMessageRejectionException or ConnectionFailedException => FailureKind.WorkerLost,
+        WorkerLostException or WorkerNotHoldingJobException or PeerTimeoutException or RankAbortedException => FailureKind.WorkerLost,
+        TimeoutException or OperationCanceledException => FailureKind.WorkerLost,
+        ReplicaUnavailableException => FailureKind.ReplicaUnavailable,
+        ClusterRequestException or FlmUserException or InvalidCheckpointException => FailureKind.UserError,
+        InconsistentStateException => FailureKind.StateConflict,
+        _ => FailureKind.Fatal,
+    };
+
+    private static Exception Unwrap(Exception ex) => ex is AggregateException { InnerExceptions.Count: > 0 } agg ? Unwrap(agg.InnerExceptions[0]) : ex;
+}

@@ -1,0 +1,75 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Jobs;
+using Microsoft.Extensions.Logging;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>Calls to the workers of a job's ranks: all at once, with the failure that matters reported.</summary>
+public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger log)
+{
+    public IGpuWorkerGrain Worker(string key) => grains.GetGrain<IGpuWorkerGrain>(key);
+
+    /// <summary>
+    /// Calls every rank's worker at once for work that uses collectives. When one fails, the others are told to
+    /// stop (they would wait for the failed peer until the collective timeout) and the root cause is thrown — a
+    /// lost worker first — not a peer's echo of it.
+    /// </summary>
+    public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call)
+    {
+        var ranks = job.Ranks;
+        var tasks = ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList();
+        var pending = new List<Task<T>>(tasks);
+        while (pending.Count > 0)
+        {
+            var done = await Task.WhenAny(pending);
+            pending.Remove(done);
+            if (done.IsCompletedSuccessfully)
+                continue;
+            await Abort(ranks, job.State.Incarnation);
+            try
+            {
+                await Task.WhenAll(tasks);
+            }
+            catch
+            {
+                // inspected below
+            }
+            var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
+            if (failures.Count == 0)
+                await done; // cancelled
+            var root = RootCause.Of(failures, FailureClassifier.IsEcho, e => FailureClassifier.Classify(e).Kind == FailureKind.WorkerLost);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(root).Throw();
+        }
+        return tasks.Select(t => t.Result).ToArray();
+    }
+
+    /// <summary>Calls every rank's worker at once for work without collectives (status polls, commands that return at once).</summary>
+    public Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+
+    public Task All(Func<IGpuWorkerGrain, int, Task> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+
+    /// <summary>Every worker the job holds gives it up and frees its memory; a worker that is gone has nothing to free.</summary>
+    public Task ReleaseAll() => Task.WhenAll(job.State.RankWorkers.Select(async worker =>
+    {
+        try
+        {
+            await Worker(worker).Release(job.JobId, job.State.Incarnation);
+        }
+        catch (Exception ex)
+        {
+            log.LogWarning("Job {Job}: could not release worker {Worker}: {Message}", job.JobId, worker, ex.Message);
+        }
+    }));
+
+    private Task Abort(IReadOnlyList<string> ranks, int incarnation) => Task.WhenAll(ranks.Select(async (worker, rank) =>
+    {
+        try
+        {
+            await Worker(worker).Abort(job.JobId, incarnation);
+        }
+        catch (Exception ex)
+        {
+            log.LogDebug("Job {Job}: abort of rank {Rank}: {Message}", job.JobId, rank, ex.Message); // a lost worker has nothing to stop
+        }
+    }));
+}

@@ -1,0 +1,170 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Checkpoint;
+using FlmCluster.Training.Jobs;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>
+/// Carries out the recovery policy's decisions for one job: asks the scheduler what the cluster can offer,
+/// decides (<see cref="RecoveryPolicy"/>), and rebuilds the ranks in place, on replacement GPUs or on fewer
+/// replicas from the newest recovery point, waits, grows back, or fails the job.
+/// </summary>
+public sealed class Recovery(JobStateMachine job, RecoveryPoints points, IClusterSchedulerGrain scheduler, RecoverySettings settings)
+{
+    private DateTimeOffset _lastReview = DateTimeOffset.MinValue;
+
+    private JobState S => job.State;
+
+    /// <summary>
+    /// Decides what to do about <paramref name="failure"/> and does it, except failing the job, which is the
+    /// grain's (it releases the workers and tells the scheduler): returns the decision.
+    /// </summary>
+    public async Task<RecoveryDecision> Handle(Failure failure)
+    {
+        if (failure.Kind is FailureKind.WorkerLost or FailureKind.ReplicaUnavailable && S.OutageSince is null)
+        {
+            S.OutageSince = job.Now;
+            S.OutageReason = failure.Message;
+            job.Log("workers-lost", failure.Message);
+        }
+        if (failure.Kind == FailureKind.ReplicaUnavailable && S.LastReplica is not null)
+        {
+            // A rank and its peer were both lost: the replicas cannot rebuild the job; a checkpoint may.
+            job.Log("replica-unavailable", failure.Message);
+            S.LastReplica = null;
+        }
+        var decision = RecoveryPolicy.Decide(Snapshot(), failure, await Survey(), settings, job.Now);
+        return await Carry(decision);
+    }
+
+    /// <summary>While waiting: the servers may be back, or GPUs free.</summary>
+    public Task<RecoveryDecision> Retry() => Handle(new Failure(FailureKind.WorkerLost, S.OutageReason ?? "workers lost"));
+
+    /// <summary>
+    /// While running on fewer replicas than submitted: now and then, whether GPUs for more are free; once a
+    /// grow-back is decided, the checkpoint it moves through, then the move. True while steps must wait.
+    /// </summary>
+    public async Task<bool> GrowingBack()
+    {
+        if (S.GrowBackDp is null)
+        {
+            if (job.Job.WidestLayout.Dp >= job.Submitted.WidestLayout.Dp || job.Now - _lastReview < Max(settings.Wait, settings.RetryEvery))
+                return false;
+            _lastReview = job.Now;
+            if (RecoveryPolicy.Decide(Snapshot(), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
+                return false;
+            S.GrowBackDp = grow.Dp;
+            job.Log("growing-back", $"{grow.Reason}; checkpointing step {job.Cursor.NextStep} to move there");
+            await job.Save();
+        }
+        if (!await points.CheckpointedNow())
+            return true;
+        var widest = job.Submitted.WidestLayout;
+        var choices = job.Submitted.DataParallelChoices.Where(dp => dp > job.Job.WidestLayout.Dp).ToList();
+        var allocation = await scheduler.Reallocate(job.JobId, choices, widest.Tp, widest.Pp);
+        S.GrowBackDp = null;
+        if (allocation is null)
+        {
+            job.Log("growing-back", "the GPUs were taken meanwhile; staying as is");
+            await job.Save();
+            return false;
+        }
+        var before = Describe();
+        var checkpoint = S.LastCheckpoint!;
+        await job.BecomeStarting(Abstractions.Rebuild.FromCheckpoint(checkpoint.Directory), checkpoint.Cursor, "grown-back", () => $"{before} → {Describe()}", allocation);
+        return true;
+    }
+
+    private async Task<RecoveryDecision> Carry(RecoveryDecision decision)
+    {
+        switch (decision)
+        {
+            case RecoveryDecision.Wait wait:
+                await job.BecomeWaiting(wait.RetryAt, wait.Reason);
+                return decision;
+            case RecoveryDecision.Restore restore:
+                return await Rebuild(decision, restore.From, "restoring", null);
+            case RecoveryDecision.Replace replace:
+                return await Move(decision, replace.Dp, replace.From, "replaced");
+            case RecoveryDecision.Shrink shrink:
+                return await Move(decision, shrink.Dp, shrink.From, "shrunk");
+            default:
+                return decision; // Continue: nothing changes; Fail: the grain ends the job; GrowBack: not decided on failures
+        }
+    }
+
+    /// <summary>Takes an allocation of <paramref name="dp"/> replicas (or waits when the scheduler has none after all) and rebuilds there.</summary>
+    private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind)
+    {
+        var widest = job.Submitted.WidestLayout;
+        var allocation = await scheduler.Reallocate(job.JobId, [dp], widest.Tp, widest.Pp);
+        if (allocation is null)
+        {
+            var wait = new RecoveryDecision.Wait(job.Now + settings.RetryEvery, $"{decision.Reason}; the GPUs for dp={dp} were taken meanwhile");
+            await job.BecomeWaiting(wait.RetryAt, wait.Reason);
+            return wait;
+        }
+        return await Rebuild(decision, from, kind, allocation);
+    }
+
+    /// <summary>Rebuilds every rank from a recovery point (on <paramref name="moveTo"/> when given): a new incarnation.</summary>
+    private async Task<RecoveryDecision> Rebuild(RecoveryDecision decision, RecoverySource from, string kind, JobAllocation? moveTo)
+    {
+        if (PointOf(from) is not var (rebuild, at, source))
+            return new RecoveryDecision.Fail($"{decision.Reason}; no checkpoint of the job verifies");
+        S.RestoresWithoutProgress++;
+        points.DropInFlight();
+        var before = Describe();
+        await job.BecomeStarting(rebuild, at, kind,
+            () => moveTo is null
+                ? $"{decision.Reason}; rebuilding the ranks in place {source}"
+                : $"{decision.Reason}: {before} → {Describe()}{(kind == "shrunk" ? "; global batch kept" : "")}; {source}",
+            moveTo);
+        return decision;
+    }
+
+    /// <summary>The rebuild from a recovery point, where it puts the job, and what it is, in words.</summary>
+    private (Rebuild Rebuild, JobCursor At, string Description)? PointOf(RecoverySource from)
+    {
+        switch (from)
+        {
+            case RecoverySource.Replicas:
+                var replica = S.LastReplica!;
+                var replicas = Abstractions.Rebuild.FromReplicas(new ReplicaSource(replica.Step, replica.Holders));
+                return (replicas, replica.Cursor, $"{replicas} (each rank's own copy, or its peer's)");
+            case RecoverySource.StageCheckpoint:
+                var grown = Abstractions.Rebuild.GrowFrom(S.LastCheckpoint!.Directory);
+                return (grown, job.Cursor, grown.ToString());
+            case RecoverySource.Checkpoint:
+                if (points.NewestValidCheckpoint() is not { } reader)
+                    return null;
+                var at = JobCursor.Of(reader.Manifest);
+                S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
+                return (Abstractions.Rebuild.FromCheckpoint(reader.Directory), at, RecoveryPoints.Describe(reader));
+            default:
+                return (Abstractions.Rebuild.Fresh, JobCursor.Start, Abstractions.Rebuild.Fresh.ToString());
+        }
+    }
+
+    private JobSnapshot Snapshot() => new(
+        job.Phase,
+        S.Rebuild?.Kind,
+        S.RestoresWithoutProgress,
+        job.Job.WidestLayout.Dp,
+        job.Submitted.WidestLayout.Dp,
+        job.Cursor.NextStep,
+        S.LastReplica?.Step,
+        points.NewestCheckpointStep(),
+        job.HasCheckpointDir,
+        S.OutageSince);
+
+    private Task<ClusterView> Survey()
+    {
+        var widest = job.Submitted.WidestLayout;
+        return scheduler.Survey(job.JobId, job.Submitted.DataParallelChoices, widest.Tp, widest.Pp);
+    }
+
+    private string Describe() => $"{S.RankWorkers.Count} GPUs, layout {job.StageLayout}";
+
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+}

@@ -1,0 +1,175 @@
+using System.Text.Json;
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Checkpoint;
+using FlmCluster.Training.Jobs;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>
+/// A job's recovery points: persistent checkpoints (every worker snapshots and writes its shard in the
+/// background; the coordinator commits the manifest once every shard is durable, then prunes the run's old ones)
+/// and in-memory replicas (every worker keeps a copy of its rank and sends one to a peer on another server; the
+/// coordinator records the step once every copy arrived and tells workers to drop older ones). Steps go on while
+/// both are written.
+/// </summary>
+public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
+{
+    private static readonly TimeSpan PollEvery = TimeSpan.FromMilliseconds(50);
+
+    private DateTimeOffset _lastCheckpointPoll;
+    private DateTimeOffset _lastReplicaPoll;
+
+    /// <summary>A replica on its way (not persisted: after a coordinator restart it is simply not a recovery point).</summary>
+    private ReplicaPoint? _replicaInFlight;
+
+    private JobState S => job.State;
+
+    /// <summary>Commits or drops what is in flight once its pieces are done.</summary>
+    public async Task Poll()
+    {
+        if (S.Pending is not null && Due(ref _lastCheckpointPoll))
+            await PollCheckpoint();
+        if (_replicaInFlight is not null && Due(ref _lastReplicaPoll))
+            await PollReplica();
+    }
+
+    /// <summary>True once a committed checkpoint of the current step exists; until then starts or waits for one (steps wait).</summary>
+    public async Task<bool> CheckpointedNow()
+    {
+        if (S.LastCheckpoint?.Step == job.Cursor.NextStep && S.Pending is null)
+            return true;
+        if (S.Pending is null)
+            await BeginCheckpoint();
+        return false;
+    }
+
+    /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
+    public async Task BeginCheckpoint()
+    {
+        var at = job.Cursor;
+        var root = job.Job.Job.Checkpoint.Dir;
+        if (CheckpointStore.PrepareDirectory(root, at.NextStep) is not { } directory)
+        {
+            // Committed before this coordinator could record it (it moved to another silo meanwhile): take it as it is.
+            var committed = CheckpointReader.Open(CheckpointStore.DirectoryFor(root, at.NextStep));
+            if (committed.Manifest.Run != job.Run.RunId)
+                throw new ClusterRequestException($"'{committed.Directory}' is a checkpoint of run {committed.Manifest.Run}, not of this job's run {job.Run.RunId}");
+            S.LastCheckpoint = new PendingCheckpoint(at, committed.Directory, committed.Manifest.DataFingerprint, job.Now.UtcDateTime);
+            S.SaveRequested = false;
+            job.Log("checkpoint", $"step {at.NextStep} was already committed to {committed.Directory}; kept");
+            await job.Save();
+            return;
+        }
+        var command = new SaveCommand(job.JobId, S.Incarnation, at.NextStep, directory);
+        var fingerprints = await ranks.All((worker, _) => worker.BeginSave(command));
+        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], job.Now.UtcDateTime);
+        S.SaveRequested = false;
+        await job.Save();
+    }
+
+    private async Task PollCheckpoint()
+    {
+        var pending = S.Pending!;
+        var statuses = await ranks.All((worker, _) => worker.SaveStatus(job.JobId, S.Incarnation, pending.Step));
+        if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
+        {
+            S.Pending = null;
+            job.Log("checkpoint-failed", $"step {pending.Step}: {failed.Error}");
+            await job.Save();
+            return;
+        }
+        if (!statuses.All(s => s.Done))
+            return;
+        var shards = statuses.Select(s => JsonSerializer.Deserialize<WrittenShard>(s.ShardJson!, CheckpointManifest.Json)!).ToList();
+        CheckpointStore.Commit(pending.Directory, job.Progress.Manifest(pending.Cursor, job.Run, job.JobId, pending.DataFingerprint, shards));
+        var removed = job.Progress.Prune(job.Run);
+        S.LastCheckpoint = pending;
+        S.Pending = null;
+        job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
+            $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
+        await job.Save();
+    }
+
+    /// <summary>Whether a replica can be taken now: none in flight, and the ranks span two servers or more.</summary>
+    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks) is not null;
+
+    /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
+    public async Task BeginReplica()
+    {
+        var workers = job.Ranks;
+        var peers = ReplicaPeers.For(workers)!;
+        var at = job.Cursor;
+        await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
+        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), job.Now.UtcDateTime);
+    }
+
+    private async Task PollReplica()
+    {
+        var pending = _replicaInFlight!;
+        var statuses = await ranks.All((worker, _) => worker.GetReplicaStatus(job.JobId, S.Incarnation, pending.Step));
+        if (statuses.FirstOrDefault(s => s.Error is not null) is { } failed)
+        {
+            _replicaInFlight = null;
+            job.Log("replica-failed", $"step {pending.Step}: {failed.Error}");
+            return;
+        }
+        if (!statuses.All(s => s.Done))
+            return;
+        if (S.LastReplica is null)
+            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by its peer on the next server: " +
+                $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
+        S.LastReplica = pending;
+        _replicaInFlight = null;
+        await job.Save();
+        await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
+    }
+
+    /// <summary>The in-flight replica is void (its incarnation is gone).</summary>
+    public void DropInFlight() => _replicaInFlight = null;
+
+    /// <summary>
+    /// The step of the newest checkpoint the job could restore from: its run's newest in its folder, or the last
+    /// one it recorded (for a resumed job, the checkpoint it started from).
+    /// </summary>
+    public long? NewestCheckpointStep()
+    {
+        var onDisk = job.HasCheckpointDir ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId)?.Step : null;
+        return new[] { onDisk, S.LastCheckpoint?.Step }.Max();
+    }
+
+    /// <summary>
+    /// The newest of those checkpoints that verifies (manifest, sizes, checksums); bad ones are skipped and
+    /// logged. Null when none does.
+    /// </summary>
+    public CheckpointReader? NewestValidCheckpoint()
+    {
+        void Rejected(string dir, string why) => job.Log("checkpoint-rejected", $"{dir}: {why}");
+        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId) : null;
+        if (S.LastCheckpoint is not { } last || (own is not null && own.Manifest.Step >= last.Step))
+            return own;
+        try
+        {
+            return CheckpointStore.Resolve(last.Directory, Rejected);
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            Rejected(last.Directory, ex.Message);
+            return own;
+        }
+    }
+
+    /// <summary>A checkpoint to restore from, in words: where, which step and data cursor, under which layout it was saved.</summary>
+    public static string Describe(CheckpointReader reader)
+    {
+        var m = reader.Manifest;
+        return $"from {reader.Directory}: step {m.Step}, data cursor {m.SamplesConsumed}, saved under dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}";
+    }
+
+    private bool Due(ref DateTimeOffset last)
+    {
+        if (job.Now - last < PollEvery)
+            return false; // shards take a while; do not spin on them
+        last = job.Now;
+        return true;
+    }
+}

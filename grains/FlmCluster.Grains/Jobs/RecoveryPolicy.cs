@@ -1,0 +1,132 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Config;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>What the ranks of a job can be rebuilt from.</summary>
+public enum RecoverySource
+{
+    /// <summary>Nothing was trained yet: from the job's seed (or the checkpoint it resumes from).</summary>
+    Start,
+
+    /// <summary>The newest in-memory replicas: each rank's own copy or its peer's (same layout).</summary>
+    Replicas,
+
+    /// <summary>The newest valid checkpoint on disk, into any layout.</summary>
+    Checkpoint,
+
+    /// <summary>The checkpoint that ended the previous growth stage: the growth transition is done again.</summary>
+    StageCheckpoint,
+}
+
+/// <summary>What a coordinator does about a failure (or, without one, about a job running on fewer GPUs than it asked for).</summary>
+public abstract record RecoveryDecision(string Reason)
+{
+    /// <summary>Nothing to change: the next tick repeats what was under way (workers answer repeats idempotently).</summary>
+    public sealed record Continue(string Reason) : RecoveryDecision(Reason);
+
+    /// <summary>Nothing can rebuild the ranks now: look again at <paramref name="RetryAt"/>.</summary>
+    public sealed record Wait(DateTimeOffset RetryAt, string Reason) : RecoveryDecision(Reason);
+
+    /// <summary>Rebuild the ranks on the GPUs the job holds (their servers are back, or never left).</summary>
+    public sealed record Restore(RecoverySource From, string Reason) : RecoveryDecision(Reason);
+
+    /// <summary>Rebuild the ranks on free GPUs of the same shape in place of lost ones: the same layout.</summary>
+    public sealed record Replace(int Dp, RecoverySource From, string Reason) : RecoveryDecision(Reason);
+
+    /// <summary>Continue with fewer data-parallel replicas (same tensor and pipeline split, same global batch).</summary>
+    public sealed record Shrink(int Dp, RecoverySource From, string Reason) : RecoveryDecision(Reason);
+
+    /// <summary>GPUs for more replicas are free again: checkpoint, then continue in the larger layout.</summary>
+    public sealed record GrowBack(int Dp, string Reason) : RecoveryDecision(Reason);
+
+    public sealed record Fail(string Reason) : RecoveryDecision(Reason);
+}
+
+/// <summary>Where a job stands, as recovery sees it.</summary>
+/// <param name="Rebuilding">While starting: what the ranks are being rebuilt from (null when running).</param>
+/// <param name="Dp">Data-parallel size of the job's widest layout now.</param>
+/// <param name="SubmittedDp">… and as submitted.</param>
+/// <param name="NextStep">The committed step.</param>
+/// <param name="ReplicaStep">The step of the newest in-memory replicas every rank's holders have (same layout as now), or null.</param>
+/// <param name="CheckpointStep">The step of the newest committed checkpoint (in the job's folder, or the one it resumes from), or null.</param>
+/// <param name="CanCheckpoint">The job has a checkpoint folder (a resize goes through a checkpoint).</param>
+/// <param name="OutageSince">When the current loss of workers began, or null.</param>
+public sealed record JobSnapshot(
+    JobPhase Phase,
+    RebuildKind? Rebuilding,
+    int RestoresWithoutProgress,
+    int Dp,
+    int SubmittedDp,
+    long NextStep,
+    long? ReplicaStep,
+    long? CheckpointStep,
+    bool CanCheckpoint,
+    DateTimeOffset? OutageSince);
+
+/// <summary>A job's recovery settings: its own (recovery.*), with the server's wait where it gives none.</summary>
+public sealed record RecoverySettings(TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery)
+{
+    public static RecoverySettings For(RecoveryConfig job, TimeSpan serverWait) =>
+        new(job.WaitSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : serverWait, job.RestoreLimit, job.Replace, job.Shrink, TimeSpan.FromSeconds(1));
+}
+
+/// <summary>
+/// How a job recovers, as a pure function of where it stands, what failed, what the cluster can offer and the
+/// time. The order of preference when ranks are lost: rebuild in place when their servers are back; replace
+/// them with free GPUs of the same shape; wait for the servers; after the wait, shrink onto fewer replicas. The
+/// newest recovery point is used: in-memory replicas when they are at least as new as the newest checkpoint and
+/// the layout stays, else the checkpoint.
+/// </summary>
+public static class RecoveryPolicy
+{
+    public static RecoveryDecision Decide(JobSnapshot job, Failure? failure, ClusterView cluster, RecoverySettings settings, DateTimeOffset now)
+    {
+        if (failure is null)
+            return Review(job, cluster);
+        switch (failure.Kind)
+        {
+            case FailureKind.UserError or FailureKind.Fatal:
+                return new RecoveryDecision.Fail(failure.Message);
+            case FailureKind.StateConflict:
+                return new RecoveryDecision.Continue("the job's state changed on storage; continuing from it");
+            case FailureKind.CoordinatorRestarted:
+                return new RecoveryDecision.Continue($"{failure.Message}; continuing from committed step {job.NextStep}");
+        }
+        if (job.RestoresWithoutProgress >= settings.RestoreLimit)
+            return new RecoveryDecision.Fail($"{job.RestoresWithoutProgress} restores in a row without a committed step (recovery.restore_limit); last failure: {failure.Message}");
+        if (SourceFor(job, failure) is not { } source)
+            return new RecoveryDecision.Fail($"workers lost and nothing to rebuild them from (no checkpoint and no in-memory replicas): {failure.Message}");
+        if (cluster.AllocationAlive)
+            return new RecoveryDecision.Restore(source, failure.Message);
+        if (settings.Replace && cluster.FittingDp.Contains(job.Dp))
+            return new RecoveryDecision.Replace(job.Dp, source, failure.Message);
+        var waited = now - (job.OutageSince ?? now);
+        // Fewer replicas means another layout: replicas cannot be resharded, a checkpoint can.
+        var resharded = source == RecoverySource.Replicas ? (job.CheckpointStep is not null ? RecoverySource.Checkpoint : (RecoverySource?)null) : source;
+        if (waited >= settings.Wait && settings.Shrink && job.CanCheckpoint && resharded is { } from && cluster.FittingDp.FirstOrDefault(dp => dp < job.Dp) is > 0 and var dp)
+            return new RecoveryDecision.Shrink(dp, from, $"servers gone for more than {settings.Wait.TotalSeconds:0} s ({failure.Message})");
+        return new RecoveryDecision.Wait(now + settings.RetryEvery,
+            waited < settings.Wait
+                ? $"{failure.Message}; waiting up to {settings.Wait.TotalSeconds:0} s for the servers to come back"
+                : $"{failure.Message}; no GPUs to continue on, waiting for servers");
+    }
+
+    /// <summary>A running job on fewer replicas than it asked for grows back when GPUs for more are free.</summary>
+    private static RecoveryDecision Review(JobSnapshot job, ClusterView cluster) =>
+        job.Phase == JobPhase.Running && job.Dp < job.SubmittedDp && job.CanCheckpoint && cluster.FittingDp.FirstOrDefault(dp => dp > job.Dp) is > 0 and var dp
+            ? new RecoveryDecision.GrowBack(dp, $"GPUs for dp={dp} are free again")
+            : new RecoveryDecision.Continue("nothing to change");
+
+    /// <summary>The newest point the ranks can be rebuilt from, or null when there is none.</summary>
+    private static RecoverySource? SourceFor(JobSnapshot job, Failure failure)
+    {
+        if (job.Rebuilding == RebuildKind.Growth)
+            return RecoverySource.StageCheckpoint;
+        if (failure.Kind != FailureKind.ReplicaUnavailable && job.ReplicaStep is { } replicas && replicas >= (job.CheckpointStep ?? -1))
+            return RecoverySource.Replicas;
+        if (job.CheckpointStep is not null)
+            return RecoverySource.Checkpoint;
+        return job.NextStep == 0 ? RecoverySource.Start : null;
+    }
+}
