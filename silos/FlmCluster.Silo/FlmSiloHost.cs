@@ -49,6 +49,7 @@ public static class FlmSiloHost
                 CollectiveTimeout = TimeSpan.FromSeconds(s.CollectiveTimeoutSeconds),
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 TorchThreads = s.TorchThreads,
+                DataPlane = s.DataPlane,
             });
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));

@@ -38,6 +38,9 @@ public sealed record SiloSettings
     public double WorkerWaitSeconds { get; init; } = 300;
     public int TorchThreads { get; init; }
 
+    /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
+    public string DataPlane { get; init; } = FlmNodeOptions.DataPlanes[0];
+
     /// <summary>Command-line switches and the configuration keys they set.</summary>
     public static readonly IDictionary<string, string> Switches = new Dictionary<string, string>
     {
@@ -54,6 +57,7 @@ public sealed record SiloSettings
         ["--storage-dir"] = "Flm:StorageDir",
         ["--ready-file"] = "Flm:ReadyFile",
         ["--torch-threads"] = "Flm:TorchThreads",
+        ["--data-plane"] = "Flm:DataPlane",
     };
 
     public static SiloSettings From(IConfiguration configuration)
@@ -89,7 +93,10 @@ public sealed record SiloSettings
             throw new ArgumentException($"Flm:AdvertisedAddress (--advertise) '{AdvertisedAddress}' is not an IP address");
         if (ProbeTimeoutSeconds <= 0 || MissedProbesLimit < 1 || VotesForDeathDeclaration < 1)
             throw new ArgumentException("Flm:ProbeTimeoutSeconds, MissedProbesLimit and VotesForDeathDeclaration must be positive");
-        if (CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0)
-            throw new ArgumentException("Flm:CollectiveTimeoutSeconds and Flm:WorkerWaitSeconds must be positive");
+        if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds)
+            || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0)
+            throw new ArgumentException("Flm:CollectiveTimeoutSeconds and Flm:WorkerWaitSeconds must be positive (finite) numbers of seconds");
+        if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
+            throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
     }
 }

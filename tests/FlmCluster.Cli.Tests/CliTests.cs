@@ -147,6 +147,54 @@ public sealed class CliTests : IDisposable
         Assert.Equal(before, Listing(OutDir));
     }
 
+    [Fact]
+    public void Two_runs_never_share_a_checkpoint_folder_and_a_resume_continues_its_own_run()
+    {
+        string[] Tiny(params string[] more) => ["train", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.seq_len=64", "--out", OutDir, .. more];
+        string RunOf(long step) => System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(OutDir, $"step-{step:D8}", "manifest.json"))).RootElement.GetProperty("run_id").GetString()!;
+        string Owner() => System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(OutDir, "run.json"))).RootElement.GetProperty("run_id").GetString()!;
+
+        // Run A: checkpoints at steps 2 and 4, on the embedded cluster.
+        var a = FlmProcess.Run(_dir, Tiny("--steps", "4", "--set", $"checkpoint.dir={OutDir}", "--set", "checkpoint.interval=2"));
+        Assert.Equal(0, a.ExitCode);
+        var runA = Owner();
+        Assert.Equal(runA, RunOf(2));
+        Assert.Equal(runA, RunOf(4));
+        var listing = Listing(OutDir);
+
+        // Run B into the same folder: refused before anything starts; A's checkpoints are untouched.
+        var b = FlmProcess.Run(_dir, Tiny("--steps", "2"));
+        Assert.Equal(2, b.ExitCode);
+        var line = Assert.Single(b.ErrorLines);
+        Assert.StartsWith($"error: checkpoint folder '{OutDir}' belongs to run {runA}", line);
+        Assert.Contains("newest step 4", line);
+        Assert.Contains("--overwrite", line);
+        Assert.Equal("", b.Output);
+        Assert.Equal(listing, Listing(OutDir));
+
+        // Resuming continues run A, in its folder (the local engine this time).
+        var resumed = FlmProcess.Run(_dir, ["train", "--resume", OutDir, "--steps", "6", "--engine", "local"]);
+        Assert.Equal(0, resumed.ExitCode);
+        Assert.Contains($"run {runA}", resumed.Output);
+        Assert.Equal(runA, RunOf(6));
+
+        // Resuming from an older checkpoint of A into the folder would fork the run there: refused.
+        var fork = FlmProcess.Run(_dir, ["train", "--resume", Path.Combine(OutDir, "step-00000002"), "--steps", "8", "--out", OutDir]);
+        Assert.Equal(2, fork.ExitCode);
+        Assert.Contains("already holds step 6 of this run, newer than the checkpoint it resumes from (step 2)", Assert.Single(fork.ErrorLines));
+
+        // Asked to, run B takes the folder: A's checkpoints go, and a resume of the folder is B's.
+        var overwrite = FlmProcess.Run(_dir, Tiny("--steps", "2", "--overwrite", "--engine", "local"));
+        Assert.Equal(0, overwrite.ExitCode);
+        var runB = Owner();
+        Assert.NotEqual(runA, runB);
+        Assert.Equal(["step-00000002"], Directory.EnumerateDirectories(OutDir).Select(Path.GetFileName).Order());
+        Assert.Equal(runB, RunOf(2));
+        var resumedB = FlmProcess.Run(_dir, ["train", "--resume", OutDir, "--steps", "3"]);
+        Assert.Equal(0, resumedB.ExitCode);
+        Assert.Equal(runB, RunOf(3));
+    }
+
     /// <summary>Every file under a folder with its size and last write time.</summary>
     private static List<string> Listing(string root) =>
         Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
