@@ -18,7 +18,7 @@ public sealed record ClusterProfile
     /// <summary>Silo processes started by 'flm cluster up' (to stop them), with their log files.</summary>
     public IReadOnlyList<SiloProcess> Silos { get; init; } = [];
 
-    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+    private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, RespectNullableAnnotations = true };
 
     /// <summary>The profile file: FLM_PROFILE, else ~/.flm/cluster.json.</summary>
     public static string DefaultPath =>
@@ -34,13 +34,32 @@ public sealed record ClusterProfile
             return new ClusterProfile { Clustering = "redis", Redis = redis };
         var gateways = Environment.GetEnvironmentVariable("FLM_CLUSTER_GATEWAYS");
         if (!string.IsNullOrWhiteSpace(gateways))
-            return new ClusterProfile { GatewayPorts = gateways.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToList() };
+            return new ClusterProfile { GatewayPorts = gateways.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(ParsePort).ToList() };
         path ??= DefaultPath;
         return File.Exists(path) ? Load(path) : null;
     }
 
-    public static ClusterProfile Load(string path) =>
-        JsonSerializer.Deserialize<ClusterProfile>(File.ReadAllText(path), Json) ?? throw new InvalidDataException($"{path} is empty");
+    private static int ParsePort(string text) =>
+        int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var port) && port is >= 1 and <= 65535
+            ? port
+            : throw new InvalidClusterProfileException($"FLM_CLUSTER_GATEWAYS: '{text}' is not a port (1 … 65535); give comma-separated gateway ports, e.g. FLM_CLUSTER_GATEWAYS=12111,12112");
+
+    /// <summary>Reads a profile file; a file that is not a profile is an <see cref="InvalidClusterProfileException"/>.</summary>
+    public static ClusterProfile Load(string path)
+    {
+        ClusterProfile? profile;
+        try
+        {
+            profile = JsonSerializer.Deserialize<ClusterProfile>(File.ReadAllText(path), Json);
+        }
+        catch (JsonException ex)
+        {
+            throw new InvalidClusterProfileException($"cluster profile {path} is not readable ({ex.Message}); fix it, or delete it and run 'flm cluster up'");
+        }
+        if (profile is null || profile.GatewayPorts.Any(p => p is < 1 or > 65535))
+            throw new InvalidClusterProfileException($"cluster profile {path} is not a valid profile; fix it, or delete it and run 'flm cluster up'");
+        return profile;
+    }
 
     public void Save(string path)
     {
@@ -50,6 +69,9 @@ public sealed record ClusterProfile
 
     public string Describe() => Clustering == "redis" ? $"Redis {Redis}" : $"gateways 127.0.0.1:{string.Join(",", GatewayPorts)}";
 }
+
+/// <summary>The cluster settings (profile file or environment) are malformed: bad input, not an unreachable cluster.</summary>
+public sealed class InvalidClusterProfileException(string message) : Exception(message);
 
 /// <summary>A silo process of a local cluster.</summary>
 public sealed record SiloProcess(string Node, int Pid, int SiloPort, int GatewayPort, string Log);

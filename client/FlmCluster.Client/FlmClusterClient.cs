@@ -8,7 +8,7 @@ using StackExchange.Redis;
 
 namespace FlmCluster.Client;
 
-/// <summary>No cluster answered: reported to the user as bad input (exit code 2).</summary>
+/// <summary>No cluster is configured or none answered: the CLI's exit code 69 (EX_UNAVAILABLE).</summary>
 public sealed class ClusterUnavailableException(string message, Exception? inner = null) : Exception(message, inner);
 
 /// <summary>An Orleans client connection to an FlmCluster, with the operations the CLI and other tools need.</summary>
@@ -30,6 +30,9 @@ public sealed class FlmClusterClient : IAsyncDisposable
     public static async Task<FlmClusterClient> ConnectAsync(ClusterProfile profile, TimeSpan? timeout = null)
     {
         var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        // Nothing listening at all fails at once; the retries below are for a cluster that is there but busy.
+        if (!await AnyListening(Endpoints(profile)))
+            throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()} (nothing listens there); start one with 'flm cluster up' or check the connection settings");
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.SetMinimumLevel(LogLevel.Critical);
         builder.UseOrleansClient(client =>
@@ -63,6 +66,50 @@ public sealed class FlmClusterClient : IAsyncDisposable
         }
         return new FlmClusterClient(host, profile);
     }
+
+    /// <summary>Where a client connects first: the gateways, or the Redis servers that hold the membership.</summary>
+    private static List<(string Host, int Port)> Endpoints(ClusterProfile profile)
+    {
+        if (profile.Clustering != "redis")
+            return profile.GatewayPorts.Select(p => (IPAddress.Loopback.ToString(), p)).ToList();
+        ConfigurationOptions options;
+        try
+        {
+            options = ConfigurationOptions.Parse(profile.Redis);
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidClusterProfileException($"Redis connection string '{profile.Redis}' is malformed ({ex.Message}); give e.g. localhost:6379");
+        }
+        return options.EndPoints.Select(e => e switch
+        {
+            DnsEndPoint dns => (dns.Host, dns.Port == 0 ? 6379 : dns.Port),
+            IPEndPoint ip => (ip.Address.ToString(), ip.Port == 0 ? 6379 : ip.Port),
+            _ => (e.ToString() ?? "", 6379),
+        }).ToList();
+    }
+
+    /// <summary>Whether a TCP connection to any endpoint succeeds within <see cref="ProbeTimeout"/>.</summary>
+    private static async Task<bool> AnyListening(IReadOnlyList<(string Host, int Port)> endpoints)
+    {
+        using var timeout = new CancellationTokenSource(ProbeTimeout);
+        var probes = endpoints.Select(async e =>
+        {
+            try
+            {
+                using var tcp = new System.Net.Sockets.TcpClient();
+                await tcp.ConnectAsync(e.Host, e.Port, timeout.Token);
+                return true;
+            }
+            catch (Exception ex) when (ex is System.Net.Sockets.SocketException or OperationCanceledException)
+            {
+                return false;
+            }
+        });
+        return (await Task.WhenAll(probes)).Any(up => up);
+    }
+
+    private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(3);
 
     public IClusterSchedulerGrain Scheduler => Grains.GetGrain<IClusterSchedulerGrain>("cluster");
 

@@ -19,6 +19,9 @@ public static class CheckpointCommands
             var root = parse.GetValue(listTarget)!;
             if (!Directory.Exists(root))
             {
+                // Job ids have no path separators: a path that is not a folder is a mistake, not a job on a cluster.
+                if (File.Exists(root) || root.IndexOfAny(['/', '\\']) >= 0 || root.StartsWith('.'))
+                    throw new FlmUserException($"'{root}' is not a folder of checkpoints ({(File.Exists(root) ? "it is a file" : "it does not exist")}); give a folder or a job id");
                 await using var client = await ClusterAccess.Connect();
                 var status = await client.Status(root);
                 root = status.CheckpointDir ?? throw new FlmUserException($"job {status.JobId} has no checkpoint.dir");
@@ -26,6 +29,8 @@ public static class CheckpointCommands
             var entries = CheckpointStore.List(root, parse.GetValue(checksums));
             if (entries.Count == 0)
                 throw new FlmUserException($"'{root}' holds no checkpoints (step-NNNNNNNN folders)");
+            if (entries.All(e => !e.Valid))
+                throw CheckpointStore.NoValidCheckpoint(root, entries.Select(e => (e.Directory, e.Problem ?? "")));
             var table = new Table().Border(TableBorder.Rounded);
             foreach (var c in new[] { "checkpoint", "step", "valid", "layout", "size", "problem" })
                 table.AddColumn(c);
@@ -61,7 +66,7 @@ public static class CheckpointCommands
             var job = m.Job();
             Console.WriteLine($"{reader.Directory}");
             Console.WriteLine($"  job {m.JobId} ({job.Name}), stage {m.Stage}, next step {m.Step}, samples consumed {m.SamplesConsumed:N0}, Adam step {m.AdamStep}, next LR {m.NextLr:0.###e+0}");
-            Console.WriteLine($"  saved under layout dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}; data {m.SampleOrder} seed {m.DataSeed}, fingerprint {(m.DataFingerprint.Length > 0 ? m.DataFingerprint[..12] + "…" : "none")}; train seed {m.TrainSeed}");
+            Console.WriteLine($"  saved under layout dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}; data {m.SampleOrder} seed {m.DataSeed}, fingerprint {(m.DataFingerprint.Length > 12 ? m.DataFingerprint[..12] + "…" : m.DataFingerprint.Length > 0 ? m.DataFingerprint : "none")}; train seed {m.TrainSeed}");
             if (m.Growth is not null)
                 Console.WriteLine($"  growth masks at {m.MaskValue:0.###} (new layers {string.Join(",", m.Growth.NewLayers)})");
             Console.WriteLine($"  {m.Shards.Count} shard(s), {m.Shards.Sum(s => s.Bytes) / 1e6:0.0} MB; created {m.CreatedAt:yyyy-MM-dd HH:mm:ss} UTC");
@@ -94,11 +99,13 @@ public static class CheckpointCommands
         var command = new Command("export", "Write a checkpoint's model in FLM-101B's Hugging Face layout") { hf, source, target };
         command.SetAction(parse =>
         {
+            var dir = parse.GetValue(target)!;
+            OutputLocation.RequireNewOrEmptyDirectory(dir, "export folder");
             var reader = CheckpointStore.Resolve(parse.GetValue(source)!);
             var job = JobValidator.Validate(reader.Manifest.Job());
             var stages = FlmCluster.Training.Growth.GrowthSchedule.Resolve(job);
             var model = stages[Math.Clamp(reader.Manifest.Stage, 0, stages.Count - 1)].Job.Model;
-            var dir = parse.GetValue(target)!;
+            reader.RequireParameters(model);
             HfFormat.Export(model, job.Tokenizer, name => reader.ReadWhole("param", name), dir);
             Console.WriteLine($"exported {model.ParameterCount:N0} parameters (step {reader.Manifest.Step}) to {dir}");
             return CliRunner.Ok;
@@ -115,12 +122,16 @@ public static class CheckpointCommands
         command.SetAction(parse =>
         {
             var dir = parse.GetValue(source)!;
+            var root = parse.GetValue(output)!;
             if (!HfFormat.IsExport(dir))
                 throw new FlmUserException($"'{dir}' is not a Hugging Face export (it needs {HfFormat.ConfigFile} with model_type and {HfFormat.WeightsFile})");
+            OutputLocation.RequireCreatableDirectory(root, "--out");
+            if (Directory.Exists(CheckpointStore.DirectoryFor(root, 0)))
+                throw new FlmUserException($"'{CheckpointStore.DirectoryFor(root, 0)}' already exists; import into another folder");
             var (job, parameters) = HfFormat.Read(dir);
             try
             {
-                var written = CheckpointStore.WriteWeights(parse.GetValue(output)!, job, parameters);
+                var written = CheckpointStore.WriteWeights(root, job, parameters);
                 Console.WriteLine($"imported {job.Model.ParameterCount:N0} parameters into {written}");
             }
             finally

@@ -55,13 +55,29 @@ public static partial class ClusterCommands
         return command;
     }
 
+    private const int MaxLocalSilos = 1000;
+    private const int MaxDevicesPerNode = 1024;
+
     private static async Task<int> Up(int nodes, int gpus, bool control, string? redis, int basePort, string? dir, TimeSpan timeout)
     {
         if (nodes < 1 || gpus < 1)
             throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
+        // Silo ports are base … base+silos−1 and gateways base+1000 …: more than 1000 silos would collide.
+        var silos = nodes + (control ? 1 : 0);
+        if (silos > MaxLocalSilos)
+            throw new FlmUserException($"--nodes {nodes} is more silo processes than a local cluster's ports allow ({MaxLocalSilos}{(control ? " with the control node" : "")})");
+        if (gpus > MaxDevicesPerNode)
+            throw new FlmUserException($"--gpus-per-node {gpus} is more than {MaxDevicesPerNode}");
         if (basePort is < 1024 or > 64000 - 1000)
             throw new FlmUserException($"--base-port {basePort} must leave room for silo and gateway ports (1024 … 63000)");
+        if (timeout <= TimeSpan.Zero)
+            throw new FlmUserException($"--timeout must be positive (got {timeout.TotalSeconds:0})");
+        if (dir is not null)
+            OutputLocation.RequireCreatableDirectory(dir, "--dir");
+        if (redis is not null && string.IsNullOrWhiteSpace(redis))
+            throw new FlmUserException("--redis is empty; give a connection string such as localhost:6379");
         var profilePath = ClusterProfile.DefaultPath;
+        OutputLocation.RequireCreatableFile(profilePath, "the cluster profile");
         if (File.Exists(profilePath) && ClusterProfile.Load(profilePath).Silos.Any(s => IsAlive(s.Pid)))
             throw new FlmUserException($"a cluster is already up (profile {profilePath}); run 'flm cluster down' first");
         var home = Path.GetFullPath(dir ?? Path.Combine(Path.GetDirectoryName(profilePath)!, "cluster"));

@@ -24,6 +24,8 @@ public static class DataCommand
             var prefix = TokenFile.PrefixOf(parse.GetValue(output)!);
             if (Directory.Exists(prefix))
                 throw new FlmUserException($"--out '{prefix}' is a directory; give a file prefix such as {Path.Combine(prefix, "corpus")}");
+            OutputLocation.RequireCreatableFile(TokenFile.BinPathOf(prefix), "--out");
+            OutputLocation.RequireCreatableFile(TokenFile.IdxPath(prefix), "--out");
             // Validate every document before creating any output file.
             foreach (var file in files)
                 foreach (var _ in Corpus.ReadDocuments(file)) { }

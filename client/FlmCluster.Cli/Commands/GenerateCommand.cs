@@ -36,6 +36,7 @@ public static class GenerateCommand
             var (job, flm, tokenizer) = TextGenerator.LoadModel(directory);
             using (flm)
             {
+                options.Validate(job.Model);
                 var text = parse.GetValue(prompt)!;
                 var ids = tokenizer.Encode(text);
                 var produced = TextGenerator.Generate(flm, ids, options, job.Model.VocabSize, tokenizer.EndOfText);

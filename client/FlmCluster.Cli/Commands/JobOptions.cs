@@ -40,24 +40,35 @@ public sealed class JobOptions
         command.Add(Overwrite);
     }
 
-    /// <summary>Loads and validates the job; every problem is an FlmUserException before anything runs.</summary>
-    /// <summary>Loads the job; <paramref name="baseJson"/> (a checkpoint's job) replaces --config as the base.</summary>
-    public JobConfig Load(ParseResult parse, string? baseJson = null)
+    /// <summary>
+    /// Loads and validates the job; every problem is an FlmUserException before anything runs. <paramref name="baseJson"/>
+    /// (a checkpoint's job) replaces --config as the base; --layout, --micro-batches and <paramref name="checkpointDir"/>
+    /// (--out) are applied before the job is validated, so that they count as part of it.
+    /// </summary>
+    public JobConfig Load(ParseResult parse, string? baseJson = null, string? checkpointDir = null)
     {
         var overrides = new List<string>(parse.GetValue(Set) ?? []);
         var steps = parse.GetValue(Steps);
         if (steps is not null)
             overrides.Add($"train.steps={steps}");
+        var layoutText = parse.GetValue(Layout);
+        var micro = parse.GetValue(MicroBatches);
+        JobConfig Adjust(JobConfig job)
+        {
+            var layout = layoutText is null ? job.Layout : ParallelLayout.Parse(layoutText, new LayoutConfig { MicroBatches = job.Layout.MicroBatches });
+            if (micro is not null)
+                layout = layout with { MicroBatches = micro.Value };
+            return job with
+            {
+                Layout = layout,
+                Checkpoint = checkpointDir is null ? job.Checkpoint : job.Checkpoint with { Dir = checkpointDir },
+            };
+        }
         var job = baseJson is null
-            ? JobConfigLoader.Load(parse.GetValue(Config)!, overrides)
-            : JobConfigLoader.LoadFromJson(baseJson, "the checkpoint's job", overrides);
+            ? JobConfigLoader.Load(parse.GetValue(Config)!, overrides, Adjust)
+            : JobConfigLoader.LoadFromJson(baseJson, "the checkpoint's job", overrides, Adjust);
         if (steps is not null && job.Stages.Count > 0 && steps != job.Train.Steps)
             throw new Training.FlmUserException($"--steps: this job has growth stages whose steps add up to {job.Train.Steps}; set a stage's steps with --set stages.N.steps=…");
-        var layout = job.Layout;
-        if (parse.GetValue(Layout) is { } text)
-            layout = ParallelLayout.Parse(text, new LayoutConfig { MicroBatches = layout.MicroBatches });
-        if (parse.GetValue(MicroBatches) is { } micro)
-            layout = layout with { MicroBatches = micro };
-        return layout == job.Layout ? job : JobValidator.Validate(job with { Layout = layout });
+        return job;
     }
 }

@@ -5,6 +5,7 @@ using System.Text.Json;
 using FlmCluster.Training;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
+using FlmCluster.Training.Engine;
 using FlmCluster.Training.Scaling;
 using Spectre.Console;
 
@@ -40,6 +41,7 @@ public static class ScalingCommands
             var evalBatches = parse.GetValue(EvalBatches);
             if (evalEvery <= 0 || evalBatches <= 0)
                 throw new FlmUserException("--eval-every and --eval-batches must be positive");
+            TorchEnvironment.RequireDevice(job.Train.Device);
             return (job, evalEvery, evalBatches);
         }
     }
@@ -62,6 +64,7 @@ public static class ScalingCommands
             var widthList = ParseList(parse.GetValue(widths)!, "--widths", int.Parse);
             ScalingExperiments.ValidateSweep(job, widthList, lrList);
             var dir = parse.GetValue(output)!;
+            OutputLocation.RequireCreatableDirectory(dir, "--out");
             using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
             Console.WriteLine($"μP sweep: {widthList.Count} widths × {lrList.Count} learning rates, {job.Train.Steps} steps each, μP base width {job.Model.Mup.BaseWidth}");
             var result = ScalingExperiments.Sweep(job, data, widthList, lrList, evalEvery, evalBatches, Console.WriteLine);
@@ -110,6 +113,7 @@ public static class ScalingCommands
             var target = parse.GetValue(holdout);
             ScalingExperiments.ValidateLadder(job, ladder, target);
             var dir = parse.GetValue(output)!;
+            OutputLocation.RequireCreatableDirectory(dir, "--out");
             using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
             Console.WriteLine($"loss prediction: ladder {string.Join(", ", ladder)} → held-out width {target}, {job.Train.Steps} steps each, identical hyper-parameters under μP (base width {job.Model.Mup.BaseWidth})");
             var p = ScalingExperiments.PredictLoss(job, data, ladder, target, evalEvery, evalBatches, Console.WriteLine);
@@ -160,9 +164,9 @@ public static class ScalingCommands
             var values = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => parse(x, CultureInfo.InvariantCulture)).ToList();
             return values.Count > 0 ? values : throw new FlmUserException($"{option} is empty");
         }
-        catch (FormatException)
+        catch (Exception ex) when (ex is FormatException or OverflowException)
         {
-            throw new FlmUserException($"{option} '{text}' is not a comma-separated list of numbers");
+            throw new FlmUserException($"{option} '{text}' is not a comma-separated list of numbers in range");
         }
     }
 }

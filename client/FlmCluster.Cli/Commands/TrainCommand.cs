@@ -55,14 +55,14 @@ public static class TrainCommand
     /// not be given), changed by --set, --steps and --layout; the result must still train the checkpoint's
     /// model and have steps left. Checked before anything starts.
     /// </summary>
-    public static (JobConfig Job, CheckpointReader Checkpoint) LoadResume(string path, string option, ParseResult parse, JobOptions options)
+    public static (JobConfig Job, CheckpointReader Checkpoint) LoadResume(string path, string option, ParseResult parse, JobOptions options, string? checkpointDir = null)
     {
         if (parse.GetResult(options.Config) is { Implicit: false })
             throw new FlmUserException("resuming takes the job config from the checkpoint; change it with --set, --steps or --layout instead of --config");
         try
         {
             var reader = CheckpointStore.Resolve(path, (dir, why) => Console.Error.WriteLine($"warning: skipping {dir}: {why}"));
-            var job = options.Load(parse, reader.Manifest.JobJson);
+            var job = options.Load(parse, reader.Manifest.JobJson, checkpointDir);
             new JobProgress(ResolvedJob.Resolve(job)).CheckResume(reader);
             return (job, reader);
         }
@@ -72,18 +72,20 @@ public static class TrainCommand
         }
     }
 
+    /// <summary>The job and the checkpoint it resumes from, with everything that can be checked before training checked.</summary>
     private static (JobConfig Job, CheckpointReader? Resume) Load(JobOptions options, ParseResult parse, string? output, string? resumePath)
     {
-        if (output is not null && File.Exists(output))
-            throw new FlmUserException($"--out '{output}' is a file; give a directory");
+        if (output is not null)
+            OutputLocation.RequireCreatableDirectory(output, "--out");
         JobConfig job;
         CheckpointReader? resume = null;
         if (resumePath is not null)
-            (job, resume) = LoadResume(resumePath, "--resume", parse, options);
+            (job, resume) = LoadResume(resumePath, "--resume", parse, options, output);
         else
-            job = options.Load(parse);
-        if (output is not null)
-            job = JobValidator.Validate(job with { Checkpoint = job.Checkpoint with { Dir = output } });
+            job = options.Load(parse, checkpointDir: output);
+        if (output is null && !string.IsNullOrWhiteSpace(job.Checkpoint.Dir))
+            OutputLocation.RequireCreatableDirectory(job.Checkpoint.Dir, "checkpoint.dir");
+        TorchEnvironment.RequireDevice(job.Train.Device);
         return (job, resume);
     }
 

@@ -71,10 +71,19 @@ public sealed record CheckpointManifest
 
     public JobConfig Job() => JobConfigLoader.FromJson(JobJson, "checkpoint manifest");
 
-    public static readonly JsonSerializerOptions Json = new()
+    public static readonly JsonSerializerOptions Json = CreateJson();
+
+    private static JsonSerializerOptions CreateJson()
     {
-        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
-        WriteIndented = true,
-        Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
-    };
+        var options = new JsonSerializerOptions
+        {
+            PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+            WriteIndented = true,
+            RespectNullableAnnotations = true,
+            RespectRequiredConstructorParameters = true,
+            Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
+        };
+        options.MakeReadOnly(populateMissingResolver: true); // JsonShape reads its type metadata
+        return options;
+    }
 }

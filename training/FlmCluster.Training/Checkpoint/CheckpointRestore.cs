@@ -20,6 +20,7 @@ public static class CheckpointRestore
             ?? Differs("padded vocabulary", m.PaddedVocab, model.PaddedVocab) ?? Differs("tokenizer", saved.Tokenizer, tokenizer);
         if (difference is not null)
             throw new FlmUserException($"checkpoint '{reader.Directory}' holds another model ({difference}); resume it with the job it was saved from");
+        reader.RequireParameters(m);
     }
 
     /// <summary>Loads parameters and this rank's optimizer shard (call on the rank's device thread).</summary>

@@ -167,8 +167,22 @@ public static partial class CheckpointStore
             return reader;
         }
         if (Directory.Exists(path) && Directory.EnumerateDirectories(path, "step-*").Any())
-            return NewestValid(path, rejected) ?? throw new InvalidCheckpointException($"'{path}' holds no valid checkpoint");
+        {
+            // Skipped ones are reported as warnings only beside a checkpoint that is used; otherwise they are the error.
+            var skipped = new List<(string Directory, string Problem)>();
+            var reader = NewestValid(path, (dir, why) => skipped.Add((dir, why))) ?? throw NoValidCheckpoint(path, skipped);
+            foreach (var (dir, why) in skipped)
+                rejected?.Invoke(dir, why);
+            return reader;
+        }
         return CheckpointReader.Open(path); // throws with the reason
+    }
+
+    /// <summary>The error for a folder of checkpoints none of which can be used, with each one's problem.</summary>
+    public static InvalidCheckpointException NoValidCheckpoint(string root, IEnumerable<(string Directory, string Problem)> problems)
+    {
+        var reasons = string.Join("; ", problems.Select(p => $"{Path.GetFileName(p.Directory)}: {p.Problem}"));
+        return new InvalidCheckpointException($"'{root}' holds no valid checkpoint{(reasons.Length > 0 ? $" ({reasons})" : "")}");
     }
 
     /// <summary>

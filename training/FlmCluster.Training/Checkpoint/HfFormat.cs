@@ -1,3 +1,4 @@
+using System.Text.Json;
 using System.Text.Json.Nodes;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
@@ -21,9 +22,9 @@ public static class HfFormat
         name.EndsWith("attn.c_attn.weight", StringComparison.Ordinal) || name.EndsWith("attn.c_proj.weight", StringComparison.Ordinal)
         || name.EndsWith("mlp.c_fc.weight", StringComparison.Ordinal) || name.EndsWith("mlp.c_proj.weight", StringComparison.Ordinal);
 
+    /// <summary>Whether a folder is meant as an export: it has both files (whether they are good is for <see cref="Read"/> to say).</summary>
     public static bool IsExport(string directory) =>
-        File.Exists(Path.Combine(directory, ConfigFile)) && File.Exists(Path.Combine(directory, WeightsFile))
-        && JsonNode.Parse(File.ReadAllText(Path.Combine(directory, ConfigFile)))?["model_type"] is not null;
+        File.Exists(Path.Combine(directory, ConfigFile)) && File.Exists(Path.Combine(directory, WeightsFile));
 
     /// <summary>Names and shapes of the exported tensors for a model (what a loader of the FLM checkpoint expects).</summary>
     public static Dictionary<string, long[]> Shapes(ModelConfig m)
@@ -79,9 +80,14 @@ public static class HfFormat
     /// <summary>Writes config.json and model.safetensors into a new folder (complete or absent).</summary>
     public static void Export(ModelConfig m, string tokenizer, Func<string, Tensor> parameter, string directory)
     {
+        if (File.Exists(directory))
+            throw new FlmUserException($"'{directory}' is a file; export into a new folder");
         if (Directory.Exists(directory) && Directory.EnumerateFileSystemEntries(directory).Any())
             throw new FlmUserException($"'{directory}' exists and is not empty; export into a new folder");
         var parent = Path.GetDirectoryName(Path.GetFullPath(directory))!;
+        var createdParents = new List<string>(); // removed again if the export fails: complete or absent
+        for (var d = parent; !Directory.Exists(d) && Path.GetDirectoryName(d) is { } up; d = up)
+            createdParents.Add(d);
         Directory.CreateDirectory(parent);
         var staging = Path.Combine(parent, $".{Path.GetFileName(Path.GetFullPath(directory))}.tmp-{Guid.NewGuid():N}");
         Directory.CreateDirectory(staging);
@@ -109,6 +115,8 @@ public static class HfFormat
         {
             if (Directory.Exists(staging))
                 Directory.Delete(staging, recursive: true);
+            foreach (var d in createdParents.Where(d => Directory.Exists(d) && !Directory.EnumerateFileSystemEntries(d).Any()))
+                Directory.Delete(d);
             throw;
         }
         finally
@@ -118,62 +126,100 @@ public static class HfFormat
         }
     }
 
-    /// <summary>The model an export describes.</summary>
+    /// <summary>The model an export describes; a key of the wrong type or a missing required key is an <see cref="FlmUserException"/>.</summary>
     public static ModelConfig ModelFrom(JsonNode config, string directory)
     {
-        try
-        {
-            var ours = config["flmcluster"];
-            var padded = config["vocab_size"]!.GetValue<int>();
-            return new ModelConfig
+        var where = $"'{Path.Combine(directory, ConfigFile)}'";
+        if (config is not JsonObject root || root["model_type"] is null)
+            throw new FlmUserException($"{where} is not an FLM config (it has no model_type)");
+        var ours = root["flmcluster"] as JsonObject;
+        T? Get<T>(JsonObject? o, string key) where T : struct =>
+            o?[key] switch
             {
-                Layers = config["n_layer"]!.GetValue<int>(),
-                Hidden = config["n_embd"]!.GetValue<int>(),
-                Heads = config["n_head"]!.GetValue<int>(),
-                Ffn = config["n_inner"]?.GetValue<int>() ?? 0,
-                HeadSize = ours?["head_size"]?.GetValue<int>() ?? 0,
-                VocabSize = ours?["vocab_size"]?.GetValue<int>() ?? padded,
-                VocabPadMultiple = ours?["vocab_pad_multiple"]?.GetValue<int>() ?? padded,
-                SeqLen = config["n_positions"]?.GetValue<int>() ?? 2048,
-                LnEps = config["layer_norm_epsilon"]?.GetValue<double>() ?? 1e-5,
-                Mup = new MupConfig
-                {
-                    BaseWidth = config["mup_base_width"]?.GetValue<int>() ?? config["n_embd"]!.GetValue<int>(),
-                    OutputMult = config["output_mult"]?.GetValue<double>() ?? 1.0,
-                    InputMult = config["input_mult"]?.GetValue<double>() ?? 1.0,
-                    InitStd = config["initializer_range"]?.GetValue<double>() ?? 0.02,
-                },
-                Xpos = new XposConfig
-                {
-                    ScaleBase = config["rotary_xpos_scale_base"]?.GetValue<double>() ?? 512,
-                    Theta = config["rotary_theta"]?.GetValue<double>() ?? 10000,
-                    Gamma = ours?["xpos_gamma"]?.GetValue<double>() ?? 0.4,
-                },
+                null => null,
+                JsonValue v when v.TryGetValue<T>(out var value) => value,
+                _ => throw new FlmUserException($"{where}: {(o == ours ? "flmcluster." : "")}{key} is not {(typeof(T) == typeof(int) ? "an integer" : "a number")}"),
             };
-        }
-        catch (Exception ex) when (ex is InvalidOperationException or FormatException or NullReferenceException)
+        T Required<T>(string key) where T : struct =>
+            Get<T>(root, key) ?? throw new FlmUserException($"{where} has no {key}; it is not an FLM config");
+        var padded = Required<int>("vocab_size");
+        var hidden = Required<int>("n_embd");
+        return new ModelConfig
         {
-            throw new FlmUserException($"'{directory}/{ConfigFile}' is not an FLM config ({ex.Message})");
-        }
+            Layers = Required<int>("n_layer"),
+            Hidden = hidden,
+            Heads = Required<int>("n_head"),
+            Ffn = Get<int>(root, "n_inner") ?? 0,
+            HeadSize = Get<int>(ours, "head_size") ?? 0,
+            VocabSize = Get<int>(ours, "vocab_size") ?? padded,
+            VocabPadMultiple = Get<int>(ours, "vocab_pad_multiple") ?? padded,
+            SeqLen = Get<int>(root, "n_positions") ?? 2048,
+            LnEps = Get<double>(root, "layer_norm_epsilon") ?? 1e-5,
+            Mup = new MupConfig
+            {
+                BaseWidth = Get<int>(root, "mup_base_width") ?? hidden,
+                OutputMult = Get<double>(root, "output_mult") ?? 1.0,
+                InputMult = Get<double>(root, "input_mult") ?? 1.0,
+                InitStd = Get<double>(root, "initializer_range") ?? 0.02,
+            },
+            Xpos = new XposConfig
+            {
+                ScaleBase = Get<double>(root, "rotary_xpos_scale_base") ?? 512,
+                Theta = Get<double>(root, "rotary_theta") ?? 10000,
+                Gamma = Get<double>(ours, "xpos_gamma") ?? 0.4,
+            },
+        };
     }
 
-    /// <summary>Reads an export: the job it implies, and the parameters in our layout ([out, in]) by global name.</summary>
+    /// <summary>
+    /// Reads an export: the job it implies, and the parameters in our layout ([out, in]) by global name. The
+    /// config is validated and the weights file's header checked against it (names, shapes, byte ranges inside
+    /// the file) before any tensor is allocated.
+    /// </summary>
     public static (JobConfig Job, Dictionary<string, Tensor> Parameters) Read(string directory)
     {
-        var config = JsonNode.Parse(File.ReadAllText(Path.Combine(directory, ConfigFile)))!;
+        var configPath = Path.Combine(directory, ConfigFile);
+        JsonNode? config;
+        try
+        {
+            config = JsonNode.Parse(File.ReadAllText(configPath), documentOptions: JsonShape.ParseOptions);
+        }
+        catch (JsonException ex)
+        {
+            throw new FlmUserException($"'{configPath}' is malformed JSON ({ex.Message})");
+        }
+        if (config is null)
+            throw new FlmUserException($"'{configPath}' is not an FLM config (it is null)");
         var model = ModelFrom(config, directory);
-        var tokenizer = config["flmcluster"]?["tokenizer"]?.GetValue<string>() ?? (model.VocabSize >= Cl100kTokenizer.Vocab ? TokenizerFactory.Cl100k : TokenizerFactory.Bytes);
-        var job = JobValidator.Validate(new JobConfig { Name = Path.GetFileName(Path.GetFullPath(directory)), Tokenizer = tokenizer, Model = model });
-        var stored = SafeTensors.Read(Path.Combine(directory, WeightsFile));
-        var parameters = new Dictionary<string, Tensor>();
+        var tokenizer = config["flmcluster"]?["tokenizer"] is JsonValue named && named.TryGetValue<string>(out var name)
+            ? name
+            : model.VocabSize >= Cl100kTokenizer.Vocab ? TokenizerFactory.Cl100k : TokenizerFactory.Bytes;
+        JobConfig job;
+        try
+        {
+            job = JobValidator.Validate(new JobConfig { Name = Path.GetFileName(Path.GetFullPath(directory)), Tokenizer = tokenizer, Model = model });
+        }
+        catch (FlmUserException ex)
+        {
+            throw new FlmUserException($"'{configPath}' describes no usable model: {ex.Message}");
+        }
+        var weights = Path.Combine(directory, WeightsFile);
+        var (entries, _, _) = SafeTensors.ReadHeaderWithOffset(weights);
+        var stored = entries.ToDictionary(e => e.Name);
         foreach (var spec in ParamCatalog.Whole(job.Model))
         {
-            if (!stored.TryGetValue(spec.Name, out var t))
-                throw new FlmUserException($"'{directory}/{WeightsFile}' has no tensor '{spec.Name}'");
-            parameters[spec.Name] = Transposed(spec.Name) ? t.t().contiguous() : t;
-            if (!parameters[spec.Name].shape.SequenceEqual(spec.Shape))
-                throw new FlmUserException($"'{directory}': '{spec.Name}' has shape [{string.Join(",", t.shape)}], the config implies another");
+            if (!stored.TryGetValue(spec.Name, out var entry))
+                throw new FlmUserException($"'{weights}' has no tensor '{spec.Name}'");
+            var expected = Transposed(spec.Name) ? [spec.Shape[1], spec.Shape[0]] : spec.Shape;
+            if (!entry.Shape.SequenceEqual(expected))
+                throw new FlmUserException($"'{weights}': '{spec.Name}' has shape [{string.Join(",", entry.Shape)}], {ConfigFile} implies [{string.Join(",", expected)}]");
         }
+        var tensors = SafeTensors.Read(weights);
+        var parameters = new Dictionary<string, Tensor>();
+        foreach (var spec in ParamCatalog.Whole(job.Model))
+            parameters[spec.Name] = Transposed(spec.Name) ? tensors[spec.Name].t().contiguous() : tensors[spec.Name];
+        foreach (var unused in tensors.Where(kv => !parameters.ContainsKey(kv.Key) || Transposed(kv.Key)))
+            unused.Value.Dispose();
         return (job, parameters);
     }
 

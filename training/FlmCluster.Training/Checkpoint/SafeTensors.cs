@@ -24,17 +24,48 @@ public static class SafeTensors
         _ => throw new NotSupportedException($"safetensors: unsupported dtype {type}"),
     };
 
-    public static ScalarType ParseDType(string name) => name switch
+    public static ScalarType ParseDType(string name) =>
+        TryParseDType(name, out var type) ? type : throw new InvalidCheckpointException($"safetensors: unsupported dtype '{name}'");
+
+    public static bool TryParseDType(string name, out ScalarType type)
     {
-        "F32" => ScalarType.Float32,
-        "F64" => ScalarType.Float64,
-        "BF16" => ScalarType.BFloat16,
-        "F16" => ScalarType.Float16,
-        "I64" => ScalarType.Int64,
-        "I32" => ScalarType.Int32,
-        "U8" => ScalarType.Byte,
-        _ => throw new InvalidDataException($"safetensors: unsupported dtype '{name}'"),
+        (var known, type) = name switch
+        {
+            "F32" => (true, ScalarType.Float32),
+            "F64" => (true, ScalarType.Float64),
+            "BF16" => (true, ScalarType.BFloat16),
+            "F16" => (true, ScalarType.Float16),
+            "I64" => (true, ScalarType.Int64),
+            "I32" => (true, ScalarType.Int32),
+            "U8" => (true, ScalarType.Byte),
+            _ => (false, ScalarType.Byte),
+        };
+        return known;
+    }
+
+    /// <summary>Bytes per element of the dtypes this format stores.</summary>
+    public static int ElementSize(ScalarType type) => type switch
+    {
+        ScalarType.Float64 or ScalarType.Int64 => 8,
+        ScalarType.Float32 or ScalarType.Int32 => 4,
+        ScalarType.BFloat16 or ScalarType.Float16 => 2,
+        _ => 1,
     };
+
+    /// <summary>Bytes of a tensor of this shape and dtype, in 128 bits (a corrupt shape cannot overflow it), or −1 for a negative dimension.</summary>
+    public static Int128 ByteCount(IReadOnlyList<long> shape, ScalarType type)
+    {
+        Int128 count = ElementSize(type);
+        foreach (var d in shape)
+        {
+            if (d < 0)
+                return -1;
+            count *= d;
+            if (count > long.MaxValue)
+                return long.MaxValue + (Int128)1; // beyond any file; stop before the product itself overflows
+        }
+        return count;
+    }
 
     /// <summary>Writes the tensors (sorted by name), fsyncs the file and returns its size and SHA-256.</summary>
     public static (long Bytes, string Sha256) Write(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
@@ -122,12 +153,10 @@ public static class SafeTensors
 
     private static Tensor ReadData(Stream stream, Entry entry, string source)
     {
+        // The byte count is checked from the header alone: a corrupt size must not allocate first.
+        if (entry.End - entry.Begin != ByteCount(entry.Shape, entry.DType))
+            throw new InvalidCheckpointException($"{source}: tensor '{entry.Name}' has {entry.End - entry.Begin} bytes for shape [{string.Join(",", entry.Shape)}]");
         var t = empty(entry.Shape, dtype: entry.DType);
-        if (entry.End - entry.Begin != t.NumberOfElements * t.ElementSize)
-        {
-            t.Dispose();
-            throw new InvalidDataException($"{source}: tensor '{entry.Name}' has {entry.End - entry.Begin} bytes for shape [{string.Join(",", entry.Shape)}]");
-        }
         try
         {
             ForEachSlice(t, slice => stream.ReadExactly(slice.bytes));
@@ -135,7 +164,7 @@ public static class SafeTensors
         catch (EndOfStreamException)
         {
             t.Dispose();
-            throw new InvalidDataException($"{source}: truncated in tensor '{entry.Name}'");
+            throw new InvalidCheckpointException($"{source}: truncated in tensor '{entry.Name}'");
         }
         return t;
     }
@@ -152,7 +181,8 @@ public static class SafeTensors
     /// <summary>Reads every tensor from a stream positioned at the start of safetensors data, in one pass.</summary>
     public static Dictionary<string, Tensor> Read(Stream stream, string source, out Dictionary<string, string> metadata)
     {
-        var (entries, meta, _) = ParseHeader(ReadHeaderBytes(stream, source), source);
+        var size = stream.CanSeek ? stream.Length - stream.Position : (long?)null;
+        var (entries, meta, _) = ParseHeader(ReadHeaderBytes(stream, source), source, size);
         metadata = meta;
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         long position = 0;
@@ -161,10 +191,10 @@ public static class SafeTensors
             foreach (var e in entries.OrderBy(e => e.Begin))
             {
                 if (e.Begin < position)
-                    throw new InvalidDataException($"{source}: tensor '{e.Name}' overlaps another");
+                    throw new InvalidCheckpointException($"{source}: tensor '{e.Name}' overlaps another");
                 for (; position < e.Begin; position++)
                     if (stream.ReadByte() < 0)
-                        throw new InvalidDataException($"{source}: truncated before tensor '{e.Name}'");
+                        throw new InvalidCheckpointException($"{source}: truncated before tensor '{e.Name}'");
                 result[e.Name] = ReadData(stream, e, source);
                 position = e.End;
             }
@@ -184,14 +214,13 @@ public static class SafeTensors
     public static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeaderWithOffset(string path)
     {
         using var stream = File.OpenRead(path);
-        return ParseHeader(ReadHeaderBytes(stream, path), path);
+        return ParseHeader(ReadHeaderBytes(stream, path), path, stream.Length);
     }
 
     /// <summary>Reads just the header: names, dtypes, shapes (no tensor data).</summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata) ReadHeader(string path)
     {
-        using var stream = File.OpenRead(path);
-        var (entries, meta, _) = ParseHeader(ReadHeaderBytes(stream, path), path);
+        var (entries, meta, _) = ReadHeaderWithOffset(path);
         return (entries, meta);
     }
 
@@ -200,49 +229,85 @@ public static class SafeTensors
     {
         Span<byte> length = stackalloc byte[8];
         if (stream.ReadAtLeast(length, 8, throwOnEndOfStream: false) < 8)
-            throw new InvalidDataException($"{source}: too short for a safetensors file");
+            throw new InvalidCheckpointException($"{source}: too short for a safetensors file");
         var n = BinaryPrimitives.ReadInt64LittleEndian(length);
-        if (n <= 0 || n > 100_000_000 || (stream.CanSeek && n > stream.Length - 8))
-            throw new InvalidDataException($"{source}: not a safetensors file (header length {n})");
+        if (n <= 0 || n > MaxHeaderBytes || (stream.CanSeek && n > stream.Length - 8))
+            throw new InvalidCheckpointException($"{source}: not a safetensors file (header length {n})");
         var header = new byte[8 + n];
         length.CopyTo(header);
         if (stream.ReadAtLeast(header.AsSpan(8), (int)n, throwOnEndOfStream: false) < n)
-            throw new InvalidDataException($"{source}: truncated header");
+            throw new InvalidCheckpointException($"{source}: truncated header");
         return header;
     }
 
-    private static (List<Entry>, Dictionary<string, string>, long) ParseHeader(byte[] file, string path)
+    private const long MaxHeaderBytes = 100_000_000;
+
+    /// <summary>
+    /// Parses and checks the header: every entry's dtype, shape and byte range, the byte count against the
+    /// shape and, when <paramref name="fileSize"/> is known, the range against the file, so that no tensor
+    /// is allocated for data the file does not hold.
+    /// </summary>
+    private static (List<Entry>, Dictionary<string, string>, long) ParseHeader(byte[] file, string path, long? fileSize)
     {
         if (file.Length < 8)
-            throw new InvalidDataException($"{path}: too short for a safetensors file");
+            throw new InvalidCheckpointException($"{path}: too short for a safetensors file");
         var n = BinaryPrimitives.ReadInt64LittleEndian(file);
         if (n <= 0 || 8 + n > file.Length)
-            throw new InvalidDataException($"{path}: not a safetensors file (header length {n})");
-        JsonObject header;
+            throw new InvalidCheckpointException($"{path}: not a safetensors file (header length {n})");
+        JsonNode? parsed;
         try
         {
-            header = JsonNode.Parse(file.AsSpan(8, (int)n))!.AsObject();
+            parsed = JsonNode.Parse(file.AsSpan(8, (int)n), documentOptions: Config.JsonShape.ParseOptions);
         }
-        catch (Exception ex) when (ex is JsonException or InvalidOperationException)
+        catch (JsonException ex)
         {
-            throw new InvalidDataException($"{path}: unreadable safetensors header ({ex.Message})");
+            throw new InvalidCheckpointException($"{path}: unreadable safetensors header ({ex.Message})");
         }
+        if (parsed is not JsonObject header)
+            throw new InvalidCheckpointException($"{path}: the safetensors header is not a JSON object");
+        var dataLength = fileSize - 8 - n;
         var entries = new List<Entry>();
         var metadata = new Dictionary<string, string>();
         foreach (var (name, node) in header)
         {
             if (name == "__metadata__")
             {
-                foreach (var (k, v) in node!.AsObject())
-                    metadata[k] = v!.GetValue<string>();
+                if (node is not JsonObject meta)
+                    throw new InvalidCheckpointException($"{path}: __metadata__ is not an object");
+                foreach (var (k, v) in meta)
+                    metadata[k] = v is JsonValue value && value.TryGetValue<string>(out var text)
+                        ? text
+                        : throw new InvalidCheckpointException($"{path}: metadata '{k}' is not a string");
                 continue;
             }
-            var o = node!.AsObject();
-            var offsets = o["data_offsets"]!.AsArray();
-            entries.Add(new Entry(name, ParseDType(o["dtype"]!.GetValue<string>()),
-                o["shape"]!.AsArray().Select(x => x!.GetValue<long>()).ToArray(),
-                offsets[0]!.GetValue<long>(), offsets[1]!.GetValue<long>()));
+            var entry = ParseEntry(name, node)
+                ?? throw new InvalidCheckpointException($"{path}: tensor '{name}' needs a known dtype, a shape of non-negative integers and data_offsets [begin, end]");
+            var bytes = ByteCount(entry.Shape, entry.DType);
+            if (entry.Begin < 0 || entry.End < entry.Begin || entry.End - entry.Begin != bytes)
+                throw new InvalidCheckpointException($"{path}: tensor '{name}' has data_offsets [{entry.Begin}, {entry.End}] for shape [{string.Join(",", entry.Shape)}] of {entry.DType}");
+            if (dataLength is { } available && entry.End > available)
+                throw new InvalidCheckpointException($"{path}: tensor '{name}' ends at byte {entry.End} of the data, but the file holds {available} (truncated or corrupt)");
+            entries.Add(entry);
         }
         return (entries, metadata, 8 + n);
+    }
+
+    private static Entry? ParseEntry(string name, JsonNode? node)
+    {
+        if (node is not JsonObject o
+            || o["dtype"] is not JsonValue dtypeNode || !dtypeNode.TryGetValue<string>(out var dtypeName) || !TryParseDType(dtypeName, out var dtype)
+            || o["shape"] is not JsonArray shapeNode || Longs(shapeNode) is not { } shape || shape.Any(d => d < 0)
+            || o["data_offsets"] is not JsonArray offsetsNode || Longs(offsetsNode) is not [var begin, var end])
+            return null;
+        return new Entry(name, dtype, shape, begin, end);
+    }
+
+    private static long[]? Longs(JsonArray array)
+    {
+        var values = new long[array.Count];
+        for (var i = 0; i < values.Length; i++)
+            if (array[i] is not JsonValue v || !v.TryGetValue(out values[i]))
+                return null;
+        return values;
     }
 }

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
@@ -22,28 +23,32 @@ public static class JobConfigLoader
             AllowTrailingCommas = true,
             WriteIndented = true,
             DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+            RespectNullableAnnotations = true,
         };
         options.MakeReadOnly(populateMissingResolver: true);
         return options;
     }
 
-    /// <summary>Loads, overrides and validates. <paramref name="source"/> is a preset name or a .json path.</summary>
-    public static JobConfig Load(string source, IEnumerable<string>? overrides = null)
+    /// <summary>
+    /// Loads, overrides and validates. <paramref name="source"/> is a preset name or a .json path;
+    /// <paramref name="adjust"/> changes the job (e.g. command-line options) before it is validated.
+    /// </summary>
+    public static JobConfig Load(string source, IEnumerable<string>? overrides = null, Func<JobConfig, JobConfig>? adjust = null)
     {
         var node = ReadSource(source);
         foreach (var assignment in overrides ?? [])
             ApplyOverride(node, assignment);
         var job = Deserialize(node, DescribeSource(source));
-        return JobValidator.Validate(job);
+        return JobValidator.Validate(adjust is null ? job : adjust(job));
     }
 
-    /// <summary>Loads a job from JSON text (e.g. a checkpoint's manifest), applies overrides and validates.</summary>
-    public static JobConfig LoadFromJson(string json, string origin, IEnumerable<string>? overrides = null)
+    /// <summary>Loads a job from JSON text (e.g. a checkpoint's manifest), applies overrides and <paramref name="adjust"/>, and validates.</summary>
+    public static JobConfig LoadFromJson(string json, string origin, IEnumerable<string>? overrides = null, Func<JobConfig, JobConfig>? adjust = null)
     {
         JsonObject node;
         try
         {
-            node = JsonNode.Parse(json) as JsonObject ?? throw new FlmUserException($"{origin}: the job is not a JSON object");
+            node = JsonNode.Parse(json, documentOptions: JsonShape.ParseOptions) as JsonObject ?? throw new FlmUserException($"{origin}: the job is not a JSON object");
         }
         catch (JsonException ex)
         {
@@ -51,7 +56,8 @@ public static class JobConfigLoader
         }
         foreach (var assignment in overrides ?? [])
             ApplyOverride(node, assignment);
-        return JobValidator.Validate(Deserialize(node, origin));
+        var job = Deserialize(node, origin);
+        return JobValidator.Validate(adjust is null ? job : adjust(job));
     }
 
     public static string ToJson(JobConfig job) => JsonSerializer.Serialize(job, JsonOptions);
@@ -61,7 +67,7 @@ public static class JobConfigLoader
         JsonNode? node;
         try
         {
-            node = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            node = JsonNode.Parse(json, documentOptions: JsonShape.ParseOptions);
         }
         catch (JsonException ex)
         {
@@ -88,14 +94,14 @@ public static class JobConfigLoader
         {
             text = File.ReadAllText(source);
         }
-        catch (IOException ex)
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
         {
             throw new FlmUserException($"config file '{source}' cannot be read: {ex.Message}");
         }
         JsonNode? parsed;
         try
         {
-            parsed = JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+            parsed = JsonNode.Parse(text, documentOptions: JsonShape.ParseOptions);
         }
         catch (JsonException ex)
         {
@@ -137,44 +143,47 @@ public static class JobConfigLoader
         var segments = path.Split('.');
         if (segments.Any(string.IsNullOrWhiteSpace))
             throw new FlmUserException($"--set '{assignment}': key '{path}' has an empty part");
+        // Walk to the parent of the last key; every key before it must name a section or a list entry.
         JsonNode node = root;
-        foreach (var segment in segments[..^1])
+        for (var i = 0; i < segments.Length - 1; i++)
         {
-            if (node is JsonArray array)
+            var segment = segments[i];
+            node = node switch
             {
-                if (!int.TryParse(segment, out var index) || index < 0 || index >= array.Count)
-                    throw new FlmUserException($"--set '{assignment}': '{segment}' is not an index of the {array.Count} entries of that list");
-                node = array[index] ?? throw new FlmUserException($"--set '{assignment}': entry {index} is empty");
-                continue;
-            }
-            var obj = (JsonObject)node;
-            if (obj[segment] is JsonObject or JsonArray)
-            {
-                node = obj[segment]!;
-                continue;
-            }
-            if (obj.ContainsKey(segment) && obj[segment] is not null)
-                throw new FlmUserException($"--set '{assignment}': '{segment}' is a value, not a section");
-            var created = new JsonObject();
-            obj[segment] = created;
-            node = created;
+                JsonArray array => array[Index(array, segment, assignment)] ?? throw new FlmUserException($"--set '{assignment}': entry {segment} is empty"),
+                JsonObject obj when obj[segment] is JsonObject or JsonArray => obj[segment]!,
+                JsonObject obj when obj[segment] is null => (obj[segment] = new JsonObject())!,
+                JsonObject => throw NotASection(assignment, segments[..(i + 1)]),
+                _ => throw NotASection(assignment, segments[..i]),
+            };
         }
         var last = segments[^1];
-        if (node is JsonArray list)
+        switch (node)
         {
-            if (!int.TryParse(last, out var index) || index < 0 || index >= list.Count)
-                throw new FlmUserException($"--set '{assignment}': '{last}' is not an index of the {list.Count} entries of that list");
-            list[index] = ParseValue(raw);
+            case JsonArray list:
+                list[Index(list, last, assignment)] = ParseValue(raw);
+                break;
+            case JsonObject obj:
+                obj[last] = ParseValue(raw);
+                break;
+            default:
+                throw NotASection(assignment, segments[..^1]);
         }
-        else
-            ((JsonObject)node)[last] = ParseValue(raw);
     }
+
+    private static FlmUserException NotASection(string assignment, string[] valueKey) =>
+        new($"--set '{assignment}': '{string.Join('.', valueKey)}' is a value, not a section or a list");
+
+    private static int Index(JsonArray array, string segment, string assignment) =>
+        int.TryParse(segment, NumberStyles.None, CultureInfo.InvariantCulture, out var index) && index < array.Count
+            ? index
+            : throw new FlmUserException($"--set '{assignment}': '{segment}' is not an index of the {array.Count} entries of that list");
 
     private static JsonNode? ParseValue(string raw)
     {
         try
         {
-            return JsonNode.Parse(raw);
+            return JsonNode.Parse(raw, documentOptions: JsonShape.ParseOptions);
         }
         catch (JsonException)
         {
@@ -184,6 +193,11 @@ public static class JobConfigLoader
 
     private static JobConfig Deserialize(JsonObject node, string origin)
     {
+        // Unknown keys and nulls are named by key before the serializer sees them.
+        if (JsonShape.FindProblem(node, typeof(JobConfig), JsonOptions, allowUnknownKeys: false) is { } problem)
+            throw new FlmUserException(problem.Kind == JsonShape.ProblemKind.UnknownKey
+                ? $"{origin}: unknown config key '{problem.Key}'; see docs/configuration.md for the keys"
+                : $"{origin}: config {problem.Describe()}");
         try
         {
             return node.Deserialize<JobConfig>(JsonOptions) ?? throw new FlmUserException($"{origin}: empty config");
@@ -191,21 +205,8 @@ public static class JobConfigLoader
         catch (JsonException ex)
         {
             var key = (ex.Path ?? "$").TrimStart('$').TrimStart('.');
-            if (ex.Message.Contains("could not be mapped", StringComparison.Ordinal))
-            {
-                var member = ExtractQuoted(ex.Message);
-                var full = string.IsNullOrEmpty(key) ? member : key.EndsWith(member, StringComparison.Ordinal) ? key : $"{key}.{member}";
-                throw new FlmUserException($"{origin}: unknown config key '{full}'; see docs/configuration.md for the keys");
-            }
             throw new FlmUserException($"{origin}: config key '{key}' has a value of the wrong type ({Shorten(ex.Message)})");
         }
-    }
-
-    private static string ExtractQuoted(string message)
-    {
-        var start = message.IndexOf('\'');
-        var end = start >= 0 ? message.IndexOf('\'', start + 1) : -1;
-        return start >= 0 && end > start ? message[(start + 1)..end] : "?";
     }
 
     private static string Shorten(string message)

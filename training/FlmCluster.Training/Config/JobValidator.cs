@@ -15,6 +15,8 @@ public static class JobValidator
         {
             // A growth schedule: every stage is a job of its own; the whole job's steps are their sum.
             var stages = Growth.GrowthSchedule.Resolve(job with { Model = FillVocabulary(job) });
+            var tokens = stages.Aggregate(Int128.Zero, (sum, s) => sum + (Int128)s.Job.Train.Steps * s.Job.Train.GlobalBatch * s.Job.Model.SeqLen);
+            Require(tokens <= long.MaxValue, "the stages' steps × global_batch × seq_len add up to more tokens than a 64-bit count holds; give fewer steps or tokens");
             return job with
             {
                 Model = stages[0].Job.Model,
@@ -32,38 +34,66 @@ public static class JobValidator
         var t = job.Train;
         Require(t.Steps > 0, $"train.steps must be positive (got {t.Steps})");
         Require(t.GlobalBatch > 0, $"train.global_batch must be positive (got {t.GlobalBatch})");
+        // Sample and token counters are 64-bit: the whole job's tokens must fit.
+        Require((Int128)t.Steps * t.GlobalBatch * model.SeqLen <= long.MaxValue,
+            $"train.steps × train.global_batch × model.seq_len = {t.Steps} × {t.GlobalBatch} × {model.SeqLen} tokens overflows a 64-bit count; give fewer steps");
         Require(Precisions.Contains(t.Precision), $"train.precision '{t.Precision}' is not one of {string.Join(", ", Precisions)}");
-        Require(t.Device == "cpu" || t.Device == "cuda" || t.Device.StartsWith("cuda:", StringComparison.Ordinal),
-            $"train.device '{t.Device}' is not cpu, cuda or cuda:N");
+        Require(TryParseDevice(t.Device, out _), $"train.device '{t.Device}' is not cpu, cuda or cuda:N");
         Require(t.Threads >= 0, $"train.threads must be 0 (one per core) or positive (got {t.Threads})");
+        Require(t.Threads <= MaxThreads, $"train.threads={t.Threads} is more than {MaxThreads}; give 0 for one per core");
         Require(t.LogEvery > 0, $"train.log_every must be positive (got {t.LogEvery})");
 
         var o = job.Optimizer;
-        Require(o.Lr > 0, $"optimizer.lr must be positive (got {o.Lr}); e.g. --set optimizer.lr=3e-4");
+        Require(double.IsFinite(o.Lr) && o.Lr > 0, $"optimizer.lr must be positive and finite (got {o.Lr}); e.g. --set optimizer.lr=3e-4");
         Require(o.MinLr >= 0 && o.MinLr <= o.Lr, $"optimizer.min_lr must be in [0, optimizer.lr] (got {o.MinLr})");
         Require(o.WarmupSteps >= 0, $"optimizer.warmup_steps must not be negative (got {o.WarmupSteps})");
         Require(o.DecaySteps >= 0, $"optimizer.decay_steps must not be negative (got {o.DecaySteps})");
         Require(Decays.Contains(o.Decay), $"optimizer.decay '{o.Decay}' is not one of {string.Join(", ", Decays)}");
-        Require(o.WeightDecay >= 0, $"optimizer.weight_decay must not be negative (got {o.WeightDecay})");
+        Require(double.IsFinite(o.WeightDecay) && o.WeightDecay >= 0, $"optimizer.weight_decay must be finite and not negative (got {o.WeightDecay})");
         Require(o.Beta1 is >= 0 and < 1, $"optimizer.beta1 must be in [0, 1) (got {o.Beta1})");
         Require(o.Beta2 is >= 0 and < 1, $"optimizer.beta2 must be in [0, 1) (got {o.Beta2})");
-        Require(o.Eps > 0, $"optimizer.eps must be positive (got {o.Eps})");
-        Require(o.ClipGrad >= 0, $"optimizer.clip_grad must not be negative (got {o.ClipGrad}); 0 disables clipping");
+        Require(double.IsFinite(o.Eps) && o.Eps > 0, $"optimizer.eps must be positive and finite (got {o.Eps})");
+        Require(double.IsFinite(o.ClipGrad) && o.ClipGrad >= 0, $"optimizer.clip_grad must be finite and not negative (got {o.ClipGrad}); 0 disables clipping");
 
         var c = job.Checkpoint;
         Require(c.Interval >= 0, $"checkpoint.interval must not be negative (got {c.Interval})");
         Require(c.KeepLast >= 1, $"checkpoint.keep_last must be at least 1 (got {c.KeepLast})");
         Require(c.MemoryInterval >= 0, $"checkpoint.memory_interval must not be negative (got {c.MemoryInterval})");
         Require(c.KeepEvery >= 0, $"checkpoint.keep_every must not be negative (got {c.KeepEvery})");
-        Require(c.Interval == 0 || !string.IsNullOrWhiteSpace(c.Dir), "checkpoint.interval is set but checkpoint.dir is empty; give a folder (e.g. --set checkpoint.dir=runs/job)");
+        Require((Int128)c.KeepEvery * c.Interval <= long.MaxValue,
+            $"checkpoint.keep_every × checkpoint.interval = {c.KeepEvery} × {c.Interval} overflows a step number; give smaller values");
+        Require(c.Interval == 0 || !string.IsNullOrWhiteSpace(c.Dir), "checkpoint.interval is set but checkpoint.dir is empty; give a folder (e.g. --out runs/job or --set checkpoint.dir=runs/job)");
         Require(string.IsNullOrWhiteSpace(c.Dir) || !File.Exists(c.Dir), $"checkpoint.dir '{c.Dir}' is a file; give a folder");
         var r = job.Recovery;
         Require(r.WaitSeconds is null || (double.IsFinite(r.WaitSeconds.Value) && r.WaitSeconds >= 0 && r.WaitSeconds <= 7 * 24 * 3600),
             $"recovery.wait_seconds must be between 0 and one week (got {r.WaitSeconds}); leave it out for the server's setting");
         Require(r.RestoreLimit is >= 1 and <= 1000, $"recovery.restore_limit must be between 1 and 1000 (got {r.RestoreLimit})");
         Require(job.Data.Paths.Count > 0, "data.paths is empty; give at least one text, JSONL or token file (or 'bundled')");
-        ParallelLayout.FromConfig(job.Layout).Validate(model, t.GlobalBatch);
+        Require(job.Data.Paths.All(p => !string.IsNullOrWhiteSpace(p)), "data.paths has an empty entry; give a text, JSONL or token file (or 'bundled')");
+        var layout = ParallelLayout.FromConfig(job.Layout);
+        layout.Validate(model, t.GlobalBatch);
+        // A micro-batch's token windows are one array (seq_len + 1 tokens per sequence).
+        var microTokens = (long)layout.MicroBatchSize(t.GlobalBatch) * (model.SeqLen + 1L);
+        Require(microTokens <= Array.MaxLength,
+            $"a micro-batch of train.global_batch / (dp × micro_batches) = {layout.MicroBatchSize(t.GlobalBatch)} sequences of {model.SeqLen} tokens is too large ({microTokens} tokens, at most {Array.MaxLength}); use a smaller batch or more micro-batches");
         return job with { Model = model };
+    }
+
+    /// <summary>Torch intra-op threads beyond this are a typo, not a machine.</summary>
+    public const int MaxThreads = 4096;
+
+    /// <summary><c>cpu</c> (index −1), <c>cuda</c> (0) or <c>cuda:N</c>.</summary>
+    public static bool TryParseDevice(string device, out int cudaIndex)
+    {
+        cudaIndex = device switch
+        {
+            "cpu" => -1,
+            "cuda" => 0,
+            _ when device.StartsWith("cuda:", StringComparison.Ordinal)
+                && int.TryParse(device.AsSpan("cuda:".Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var n) => n,
+            _ => -2,
+        };
+        return cudaIndex >= -1;
     }
 
     private static ModelConfig FillVocabulary(JobConfig job) =>

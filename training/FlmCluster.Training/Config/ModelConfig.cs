@@ -54,6 +54,7 @@ public sealed record ModelConfig
     public void Validate(string where = "model")
     {
         Require(Layers > 0, $"{where}.layers must be positive (got {Layers})");
+        Require(Layers <= MaxLayers, $"{where}.layers={Layers} is more than {MaxLayers}; every layer is an object of its own (modules, tensors, checkpoint records)");
         Require(Hidden > 0, $"{where}.hidden must be positive (got {Hidden})");
         Require(Heads > 0, $"{where}.heads must be positive (got {Heads})");
         Require(HeadSize >= 0, $"{where}.head_size must be positive, or 0 for hidden/heads (got {HeadSize})");
@@ -63,10 +64,32 @@ public sealed record ModelConfig
         Require(VocabSize > 0, $"{where}.vocab_size must be positive (got {VocabSize})");
         Require(VocabPadMultiple > 0, $"{where}.vocab_pad_multiple must be positive (got {VocabPadMultiple})");
         Require(SeqLen > 0, $"{where}.seq_len must be positive (got {SeqLen})");
-        Require(LnEps > 0, $"{where}.ln_eps must be positive (got {LnEps})");
+        // Derived sizes are ints and parameter counts 64-bit: absurd shapes are refused before any product overflows.
+        Require(Ffn > 0 || Hidden <= int.MaxValue / 4, $"{where}.hidden={Hidden} is too large for an FFN of 4 × hidden; give a smaller hidden");
+        Require((long)Heads * HeadDim <= int.MaxValue, $"{where}: heads × head size = {Heads} × {HeadDim} is too large; give fewer heads or a smaller head_size");
+        Require((long)VocabSize + VocabPadMultiple - 1 <= int.MaxValue, $"{where}.vocab_size={VocabSize} padded to a multiple of {VocabPadMultiple} is too large");
+        Require(EstimatedParameters <= MaxParameters,
+            $"{where}: {Layers} layers × hidden {Hidden} (FFN {FfnSize}, vocabulary {PaddedVocab}) is about {EstimatedParameters:0.#e0} parameters, more than the {MaxParameters:0.#e0} this tool can plan; give a smaller model");
+        Require(double.IsFinite(LnEps) && LnEps > 0, $"{where}.ln_eps must be positive and finite (got {LnEps})");
         Require(Dropout is >= 0 and < 1, $"{where}.dropout must be in [0, 1) (got {Dropout})");
         Mup.Validate($"{where}.mup");
         Xpos.Validate($"{where}.xpos");
+    }
+
+    /// <summary>The deepest model this tool builds (FLM-101B has 80 layers).</summary>
+    public const int MaxLayers = 1 << 14;
+
+    /// <summary>The largest model whose byte counts (parameters × bytes of weights, gradients and optimizer state) stay far inside 64 bits.</summary>
+    public const double MaxParameters = 1e15;
+
+    /// <summary>The parameter count in floating point, which cannot overflow whatever the shape.</summary>
+    private double EstimatedParameters
+    {
+        get
+        {
+            double d = Hidden, f = FfnSize, a = AttentionWidth;
+            return Layers * (4 * a * d + 3 * a + 2 * d * f + f + 6 * d) + (double)PaddedVocab * d + 2 * d;
+        }
     }
 
     internal static int RoundUp(int value, int multiple) => multiple <= 0 ? value : (value + multiple - 1) / multiple * multiple;
@@ -99,9 +122,9 @@ public sealed record MupConfig
     public void Validate(string where)
     {
         ModelConfig.Require(BaseWidth > 0, $"{where}.base_width must be positive (got {BaseWidth})");
-        ModelConfig.Require(OutputMult > 0, $"{where}.output_mult must be positive (got {OutputMult})");
-        ModelConfig.Require(InputMult > 0, $"{where}.input_mult must be positive (got {InputMult})");
-        ModelConfig.Require(InitStd > 0, $"{where}.init_std must be positive (got {InitStd})");
+        ModelConfig.Require(double.IsFinite(OutputMult) && OutputMult > 0, $"{where}.output_mult must be positive and finite (got {OutputMult})");
+        ModelConfig.Require(double.IsFinite(InputMult) && InputMult > 0, $"{where}.input_mult must be positive and finite (got {InputMult})");
+        ModelConfig.Require(double.IsFinite(InitStd) && InitStd > 0, $"{where}.init_std must be positive and finite (got {InitStd})");
     }
 }
 
@@ -114,8 +137,8 @@ public sealed record XposConfig
 
     public void Validate(string where)
     {
-        ModelConfig.Require(ScaleBase > 0, $"{where}.scale_base must be positive (got {ScaleBase})");
-        ModelConfig.Require(Theta > 1, $"{where}.theta must be greater than 1 (got {Theta})");
-        ModelConfig.Require(Gamma > 0, $"{where}.gamma must be positive (got {Gamma})");
+        ModelConfig.Require(double.IsFinite(ScaleBase) && ScaleBase > 0, $"{where}.scale_base must be positive and finite (got {ScaleBase})");
+        ModelConfig.Require(double.IsFinite(Theta) && Theta > 1, $"{where}.theta must be finite and greater than 1 (got {Theta})");
+        ModelConfig.Require(double.IsFinite(Gamma) && Gamma > 0, $"{where}.gamma must be positive and finite (got {Gamma})");
     }
 }

@@ -11,11 +11,21 @@ public static class TorchEnvironment
 
     public static Device ResolveDevice(string device)
     {
-        if (device == "cpu")
-            return CPU;
+        RequireDevice(device);
+        return device == "cpu" ? CPU : device == "cuda" ? CUDA : new Device(device);
+    }
+
+    /// <summary>Refuses a device this process cannot use (a CUDA device on a CPU build or a machine without it) before anything starts.</summary>
+    public static void RequireDevice(string device)
+    {
+        if (!Config.JobValidator.TryParseDevice(device, out var index))
+            throw new FlmUserException($"train.device '{device}' is not cpu, cuda or cuda:N");
+        if (index < 0)
+            return;
         if (!cuda.is_available())
-            throw new FlmUserException($"train.device '{device}' needs a CUDA build and a GPU; this build is CPU-only (build with -p:FlmDevice=cuda on a GPU server) or use --set train.device=cpu");
-        return device == "cuda" ? CUDA : new Device(device);
+            throw new FlmUserException($"train.device '{device}' needs a CUDA build and a GPU, and this build or machine has none; use --set train.device=cpu (or build with -p:FlmDevice=cuda on a GPU server)");
+        if (index >= cuda.device_count())
+            throw new FlmUserException($"train.device '{device}': this machine has {cuda.device_count()} CUDA device(s); use cuda:0 … cuda:{cuda.device_count() - 1}");
     }
 
     /// <summary>Parameter dtype: <c>auto</c> is bf16 (with fp32 master weights) on CUDA and fp32 on CPU.</summary>

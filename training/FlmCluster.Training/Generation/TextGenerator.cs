@@ -27,14 +27,22 @@ public sealed record GenerationOptions
 
     public void Validate()
     {
-        if (MaxNewTokens < 0)
-            throw new FlmUserException($"--max-new-tokens must not be negative (got {MaxNewTokens})");
-        if (Temperature < 0)
-            throw new FlmUserException($"--temperature must not be negative (got {Temperature}); 0 means greedy");
-        if (TopP is <= 0 or > 1)
+        if (MaxNewTokens <= 0)
+            throw new FlmUserException($"--max-new-tokens must be positive (got {MaxNewTokens})");
+        if (!double.IsFinite(Temperature) || Temperature < 0)
+            throw new FlmUserException($"--temperature must be a finite number, 0 or more (got {Temperature}); 0 means greedy");
+        if (TopP is not (> 0 and <= 1))
             throw new FlmUserException($"--top-p must be in (0, 1] (got {TopP})");
-        if (RepetitionPenalty <= 0)
-            throw new FlmUserException($"--repetition-penalty must be positive (got {RepetitionPenalty}); 1 disables it");
+        if (!double.IsFinite(RepetitionPenalty) || RepetitionPenalty <= 0)
+            throw new FlmUserException($"--repetition-penalty must be a finite positive number (got {RepetitionPenalty}); 1 disables it");
+    }
+
+    /// <summary>Checks the options against the model that will generate: the new tokens must fit in its context.</summary>
+    public void Validate(ModelConfig model)
+    {
+        Validate();
+        if (MaxNewTokens > model.SeqLen)
+            throw new FlmUserException($"--max-new-tokens {MaxNewTokens} is beyond the model's context of {model.SeqLen} tokens; give at most {model.SeqLen}");
     }
 }
 
@@ -82,7 +90,10 @@ public static class TextGenerator
         }
         if (options.Temperature == 0)
             return (int)logits.argmax().item<long>();
-        var probs = nn.functional.softmax(logits / options.Temperature, 0);
+        // Shifted to a maximum of 0 (with ±∞ from a strong penalty clamped first), so that any positive
+        // temperature, however small, divides into finite values or −∞ and the softmax never sees ∞ − ∞.
+        logits.clamp_(-double.MaxValue, double.MaxValue);
+        var probs = nn.functional.softmax((logits - logits.max()) / options.Temperature, 0);
         if (options.TopP < 1.0)
         {
             var (sorted, order) = probs.sort(descending: true);
@@ -117,6 +128,14 @@ public static class TextGenerator
         var stages = Growth.GrowthSchedule.Resolve(JobValidator.Validate(m.Job()));
         var stage = stages[Math.Clamp(m.Stage, 0, stages.Count - 1)];
         var job = stage.Job;
+        try
+        {
+            reader.RequireParameters(job.Model);
+        }
+        catch (InvalidCheckpointException ex)
+        {
+            throw new FlmUserException($"'{path}' is not a model: {ex.Message}");
+        }
         var dtype = reader.Records("param").FirstOrDefault()?.DType == "F64" ? ScalarType.Float64 : ScalarType.Float32;
         var model = new FlmModel(job.Model, dtype: dtype, growth: m.Growth);
         if (m.Growth is not null)

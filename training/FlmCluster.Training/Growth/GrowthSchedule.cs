@@ -37,10 +37,15 @@ public static class GrowthSchedule
                 ModelGrowth.Validate(previous, model, where);
             var batch = s.GlobalBatch ?? job.Train.GlobalBatch;
             Require(batch > 0, $"{where}.global_batch must be positive (got {batch})");
+            Require(s.Steps >= 0, $"{where}.steps must not be negative (got {s.Steps})");
+            Require(double.IsFinite(s.Tokens) && s.Tokens is >= 0 and <= long.MaxValue, $"{where}.tokens must be a finite number from 0 to 2^63 (got {s.Tokens})");
             Require((s.Steps > 0) != (s.Tokens > 0), $"{where}: give exactly one of steps or tokens, positive (got steps={s.Steps}, tokens={s.Tokens})");
             var steps = s.Steps > 0 ? s.Steps : (long)Math.Round(s.Tokens / ((double)batch * model.SeqLen));
             Require(steps > 0, $"{where}: {s.Tokens} tokens is less than one step of {batch} × {model.SeqLen}");
-            Require(s.Lr is null or > 0, $"{where}.lr must be positive (got {s.Lr})");
+            Require(s.Lr is null || (double.IsFinite(s.Lr.Value) && s.Lr > 0), $"{where}.lr must be positive and finite (got {s.Lr})");
+            Require(s.MinLr is null || (double.IsFinite(s.MinLr.Value) && s.MinLr >= 0), $"{where}.min_lr must be finite and not negative (got {s.MinLr})");
+            Require(s.WarmupSteps is null or >= 0, $"{where}.warmup_steps must not be negative (got {s.WarmupSteps})");
+            Require(s.WarmupSamples is null or >= 0, $"{where}.warmup_samples must not be negative (got {s.WarmupSamples})");
             Require(s.WarmupSteps is null || s.WarmupSamples is null, $"{where}: give warmup_steps or warmup_samples, not both");
             var warmup = s.WarmupSteps ?? (s.WarmupSamples is { } samples ? (long)Math.Round((double)samples / batch) : job.Optimizer.WarmupSteps);
             var optimizer = job.Optimizer with

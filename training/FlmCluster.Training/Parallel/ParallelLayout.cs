@@ -18,7 +18,11 @@ public sealed record ParallelLayout(int Dp, int Tp, int Pp, int MicroBatches = 1
 {
     public static ParallelLayout Single { get; } = new(1, 1, 1, 1);
 
-    public int WorldSize => Dp * Tp * Pp;
+    /// <summary>Ranks of the layout; <see cref="Validate"/> refuses layouts whose product does not fit.</summary>
+    public int WorldSize => checked(Dp * Tp * Pp);
+
+    /// <summary>The most ranks a layout may have.</summary>
+    public const int MaxRanks = 1 << 20;
 
     public int RankOf(RankCoords c) => c.Tp + Tp * (c.Dp + Dp * c.Pp);
 
@@ -26,7 +30,7 @@ public sealed record ParallelLayout(int Dp, int Tp, int Pp, int MicroBatches = 1
     {
         if (rank < 0 || rank >= WorldSize)
             throw new ArgumentOutOfRangeException(nameof(rank), $"rank {rank} outside 0..{WorldSize - 1}");
-        return new RankCoords(rank % Tp, rank / Tp % Dp, rank / (Tp * Dp));
+        return new RankCoords(rank % Tp, rank / Tp % Dp, (int)(rank / ((long)Tp * Dp)));
     }
 
     public static ParallelLayout FromConfig(LayoutConfig c) => new(c.Dp, c.Tp, c.Pp, c.MicroBatches);
@@ -34,7 +38,7 @@ public sealed record ParallelLayout(int Dp, int Tp, int Pp, int MicroBatches = 1
     public LayoutConfig ToConfig() => new() { Dp = Dp, Tp = Tp, Pp = Pp, MicroBatches = MicroBatches };
 
     /// <summary>Sequences per micro-batch on one data-parallel rank.</summary>
-    public int MicroBatchSize(int globalBatch) => globalBatch / (Dp * MicroBatches);
+    public int MicroBatchSize(int globalBatch) => (int)(globalBatch / ((long)Dp * MicroBatches));
 
     /// <summary>The contiguous block of layers that pipeline stage <paramref name="stage"/> owns.</summary>
     public (int First, int Count) StageLayers(int stage, int layers)
@@ -69,6 +73,9 @@ public sealed record ParallelLayout(int Dp, int Tp, int Pp, int MicroBatches = 1
     {
         Require(Dp >= 1 && Tp >= 1 && Pp >= 1, $"layout dp={Dp}, tp={Tp}, pp={Pp}: every axis must be at least 1");
         Require(MicroBatches >= 1, $"layout micro_batches={MicroBatches} must be at least 1");
+        // Products in 64 bits: dp × tp × pp and dp × micro_batches must not wrap around.
+        var ranks = (long)Dp * Tp * Pp;
+        Require(ranks <= MaxRanks, $"layout dp×tp×pp = {Dp}×{Tp}×{Pp} = {ranks} ranks is more than {MaxRanks}; give smaller axes");
         Require(model.Heads % Tp == 0,
             $"layout tp={Tp} does not divide model.heads={model.Heads}; choose tp from {{{Divisors(model.Heads)}}}");
         Require(model.FfnSize % Tp == 0,
@@ -79,11 +86,12 @@ public sealed record ParallelLayout(int Dp, int Tp, int Pp, int MicroBatches = 1
             $"layout pp={Pp} exceeds model.layers={model.Layers}; each pipeline stage needs at least one layer");
         Require(model.Layers % Pp == 0,
             $"layout pp={Pp} does not divide model.layers={model.Layers}; choose pp from {{{Divisors(model.Layers)}}}");
-        Require(globalBatch % (Dp * MicroBatches) == 0,
-            $"train.global_batch={globalBatch} is not divisible by dp×micro_batches={Dp}×{MicroBatches}={Dp * MicroBatches}; change the batch or the layout");
+        var perStep = (long)Dp * MicroBatches;
+        Require(globalBatch % perStep == 0,
+            $"train.global_batch={globalBatch} is not divisible by dp×micro_batches={Dp}×{MicroBatches}={perStep}; change the batch or the layout");
         if (availableRanks is { } available)
-            Require(WorldSize == available,
-                $"layout dp×tp×pp = {Dp}×{Tp}×{Pp} = {WorldSize} ranks, but {available} workers are available; choose a layout whose product is {available}");
+            Require(ranks == available,
+                $"layout dp×tp×pp = {Dp}×{Tp}×{Pp} = {ranks} ranks, but {available} workers are available; choose a layout whose product is {available}");
     }
 
     public override string ToString() => $"dp={Dp},tp={Tp},pp={Pp},micro={MicroBatches}";

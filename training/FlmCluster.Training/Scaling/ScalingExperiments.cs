@@ -70,8 +70,8 @@ public static class ScalingExperiments
     /// <summary>Checks sweep widths and learning rates before anything trains.</summary>
     public static void ValidateSweep(JobConfig job, IReadOnlyList<int> widths, IReadOnlyList<double> lrs)
     {
-        if (lrs.Any(lr => lr <= 0))
-            throw new FlmUserException("learning rates must be positive");
+        if (lrs.Any(lr => !double.IsFinite(lr) || lr <= 0))
+            throw new FlmUserException($"learning rates must be positive and finite (got {string.Join(", ", lrs)})");
         foreach (var width in widths)
             AtWidth(job, width);
     }
