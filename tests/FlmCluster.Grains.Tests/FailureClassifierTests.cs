@@ -19,7 +19,7 @@ public sealed class FailureClassifierTests
         { "silo declared dead mid-call", new SiloUnavailableException(), FailureKind.WorkerLost },
         { "message to a dead silo rejected", Rejection(), FailureKind.WorkerLost },
         { "placement refused: node gone", new WorkerLostException("n/gpu0", "no active silo"), FailureKind.WorkerLost },
-        { "worker restarted without the job", new WorkerNotHoldingJobException("n/gpu0", "job", 3), FailureKind.WorkerLost },
+        { "worker restarted without the job", new WorkerNotHoldingJobException("n/gpu0", "job", 3), FailureKind.WorkerReset },
         { "peer stopped sending", new PeerTimeoutException("n/gpu0", "waited 300 s"), FailureKind.WorkerLost },
         { "only echoes: a worker left by itself", new RankAbortedException("n/gpu0", "aborted"), FailureKind.WorkerLost },
         { "grain call timed out", new TimeoutException("response"), FailureKind.WorkerLost },
@@ -58,7 +58,7 @@ public sealed class FailureClassifierTests
         var echo = new RankAbortedException("a/gpu0", "aborted");
         var failed = new RankFailedException("a/gpu1", 1, "X", "x");
         var lost = new SiloUnavailableException();
-        bool Lost(Exception e) => FailureClassifier.Classify(e).Kind == FailureKind.WorkerLost;
+        bool Lost(Exception e) => FailureClassifier.Classify(e).Kind is FailureKind.WorkerLost or FailureKind.WorkerReset;
         Assert.Same(lost, RootCause.Of([echo, failed, lost], FailureClassifier.IsEcho, Lost));
         Assert.Same(failed, RootCause.Of([echo, failed], FailureClassifier.IsEcho, Lost));
         Assert.Same(echo, RootCause.Of([echo], FailureClassifier.IsEcho, Lost));

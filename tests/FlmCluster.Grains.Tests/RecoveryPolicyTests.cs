@@ -9,13 +9,14 @@ namespace FlmCluster.Grains.Tests;
 public sealed class RecoveryPolicyTests
 {
     private static readonly DateTimeOffset Now = new(2026, 12, 1, 12, 0, 0, TimeSpan.Zero);
-    private static readonly RecoverySettings Settings = new(Wait: TimeSpan.FromSeconds(30), RestoreLimit: 3, Replace: true, Shrink: true, RetryEvery: TimeSpan.FromSeconds(1));
+    private static readonly RecoverySettings Settings = new(Wait: TimeSpan.FromSeconds(30), RestoreLimit: 3, Replace: true, Shrink: true, RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(20));
 
     /// <summary>A dp=2 job running at step 50 with replicas of step 50 and a checkpoint of step 40.</summary>
     private static readonly JobSnapshot Running = new(JobPhase.Running, null, 0, Dp: 2, SubmittedDp: 2, NextStep: 50, ReplicaStep: 50, CheckpointStep: 40,
         CanCheckpoint: true, OutageSince: null);
 
-    private static readonly Failure Lost = new(FailureKind.WorkerLost, "worker Silo_1/gpu0 lost");
+    private static readonly Failure Lost = new(FailureKind.WorkerLost, "worker Silo_1/gpu0 out of reach");
+    private static readonly Failure Reset = new(FailureKind.WorkerReset, "worker Silo_1/gpu0 does not hold the job");
     private static readonly ClusterView Back = new(AllocationAlive: true, FittingDp: [2, 1]);
     private static readonly ClusterView Spare = new(AllocationAlive: false, FittingDp: [2, 1]);
     private static readonly ClusterView OnlyFewer = new(AllocationAlive: false, FittingDp: [1]);
@@ -23,10 +24,12 @@ public sealed class RecoveryPolicyTests
 
     public static TheoryData<string, JobSnapshot, Failure?, ClusterView, RecoverySettings, RecoveryDecision> Situations => new()
     {
-        { "lost worker with replicas, its server back", Running, Lost, Back, Settings, new Restore(RecoverySource.Replicas, "") },
-        { "lost worker without replicas", Running with { ReplicaStep = null }, Lost, Back, Settings, new Restore(RecoverySource.Checkpoint, "") },
-        { "replicas older than the newest checkpoint", Running with { ReplicaStep = 30 }, Lost, Back, Settings, new Restore(RecoverySource.Checkpoint, "") },
-        { "replicas as new as the checkpoint", Running with { ReplicaStep = 40 }, Lost, Back, Settings, new Restore(RecoverySource.Replicas, "") },
+        { "lost worker with replicas, its server restarted", Running, Reset, Back, Settings, new Restore(RecoverySource.Replicas, "") },
+        { "lost worker without replicas", Running with { ReplicaStep = null }, Reset, Back, Settings, new Restore(RecoverySource.Checkpoint, "") },
+        { "replicas older than the newest checkpoint", Running with { ReplicaStep = 30 }, Reset, Back, Settings, new Restore(RecoverySource.Checkpoint, "") },
+        { "replicas as new as the checkpoint", Running with { ReplicaStep = 40 }, Reset, Back, Settings, new Restore(RecoverySource.Replicas, "") },
+        { "out of reach, its server not declared dead yet", Running with { OutageSince = Now.AddSeconds(-5) }, Lost, Back, Settings, new Wait(Now.AddSeconds(1), "") },
+        { "out of reach for longer than a crash takes to declare", Running with { OutageSince = Now.AddSeconds(-21) }, Lost, Back, Settings, new Restore(RecoverySource.Replicas, "") },
         { "a rank and its peer both lost", Running, new Failure(FailureKind.ReplicaUnavailable, "no holder"), Back, Settings, new Restore(RecoverySource.Checkpoint, "") },
         { "spare GPUs available", Running, Lost, Spare, Settings, new Replace(2, RecoverySource.Replicas, "") },
         { "spare GPUs, but the job is pinned to its servers", Running, Lost, Spare, Settings with { Replace = false }, new Wait(Now.AddSeconds(1), "") },
@@ -35,12 +38,12 @@ public sealed class RecoveryPolicyTests
         { "server gone past the wait, shrinking not allowed", Running with { OutageSince = Now.AddSeconds(-31) }, Lost, OnlyFewer, Settings with { Shrink = false }, new Wait(Now.AddSeconds(1), "") },
         { "server gone past the wait, only replicas to rebuild from", Running with { CheckpointStep = null, OutageSince = Now.AddSeconds(-31) }, Lost, OnlyFewer, Settings, new Wait(Now.AddSeconds(1), "") },
         { "server gone past the wait, no GPUs at all", Running with { OutageSince = Now.AddSeconds(-31) }, Lost, Nothing, Settings, new Wait(Now.AddSeconds(1), "") },
-        { "nothing to rebuild from", Running with { ReplicaStep = null, CheckpointStep = null }, Lost, Back, Settings, new Fail("") },
-        { "lost before the first step", Running with { NextStep = 0, ReplicaStep = null, CheckpointStep = null }, Lost, Back, Settings, new Restore(RecoverySource.Start, "") },
+        { "nothing to rebuild from", Running with { ReplicaStep = null, CheckpointStep = null }, Reset, Back, Settings, new Fail("") },
+        { "lost before the first step", Running with { NextStep = 0, ReplicaStep = null, CheckpointStep = null }, Reset, Back, Settings, new Restore(RecoverySource.Start, "") },
         { "coordinator restarted mid-restore", Running with { Phase = JobPhase.Starting, Rebuilding = RebuildKind.Replicas, RestoresWithoutProgress = 1 },
             Failure.CoordinatorRestarted("silo"), Back, Settings, new Continue("") },
-        { "restore limit reached", Running with { RestoresWithoutProgress = 3 }, Lost, Back, Settings, new Fail("") },
-        { "failure during growth, servers back", Running with { Phase = JobPhase.Starting, Rebuilding = RebuildKind.Growth }, Lost, Back, Settings, new Restore(RecoverySource.StageCheckpoint, "") },
+        { "restore limit reached", Running with { RestoresWithoutProgress = 3 }, Reset, Back, Settings, new Fail("") },
+        { "failure during growth, servers back", Running with { Phase = JobPhase.Starting, Rebuilding = RebuildKind.Growth }, Reset, Back, Settings, new Restore(RecoverySource.StageCheckpoint, "") },
         { "failure during growth, spare GPUs", Running with { Phase = JobPhase.Starting, Rebuilding = RebuildKind.Growth }, Lost, Spare, Settings, new Replace(2, RecoverySource.StageCheckpoint, "") },
         { "failure during growth, past the wait", Running with { Phase = JobPhase.Waiting, Rebuilding = RebuildKind.Growth, OutageSince = Now.AddMinutes(-1) }, Lost, OnlyFewer, Settings,
             new Shrink(1, RecoverySource.StageCheckpoint, "") },
@@ -66,10 +69,10 @@ public sealed class RecoveryPolicyTests
     [Fact]
     public void A_failure_the_policy_gives_up_on_says_why()
     {
-        var limit = RecoveryPolicy.Decide(Running with { RestoresWithoutProgress = 3 }, Lost, Back, Settings, Now);
+        var limit = RecoveryPolicy.Decide(Running with { RestoresWithoutProgress = 3 }, Reset, Back, Settings, Now);
         Assert.Contains("3 restores in a row without a committed step", limit.Reason);
-        Assert.Contains(Lost.Message, limit.Reason);
-        var nothing = RecoveryPolicy.Decide(Running with { ReplicaStep = null, CheckpointStep = null }, Lost, Back, Settings, Now);
+        Assert.Contains(Reset.Message, limit.Reason);
+        var nothing = RecoveryPolicy.Decide(Running with { ReplicaStep = null, CheckpointStep = null }, Reset, Back, Settings, Now);
         Assert.Contains("nothing to rebuild them from", nothing.Reason);
     }
 

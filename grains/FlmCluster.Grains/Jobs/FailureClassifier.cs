@@ -10,8 +10,14 @@ namespace FlmCluster.Grains.Jobs;
 /// <summary>What kind of failure a job met, as far as recovery is concerned.</summary>
 public enum FailureKind
 {
-    /// <summary>Workers lost their state: their server died, stopped or restarted, a call or collective waited on a gone or hung peer.</summary>
+    /// <summary>
+    /// Workers are out of reach: their server died or stopped, a call was cut off or timed out, a collective
+    /// waited on a gone or hung peer. Until membership declares the server dead it may also be a blip.
+    /// </summary>
     WorkerLost,
+
+    /// <summary>A worker answered but no longer holds the job: its server restarted (or it was reset). Its ranks must be rebuilt.</summary>
+    WorkerReset,
 
     /// <summary>A rank's in-memory replica is gone with its holders: the replicas cannot rebuild the job.</summary>
     ReplicaUnavailable,
@@ -54,7 +60,8 @@ public static class FailureClassifier
         // The worker's silo died or stopped (declared dead, unreachable, a call cut off or timed out), its worker
         // lost the job's state, a peer stopped sending, or — when only echoes remain — a worker left by itself.
         SiloUnavailableException or OrleansMessageRejectionException or ConnectionFailedException => FailureKind.WorkerLost,
-        WorkerLostException or WorkerNotHoldingJobException or PeerTimeoutException or RankAbortedException => FailureKind.WorkerLost,
+        WorkerLostException or PeerTimeoutException or RankAbortedException => FailureKind.WorkerLost,
+        WorkerNotHoldingJobException => FailureKind.WorkerReset,
         TimeoutException or OperationCanceledException => FailureKind.WorkerLost,
         ReplicaUnavailableException => FailureKind.ReplicaUnavailable,
         ClusterRequestException or FlmUserException or InvalidCheckpointException => FailureKind.UserError,

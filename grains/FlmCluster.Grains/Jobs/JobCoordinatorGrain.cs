@@ -54,7 +54,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
 
     private IClusterSchedulerGrain Scheduler { get; }
     private JobState S => _job.State;
-    private Recovery Recovery => _recovery ??= new Recovery(_job, _points, Scheduler, RecoverySettings.For(_job.Submitted.Job.Recovery, _serverWait));
+    private Recovery Recovery => _recovery ??= new Recovery(_job, _points, _ranks, Scheduler, RecoverySettings.For(_job.Submitted.Job.Recovery, _serverWait));
 
     public override async Task OnActivateAsync(CancellationToken cancellationToken)
     {

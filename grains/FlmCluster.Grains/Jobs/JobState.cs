@@ -49,6 +49,9 @@ public sealed class JobState
     /// <summary>When the current outage began (workers lost and not yet rebuilt).</summary>
     [Id(17)] public DateTimeOffset? OutageSince { get; set; }
 
+    /// <summary>What kind of loss the current outage began with.</summary>
+    [Id(21)] public FailureKind? OutageKind { get; set; }
+
     /// <summary>What the current outage began with.</summary>
     [Id(20)] public string? OutageReason { get; set; }
 

@@ -105,6 +105,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
         State.Rebuild = null;
         State.OutageSince = null;
         State.OutageReason = null;
+        State.OutageKind = null;
         Log("started", message);
         return Save();
     }

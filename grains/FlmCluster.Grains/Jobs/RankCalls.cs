@@ -37,7 +37,7 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
             var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
             if (failures.Count == 0)
                 await done; // cancelled
-            var root = RootCause.Of(failures, FailureClassifier.IsEcho, e => FailureClassifier.Classify(e).Kind == FailureKind.WorkerLost);
+            var root = RootCause.Of(failures, FailureClassifier.IsEcho, e => FailureClassifier.Classify(e).Kind is FailureKind.WorkerLost or FailureKind.WorkerReset);
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(root).Throw();
         }
         return tasks.Select(t => t.Result).ToArray();
@@ -47,6 +47,21 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     public Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
 
     public Task All(Func<IGpuWorkerGrain, int, Task> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+
+    /// <summary>Whether every worker the job holds answers a status call within <paramref name="timeout"/>.</summary>
+    public async Task<bool> AllAnswer(TimeSpan timeout)
+    {
+        try
+        {
+            await Task.WhenAll(job.State.RankWorkers.Select(worker => Worker(worker).GetStatus().WaitAsync(timeout)));
+            return true;
+        }
+        catch (Exception ex)
+        {
+            log.LogDebug("Job {Job}: a worker does not answer: {Message}", job.JobId, ex.Message);
+            return false;
+        }
+    }
 
     /// <summary>Every worker the job holds gives it up and frees its memory; a worker that is gone has nothing to free.</summary>
     public Task ReleaseAll() => Task.WhenAll(job.State.RankWorkers.Select(async worker =>

@@ -9,8 +9,10 @@ namespace FlmCluster.Grains.Jobs;
 /// decides (<see cref="RecoveryPolicy"/>), and rebuilds the ranks in place, on replacement GPUs or on fewer
 /// replicas from the newest recovery point, waits, grows back, or fails the job.
 /// </summary>
-public sealed class Recovery(JobStateMachine job, RecoveryPoints points, IClusterSchedulerGrain scheduler, RecoverySettings settings)
+public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCalls ranks, IClusterSchedulerGrain scheduler, RecoverySettings settings)
 {
+    private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
+
     private DateTimeOffset _lastReview = DateTimeOffset.MinValue;
 
     private JobState S => job.State;
@@ -21,10 +23,11 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, ICluste
     /// </summary>
     public async Task<RecoveryDecision> Handle(Failure failure)
     {
-        if (failure.Kind is FailureKind.WorkerLost or FailureKind.ReplicaUnavailable && S.OutageSince is null)
+        if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable && S.OutageSince is null)
         {
             S.OutageSince = job.Now;
             S.OutageReason = failure.Message;
+            S.OutageKind = failure.Kind;
             job.Log("workers-lost", failure.Message);
         }
         if (failure.Kind == FailureKind.ReplicaUnavailable && S.LastReplica is not null)
@@ -33,12 +36,17 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, ICluste
             job.Log("replica-unavailable", failure.Message);
             S.LastReplica = null;
         }
-        var decision = RecoveryPolicy.Decide(Snapshot(), failure, await Survey(), settings, job.Now);
+        var cluster = await Survey();
+        // Out of reach while membership counts every server active: if every worker answers now, the servers
+        // restarted or it was a blip, and the ranks are rebuilt at once rather than after the suspicion wait.
+        if (failure.Kind == FailureKind.WorkerLost && cluster.AllocationAlive && await ranks.AllAnswer(ProbeTimeout))
+            failure = failure with { Kind = FailureKind.WorkerReset };
+        var decision = RecoveryPolicy.Decide(Snapshot(), failure, cluster, settings, job.Now);
         return await Carry(decision);
     }
 
     /// <summary>While waiting: the servers may be back, or GPUs free.</summary>
-    public Task<RecoveryDecision> Retry() => Handle(new Failure(FailureKind.WorkerLost, S.OutageReason ?? "workers lost"));
+    public Task<RecoveryDecision> Retry() => Handle(new Failure(S.OutageKind ?? FailureKind.WorkerLost, S.OutageReason ?? "workers lost"));
 
     /// <summary>
     /// While running on fewer replicas than submitted: now and then, whether GPUs for more are free; once a

@@ -65,10 +65,15 @@ public sealed record JobSnapshot(
     DateTimeOffset? OutageSince);
 
 /// <summary>A job's recovery settings: its own (recovery.*), with the server's wait where it gives none.</summary>
-public sealed record RecoverySettings(TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery)
+/// <param name="Suspect">
+/// How long a worker that is out of reach while membership still counts its server active is given before its
+/// ranks are rebuilt in place: membership declares a crashed server dead well within it.
+/// </param>
+public sealed record RecoverySettings(TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery, TimeSpan Suspect)
 {
     public static RecoverySettings For(RecoveryConfig job, TimeSpan serverWait) =>
-        new(job.WaitSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : serverWait, job.RestoreLimit, job.Replace, job.Shrink, TimeSpan.FromSeconds(1));
+        new(job.WaitSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : serverWait, job.RestoreLimit, job.Replace, job.Shrink,
+            RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(30));
 }
 
 /// <summary>
@@ -97,11 +102,17 @@ public static class RecoveryPolicy
             return new RecoveryDecision.Fail($"{job.RestoresWithoutProgress} restores in a row without a committed step (recovery.restore_limit); last failure: {failure.Message}");
         if (SourceFor(job, failure) is not { } source)
             return new RecoveryDecision.Fail($"workers lost and nothing to rebuild them from (no checkpoint and no in-memory replicas): {failure.Message}");
+        var waited = now - (job.OutageSince ?? now);
         if (cluster.AllocationAlive)
+        {
+            // Out of reach, yet membership counts the servers active: a crash not declared yet, or a blip. Ask again
+            // until membership decides (a restarted server answers with WorkerReset at once).
+            if (failure.Kind == FailureKind.WorkerLost && waited < settings.Suspect)
+                return new RecoveryDecision.Wait(now + settings.RetryEvery, $"{failure.Message}; waiting for membership to tell whether its server is gone");
             return new RecoveryDecision.Restore(source, failure.Message);
+        }
         if (settings.Replace && cluster.FittingDp.Contains(job.Dp))
             return new RecoveryDecision.Replace(job.Dp, source, failure.Message);
-        var waited = now - (job.OutageSince ?? now);
         // Fewer replicas means another layout: replicas cannot be resharded, a checkpoint can.
         var resharded = source == RecoverySource.Replicas ? (job.CheckpointStep is not null ? RecoverySource.Checkpoint : (RecoverySource?)null) : source;
         if (waited >= settings.Wait && settings.Shrink && job.CanCheckpoint && resharded is { } from && cluster.FittingDp.FirstOrDefault(dp => dp < job.Dp) is > 0 and var dp)
