@@ -5,9 +5,9 @@ namespace FlmCluster.Grains.Abstractions;
 /// <summary>One GPU of one server (key "node/gpuK"). Holds one rank of one job; no durable state.</summary>
 public interface IGpuWorkerGrain : IGrainWithStringKey
 {
-    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice.</summary>
+    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice and loads its state.</summary>
     [ResponseTimeout("00:10:00")]
-    Task Assign(WorkerAssignment assignment);
+    Task<RankBuildReport> Assign(WorkerAssignment assignment);
 
     /// <summary>Runs one step (idempotent: repeating the last step returns its report).</summary>
     [ResponseTimeout("01:00:00")]

@@ -35,7 +35,7 @@ public sealed record SiloSettings
     public int MissedProbesLimit { get; init; } = 3;
     public int VotesForDeathDeclaration { get; init; } = 2;
     public double CollectiveTimeoutSeconds { get; init; } = 300;
-    public double WorkerWaitSeconds { get; init; } = 300;
+    public double WorkerWaitSeconds { get; init; } = 30;
     public int TorchThreads { get; init; }
 
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>

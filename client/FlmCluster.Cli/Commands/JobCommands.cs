@@ -94,6 +94,10 @@ public static class JobCommands
             Console.WriteLine($"  recovery points: checkpoint on disk {(s.LastCheckpointStep is { } c ? $"at step {c}" : "none yet")}" +
                 (s.CheckpointDir is null ? "" : $" ({s.CheckpointDir})") +
                 (s.LastReplicaStep is { } r ? $", in-memory replicas at step {r}" : ""));
+        if (s.Time is { } t)
+            Console.WriteLine($"  time: ETTR {t.Ettr:0.000}; productive {t.Productive:0.0} s, redone {t.Redone:0.0} s, checkpoint stall {t.CheckpointStall:0.0} s, " +
+                $"growth {t.Growth:0.0} s, recovery {t.Recovery.Total:0.0} s ({t.Recovery.Count}), startup {t.Startup:0.0} s, queued {t.Queued:0.0} s, " +
+                $"paused {t.Paused:0.0} s, overhead {t.Overhead:0.0} s");
         if (s.Error is not null)
             Console.WriteLine($"  error: {s.Error}");
     }

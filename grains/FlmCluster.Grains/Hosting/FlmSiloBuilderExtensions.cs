@@ -24,7 +24,7 @@ public sealed record FlmNodeOptions
     /// How long a job waits for lost servers to come back (coordinators on this silo) before it continues on
     /// the GPUs that remain with fewer data-parallel replicas.
     /// </summary>
-    public TimeSpan WorkerWait { get; init; } = TimeSpan.FromMinutes(5);
+    public TimeSpan WorkerWait { get; init; } = TimeSpan.FromSeconds(30);
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
@@ -65,6 +65,7 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.TryAddSingleton(TimeProvider.System);
         return silo;
     }
@@ -75,4 +76,18 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
         return silo;
     }
+}
+
+/// <summary>
+/// When the silo stops, its workers leave their jobs first: a step in flight fails at once (its peers' collectives
+/// too, once the coordinator aborts them) instead of holding the shutdown until a timeout.
+/// </summary>
+internal sealed class WorkersLeaveOnStop(LocalWorkers workers) : ILifecycleParticipant<ISiloLifecycle>
+{
+    public void Participate(ISiloLifecycle lifecycle) =>
+        lifecycle.Subscribe(nameof(WorkersLeaveOnStop), ServiceLifecycleStage.Active, _ => Task.CompletedTask, _ =>
+        {
+            workers.LeaveAll();
+            return Task.CompletedTask;
+        });
 }

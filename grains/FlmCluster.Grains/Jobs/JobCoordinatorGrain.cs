@@ -61,6 +61,9 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         if (S.Phase is JobPhase.Starting or JobPhase.Running or JobPhase.Waiting)
         {
             // Taking over from an activation on a silo that died: this write makes a late write of that one fail.
+            // The time since that activation's last mark went to finding out it was gone.
+            S.Time.BeginRecovery();
+            _job.Spend(S.Time.Use, TimeUse.Detect);
             _job.Log("resumed", $"{Failure.CoordinatorRestarted(RuntimeIdentity).Message}; continuing from committed step {S.Cursor.NextStep}");
             await _job.Save();
             EnsureTimer();
@@ -121,7 +124,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         var checkpointDir = _job.HasCheckpointDir ? _job.Job.Job.Checkpoint.Dir : null;
         return Task.FromResult(new JobStatus(_job.JobId, accepted.Name, S.Phase, S.Cursor.NextStep, accepted.Steps, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}",
             _job.Ranks.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, accepted.Submission.Priority, accepted.SubmittedAt, _job.StageName,
-            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step));
+            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account()));
     }
 
     public async Task Cancel(string reason)
@@ -229,6 +232,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         if (progress.Finished(S.Cursor))
         {
             // The job ends with a checkpoint of its final state when it has a checkpoint folder.
+            _job.Spend(TimeUse.CheckpointStall);
             if (!_job.HasCheckpointDir || await _points.CheckpointedNow())
                 await Finish(JobPhase.Completed, $"all {S.Cursor.NextStep} steps done; last loss {S.Recent.LastOrDefault()?.Loss:0.0000}");
             return;
@@ -242,9 +246,17 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
             return;
         await _steps.RunStep();
         if (S.Pending is null && progress.CheckpointDue(S.Cursor, S.SaveRequested))
+        {
+            _job.Spend(TimeUse.CheckpointStall);
             await _points.BeginCheckpoint();
+            _job.Spend(TimeUse.Overhead);
+        }
         if (progress.ReplicaDue(S.Cursor) && _points.CanReplicate)
+        {
+            _job.Spend(TimeUse.CheckpointStall);
             await _points.BeginReplica();
+            _job.Spend(TimeUse.Overhead);
+        }
     }
 
     /// <summary>What is left of a recovery decision for the grain: ending a job the policy gave up on.</summary>

@@ -49,6 +49,9 @@ public sealed class JobState
     /// <summary>When the current outage began (workers lost and not yet rebuilt).</summary>
     [Id(17)] public DateTimeOffset? OutageSince { get; set; }
 
+    /// <summary>Where the job's time went.</summary>
+    [Id(22)] public TimeLedger Time { get; set; } = new();
+
     /// <summary>What kind of loss the current outage began with.</summary>
     [Id(21)] public FailureKind? OutageKind { get; set; }
 

@@ -63,6 +63,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     {
         State.Job = job;
         State.Phase = JobPhase.Queued;
+        State.Time.Start(new DateTimeOffset(job.SubmittedAt, TimeSpan.Zero), TimeUse.Queued);
         Log("submitted", message);
         return Save();
     }
@@ -70,9 +71,13 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     /// <summary>
     /// Starting: the ranks are (re)built by a new incarnation, <paramref name="rebuild"/> says from what, training
     /// continues at <paramref name="from"/>; with <paramref name="moveTo"/>, on other GPUs in the layouts that fit them.
+    /// With <paramref name="rollBack"/>, steps after <paramref name="from"/> were trained and will be trained again.
     /// </summary>
-    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null)
+    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null, bool rollBack = false)
     {
+        State.Time.Spend(Now, State.Phase == JobPhase.Queued ? TimeUse.Startup : rebuild.Kind == RebuildKind.Growth ? TimeUse.Growth : TimeUse.Rebuild);
+        if (rollBack)
+            State.Time.RollBack(from.NextStep);
         if (moveTo is not null)
         {
             var fitted = Submitted.FitInto(moveTo.RankWorkers.Count)
@@ -101,6 +106,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     /// <summary>Running: every rank holds its state; steps go on.</summary>
     public Task BecomeRunning(string message)
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         State.Rebuild = null;
         State.OutageSince = null;
@@ -114,6 +120,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     public Task BecomeWaiting(DateTimeOffset retryAt, string message)
     {
         var first = State.Phase != JobPhase.Waiting;
+        State.Time.Spend(Now, TimeUse.Waiting);
         State.Phase = JobPhase.Waiting;
         State.RetryAt = retryAt;
         State.OutageSince ??= Now;
@@ -124,6 +131,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public Task BecomePaused()
     {
+        State.Time.Spend(Now, TimeUse.Paused);
         State.Phase = JobPhase.Paused;
         Log("paused", $"paused before step {State.Cursor.NextStep}");
         return Save();
@@ -131,6 +139,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public Task BecomeResumed()
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         Log("resumed", $"resumed at step {State.Cursor.NextStep}");
         return Save();
@@ -141,6 +150,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     {
         if (!final.IsFinal())
             throw new ArgumentException($"{final} is not a final phase", nameof(final));
+        State.Time.Spend(Now, TimeUse.Ended);
         State.Phase = final;
         if (final == JobPhase.Failed)
             State.Error = message;
@@ -160,6 +170,12 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
             State.Recent.RemoveRange(0, State.Recent.Count - RecentLimit);
         return Save();
     }
+
+    /// <summary>
+    /// Charges the time since the last mark to what the job was doing (or to <paramref name="charge"/>) and
+    /// starts <paramref name="next"/>; returns the seconds charged.
+    /// </summary>
+    public double Spend(TimeUse next, TimeUse? charge = null) => State.Time.Spend(Now, next, charge);
 
     /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping).</summary>
     public Task Save() => store.WriteStateAsync();

@@ -23,6 +23,12 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     /// </summary>
     public async Task<RecoveryDecision> Handle(Failure failure)
     {
+        if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable)
+        {
+            // The step (or the coordinator's work) that failed was spent finding out: the recovery's detect phase.
+            S.Time.BeginRecovery();
+            job.Spend(TimeUse.Decide, S.Time.Use is TimeUse.Step or TimeUse.Overhead or TimeUse.CheckpointStall ? TimeUse.Detect : null);
+        }
         if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable && S.OutageSince is null)
         {
             S.OutageSince = job.Now;
@@ -65,8 +71,10 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             job.Log("growing-back", $"{grow.Reason}; checkpointing step {job.Cursor.NextStep} to move there");
             await job.Save();
         }
+        job.Spend(TimeUse.CheckpointStall);
         if (!await points.CheckpointedNow())
             return true;
+        job.Spend(TimeUse.Allocate, TimeUse.CheckpointStall);
         var widest = job.Submitted.WidestLayout;
         var choices = job.Submitted.DataParallelChoices.Where(dp => dp > job.Job.WidestLayout.Dp).ToList();
         var allocation = await scheduler.Reallocate(job.JobId, choices, widest.Tp, widest.Pp);
@@ -105,6 +113,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind)
     {
         var widest = job.Submitted.WidestLayout;
+        job.Spend(TimeUse.Allocate);
         var allocation = await scheduler.Reallocate(job.JobId, [dp], widest.Tp, widest.Pp);
         if (allocation is null)
         {
@@ -127,7 +136,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             () => moveTo is null
                 ? $"{decision.Reason}; rebuilding the ranks in place {source}"
                 : $"{decision.Reason}: {before} → {Describe()}{(kind == "shrunk" ? "; global batch kept" : "")}; {source}",
-            moveTo);
+            moveTo, rollBack: true);
         return decision;
     }
 

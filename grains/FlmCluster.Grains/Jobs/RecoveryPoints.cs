@@ -56,6 +56,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 throw new ClusterRequestException($"'{committed.Directory}' is a checkpoint of run {committed.Manifest.Run}, not of this job's run {job.Run.RunId}");
             S.LastCheckpoint = new PendingCheckpoint(at, committed.Directory, committed.Manifest.DataFingerprint, job.Now.UtcDateTime);
             S.SaveRequested = false;
+            S.Time.RecordPoint(at.NextStep);
             job.Log("checkpoint", $"step {at.NextStep} was already committed to {committed.Directory}; kept");
             await job.Save();
             return;
@@ -85,6 +86,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var removed = job.Progress.Prune(job.Run);
         S.LastCheckpoint = pending;
         S.Pending = null;
+        S.Time.RecordPoint(pending.Step);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
         await job.Save();
@@ -120,6 +122,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
+        S.Time.RecordPoint(pending.Step);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
     }

@@ -47,11 +47,12 @@ public sealed class ClusterSchedulerGrain(
     public async Task<string> Submit(JobSubmission submission)
     {
         ArgumentNullException.ThrowIfNull(submission);
+        var submittedAt = time.GetUtcNow().UtcDateTime; // the job's time is accounted from here
         var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
         var id = RunIdentity.NewId(JobNameOf(submission));
-        var job = SubmissionValidator.Validate(submission, id, nodes, time.GetUtcNow().UtcDateTime);
+        var job = SubmissionValidator.Validate(submission, id, nodes, submittedAt);
         await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
         S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();

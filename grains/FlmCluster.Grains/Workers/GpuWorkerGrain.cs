@@ -30,6 +30,7 @@ public sealed class GpuWorkerGrain(
     private WorkerAssignment? _assignment;
     private RankTrainer? _trainer;
     private WorkerStepReport? _lastReport;
+    private RankBuildReport? _built;
     private long _nextStep;
     private WorkerState _state = WorkerState.Idle;
     private string? _detail;
@@ -59,10 +60,10 @@ public sealed class GpuWorkerGrain(
         _thread?.Dispose();
     }
 
-    public async Task Assign(WorkerAssignment a)
+    public async Task<RankBuildReport> Assign(WorkerAssignment a)
     {
         if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
-            return;
+            return _built ?? new RankBuildReport(0, 0);
         await DropJob();
         var whole = Parse(a);
         var job = whole.Stages[a.Stage].Job;
@@ -77,9 +78,12 @@ public sealed class GpuWorkerGrain(
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
         var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox));
+        var started = Stopwatch.GetTimestamp();
+        var restore = TimeSpan.Zero;
         try
         {
             var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
+            restore = Stopwatch.GetElapsedTime(started);
             _trainer = await OnDevice(a.Rank, () =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
@@ -87,7 +91,9 @@ public sealed class GpuWorkerGrain(
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
                 try
                 {
+                    var loading = Stopwatch.GetTimestamp();
                     Rebuild(trainer, whole, a, data.Fingerprint, replica);
+                    restore += Stopwatch.GetElapsedTime(loading);
                 }
                 catch
                 {
@@ -109,7 +115,10 @@ public sealed class GpuWorkerGrain(
         _lastReport = null;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
+        var total = Stopwatch.GetElapsedTime(started);
+        _built = new RankBuildReport((total - restore).TotalMilliseconds, restore.TotalMilliseconds);
         log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
+        return _built;
     }
 
     /// <summary>The assignment's job, resolved; its stage and rebuild must make sense for it.</summary>
@@ -354,7 +363,15 @@ public sealed class GpuWorkerGrain(
 
     public Task Deliver(TensorChunk chunk)
     {
-        _mailbox.Put(chunk);
+        try
+        {
+            _mailbox.Put(chunk);
+        }
+        catch (Exception ex)
+        {
+            // A message for a job this worker left: the sender's collective is an echo of that (typed on the wire).
+            throw WorkerFailures.Translate(ex, Key, _assignment?.Rank ?? -1);
+        }
         return Task.CompletedTask;
     }
 

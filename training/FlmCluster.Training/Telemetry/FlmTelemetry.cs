@@ -44,4 +44,10 @@ public static class FlmTelemetry
 
     /// <summary>GPUs allocated to jobs.</summary>
     public static readonly UpDownCounter<int> AllocatedGpus = Meter.CreateUpDownCounter<int>("flm.scheduler.gpus.allocated", "gpus", "GPUs allocated to jobs");
+
+    /// <summary>Recoveries that ended with a committed step.</summary>
+    public static readonly Counter<long> Recoveries = Meter.CreateCounter<long>("flm.job.recoveries", "{recovery}", "Recoveries of jobs from lost workers");
+
+    /// <summary>Seconds of each recovery phase (tag phase: detect, decide, allocate, rebuild, restore, first_step, waiting).</summary>
+    public static readonly Histogram<double> RecoveryPhase = Meter.CreateHistogram<double>("flm.job.recovery.phase.duration", "s", "Duration of a recovery phase");
 }
