@@ -66,14 +66,27 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
+        silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
         return silo;
+    }
+
+    /// <summary>
+    /// Persisted grain state is plain JSON, without .NET type names: state reads back whatever type built a
+    /// collection (a collection expression makes a compiler-generated one that cannot be named), and no type
+    /// named in storage is ever instantiated (the state holds no polymorphic values). Every object read is a new
+    /// one: filling a default value in place would change an instance other state shares.
+    /// </summary>
+    public static void ConfigureStateJson(Orleans.Serialization.OrleansJsonSerializerOptions options)
+    {
+        options.JsonSerializerSettings.TypeNameHandling = Newtonsoft.Json.TypeNameHandling.None;
+        options.JsonSerializerSettings.ObjectCreationHandling = Newtonsoft.Json.ObjectCreationHandling.Replace;
     }
 
     /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
     public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
     {
-        silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
+        silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
         return silo;
     }
 }

@@ -71,6 +71,11 @@ public sealed record ReplicaPoint(
     [property: Id(2)] DateTime StartedAt)
 {
     public long Step => Cursor.NextStep;
+
+    /// <summary>A replica point where rank r's copy is kept by its own worker and by <paramref name="peers"/>[r].</summary>
+    public static ReplicaPoint Of(JobCursor at, IReadOnlyList<string> workers, IReadOnlyList<string> peers, DateTime startedAt) =>
+        // Plain lists: persisted state must read back as the types it was written with.
+        new(at, workers.Select((worker, rank) => (IReadOnlyList<string>)new List<string> { worker, peers[rank] }).ToList(), startedAt);
 }
 
 /// <summary>A checkpoint being written (or the last one committed): where training stood and its folder.</summary>

@@ -102,7 +102,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var peers = ReplicaPeers.For(workers)!;
         var at = job.Cursor;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
-        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), job.Now.UtcDateTime);
+        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, job.Now.UtcDateTime);
     }
 
     private async Task PollReplica()
