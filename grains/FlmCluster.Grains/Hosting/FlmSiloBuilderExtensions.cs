@@ -64,6 +64,7 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton(options);
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
+        silo.Services.AddSingleton<SiloReplicas>();
         silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);

@@ -22,7 +22,8 @@ namespace FlmCluster.Grains.Workers;
 /// </summary>
 [NodePinnedPlacement, Immovable, KeepAlive]
 public sealed class GpuWorkerGrain(
-    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, ICollectivesFactory collectives, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
+    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
+    ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
@@ -37,7 +38,7 @@ public sealed class GpuWorkerGrain(
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
     private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
-    private readonly ReplicaStore _replicas = new();
+    private ReplicaStore _replicas = null!;
 
     private string Key => this.GetPrimaryKeyString();
 
@@ -49,7 +50,9 @@ public sealed class GpuWorkerGrain(
             || !int.TryParse(key[(slash + 4)..], out var index) || index < 0 || index >= node.Devices.Count)
             throw new InvalidOperationException($"worker '{key}' does not exist on node {node.Node} ({node.Devices})");
         _thread = new DeviceThread(key);
+        _replicas = replicas.For(key);
         local.Register(key, _mailbox);
+        log.LogInformation("Worker {Worker} activated on {Silo}", key, RuntimeIdentity);
         return Task.CompletedTask;
     }
 
