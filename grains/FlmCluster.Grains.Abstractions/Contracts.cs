@@ -227,7 +227,17 @@ public sealed record StepPoint(
     [property: Id(6)] double Lr,
     [property: Id(7)] long Tokens,
     [property: Id(8)] bool Skipped,
-    [property: Id(9)] string Stage = "main");
+    [property: Id(9)] string Stage = "main",
+    [property: Id(10)] long FirstSample = 0);
+
+/// <summary>A batch of global samples the job skipped: they are never trained (a non-finite result or a loss spike).</summary>
+/// <param name="Step">The step that first read it.</param>
+[GenerateSerializer, Immutable, Alias("flm.SkippedWindow")]
+public sealed record SkippedWindow(
+    [property: Id(0)] long Step,
+    [property: Id(1)] long FirstSample,
+    [property: Id(2)] int Samples,
+    [property: Id(3)] string Reason);
 
 /// <summary>Loss of one batch without training, summed over the tokens a rank reports.</summary>
 [GenerateSerializer, Immutable, Alias("flm.LossSum")]
@@ -283,7 +293,8 @@ public sealed record JobStatus(
     [property: Id(13)] string? CheckpointDir = null,
     [property: Id(14)] long? LastCheckpointStep = null,
     [property: Id(15)] long? LastReplicaStep = null,
-    [property: Id(16)] TimeAccount? Time = null);
+    [property: Id(16)] TimeAccount? Time = null,
+    [property: Id(17)] IReadOnlyList<SkippedWindow>? SkippedData = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]

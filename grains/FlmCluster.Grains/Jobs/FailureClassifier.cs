@@ -31,12 +31,15 @@ public enum FailureKind
     /// <summary>This coordinator was activated on another silo in the middle of the job.</summary>
     CoordinatorRestarted,
 
+    /// <summary>A step's result must not be kept (non-finite, or a loss spike): roll back and skip its data.</summary>
+    Anomaly,
+
     /// <summary>A rank's own computation failed, or something unforeseen: the job fails with it.</summary>
     Fatal,
 }
 
-/// <summary>A classified failure: its kind and, for people, its message.</summary>
-public sealed record Failure(FailureKind Kind, string Message)
+/// <summary>A classified failure: its kind, for people its message, and for an anomaly the step to roll back to (at most).</summary>
+public sealed record Failure(FailureKind Kind, string Message, long? RewindTo = null, long? AtStep = null)
 {
     public static Failure CoordinatorRestarted(string silo) => new(FailureKind.CoordinatorRestarted, $"coordinator activated on {silo}");
 }
@@ -52,7 +55,9 @@ public static class FailureClassifier
     public static Failure Classify(Exception ex)
     {
         var inner = Unwrap(ex);
-        return new Failure(KindOf(inner), inner.Message);
+        return inner is StepAnomalyException anomaly
+            ? new Failure(FailureKind.Anomaly, anomaly.Message, anomaly.RewindTo, anomaly.Windows.Max(w => w.Step))
+            : new Failure(KindOf(inner), inner.Message);
     }
 
     private static FailureKind KindOf(Exception ex) => ex switch
@@ -70,4 +75,14 @@ public static class FailureClassifier
     };
 
     private static Exception Unwrap(Exception ex) => ex is AggregateException { InnerExceptions.Count: > 0 } agg ? Unwrap(agg.InnerExceptions[0]) : ex;
+}
+
+/// <summary>
+/// A step's result was not committed (<see cref="FailureKind.Anomaly"/>): the job skips <see cref="Windows"/>
+/// and rolls back to a point at or before the first of them.
+/// </summary>
+public sealed class StepAnomalyException(string message, IReadOnlyList<SkippedWindow> windows) : Exception(message)
+{
+    public IReadOnlyList<SkippedWindow> Windows { get; } = windows;
+    public long RewindTo => Windows.Min(w => w.Step);
 }

@@ -49,6 +49,12 @@ public sealed class JobState
     /// <summary>When the current outage began (workers lost and not yet rebuilt).</summary>
     [Id(17)] public DateTimeOffset? OutageSince { get; set; }
 
+    /// <summary>Batches of samples the job skips (never trained); a step that reaches one reads past it.</summary>
+    [Id(23)] public List<SkippedWindow> SkippedData { get; set; } = [];
+
+    /// <summary>Rollbacks for an anomaly, by the step it happened at.</summary>
+    [Id(24)] public Dictionary<long, int> Anomalies { get; set; } = [];
+
     /// <summary>Where the job's time went.</summary>
     [Id(22)] public TimeLedger Time { get; set; } = new();
 

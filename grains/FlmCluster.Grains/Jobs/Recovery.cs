@@ -23,7 +23,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     /// </summary>
     public async Task<RecoveryDecision> Handle(Failure failure)
     {
-        if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable)
+        if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable or FailureKind.Anomaly)
         {
             // The step (or the coordinator's work) that failed was spent finding out: the recovery's detect phase.
             S.Time.BeginRecovery();
@@ -47,8 +47,8 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         // restarted or it was a blip, and the ranks are rebuilt at once rather than after the suspicion wait.
         if (failure.Kind == FailureKind.WorkerLost && cluster.AllocationAlive && await ranks.AllAnswer(ProbeTimeout))
             failure = failure with { Kind = FailureKind.WorkerReset };
-        var decision = RecoveryPolicy.Decide(Snapshot(), failure, cluster, settings, job.Now);
-        return await Carry(decision);
+        var decision = RecoveryPolicy.Decide(Snapshot(failure), failure, cluster, settings, job.Now);
+        return await Carry(decision, failure.RewindTo);
     }
 
     /// <summary>While waiting: the servers may be back, or GPUs free.</summary>
@@ -65,7 +65,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             if (job.Job.WidestLayout.Dp >= job.Submitted.WidestLayout.Dp || job.Now - _lastReview < Max(settings.Wait, settings.RetryEvery))
                 return false;
             _lastReview = job.Now;
-            if (RecoveryPolicy.Decide(Snapshot(), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
+            if (RecoveryPolicy.Decide(Snapshot(null), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
                 return false;
             S.GrowBackDp = grow.Dp;
             job.Log("growing-back", $"{grow.Reason}; checkpointing step {job.Cursor.NextStep} to move there");
@@ -91,7 +91,8 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         return true;
     }
 
-    private async Task<RecoveryDecision> Carry(RecoveryDecision decision)
+    /// <param name="rewindTo">The latest step the job may be rebuilt at (an anomaly's), or null for the newest.</param>
+    private async Task<RecoveryDecision> Carry(RecoveryDecision decision, long? rewindTo)
     {
         switch (decision)
         {
@@ -99,18 +100,18 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
                 await job.BecomeWaiting(wait.RetryAt, wait.Reason);
                 return decision;
             case RecoveryDecision.Restore restore:
-                return await Rebuild(decision, restore.From, "restoring", null);
+                return await Rebuild(decision, restore.From, rewindTo is null ? "restoring" : "rolled-back", null, rewindTo);
             case RecoveryDecision.Replace replace:
-                return await Move(decision, replace.Dp, replace.From, "replaced");
+                return await Move(decision, replace.Dp, replace.From, "replaced", rewindTo);
             case RecoveryDecision.Shrink shrink:
-                return await Move(decision, shrink.Dp, shrink.From, "shrunk");
+                return await Move(decision, shrink.Dp, shrink.From, "shrunk", rewindTo);
             default:
                 return decision; // Continue: nothing changes; Fail: the grain ends the job; GrowBack: not decided on failures
         }
     }
 
     /// <summary>Takes an allocation of <paramref name="dp"/> replicas (or waits when the scheduler has none after all) and rebuilds there.</summary>
-    private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind)
+    private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind, long? rewindTo)
     {
         var widest = job.Submitted.WidestLayout;
         job.Spend(TimeUse.Allocate);
@@ -121,13 +122,13 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             await job.BecomeWaiting(wait.RetryAt, wait.Reason);
             return wait;
         }
-        return await Rebuild(decision, from, kind, allocation);
+        return await Rebuild(decision, from, kind, allocation, rewindTo);
     }
 
     /// <summary>Rebuilds every rank from a recovery point (on <paramref name="moveTo"/> when given): a new incarnation.</summary>
-    private async Task<RecoveryDecision> Rebuild(RecoveryDecision decision, RecoverySource from, string kind, JobAllocation? moveTo)
+    private async Task<RecoveryDecision> Rebuild(RecoveryDecision decision, RecoverySource from, string kind, JobAllocation? moveTo, long? rewindTo)
     {
-        if (PointOf(from) is not var (rebuild, at, source))
+        if (PointOf(from, rewindTo) is not var (rebuild, at, source))
             return new RecoveryDecision.Fail($"{decision.Reason}; no checkpoint of the job verifies");
         S.RestoresWithoutProgress++;
         points.DropInFlight();
@@ -141,7 +142,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     }
 
     /// <summary>The rebuild from a recovery point, where it puts the job, and what it is, in words.</summary>
-    private (Rebuild Rebuild, JobCursor At, string Description)? PointOf(RecoverySource from)
+    private (Rebuild Rebuild, JobCursor At, string Description)? PointOf(RecoverySource from, long? atMost)
     {
         switch (from)
         {
@@ -153,7 +154,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
                 var grown = Abstractions.Rebuild.GrowFrom(S.LastCheckpoint!.Directory);
                 return (grown, job.Cursor, grown.ToString());
             case RecoverySource.Checkpoint:
-                if (points.NewestValidCheckpoint() is not { } reader)
+                if (points.NewestValidCheckpoint(atMost) is not { } reader)
                     return null;
                 var at = JobCursor.Of(reader.Manifest);
                 S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
@@ -163,7 +164,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         }
     }
 
-    private JobSnapshot Snapshot() => new(
+    private JobSnapshot Snapshot(Failure? failure) => new(
         job.Phase,
         S.Rebuild?.Kind,
         S.RestoresWithoutProgress,
@@ -171,9 +172,10 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         job.Submitted.WidestLayout.Dp,
         job.Cursor.NextStep,
         S.LastReplica?.Step,
-        points.NewestCheckpointStep(),
+        points.NewestCheckpointStep(failure?.RewindTo),
         job.HasCheckpointDir,
-        S.OutageSince);
+        S.OutageSince,
+        failure?.AtStep is { } step ? S.Anomalies.GetValueOrDefault(step) - 1 : 0);
 
     private Task<ClusterView> Survey()
     {

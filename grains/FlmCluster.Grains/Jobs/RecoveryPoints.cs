@@ -134,21 +134,24 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
     /// The step of the newest checkpoint the job could restore from: its run's newest in its folder, or the last
     /// one it recorded (for a resumed job, the checkpoint it started from).
     /// </summary>
-    public long? NewestCheckpointStep()
+    public long? NewestCheckpointStep(long? atMost = null)
     {
-        var onDisk = job.HasCheckpointDir ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId)?.Step : null;
-        return new[] { onDisk, S.LastCheckpoint?.Step }.Max();
+        var limit = atMost ?? long.MaxValue;
+        var onDisk = job.HasCheckpointDir
+            ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId && e.Step <= limit)?.Step
+            : null;
+        return new[] { onDisk, S.LastCheckpoint?.Step <= limit ? S.LastCheckpoint.Step : null }.Max();
     }
 
     /// <summary>
-    /// The newest of those checkpoints that verifies (manifest, sizes, checksums); bad ones are skipped and
-    /// logged. Null when none does.
+    /// The newest of those checkpoints (at or before <paramref name="atMost"/> when given) that verifies
+    /// (manifest, sizes, checksums); bad ones are skipped and logged. Null when none does.
     /// </summary>
-    public CheckpointReader? NewestValidCheckpoint()
+    public CheckpointReader? NewestValidCheckpoint(long? atMost = null)
     {
         void Rejected(string dir, string why) => job.Log("checkpoint-rejected", $"{dir}: {why}");
-        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId) : null;
-        if (S.LastCheckpoint is not { } last || (own is not null && own.Manifest.Step >= last.Step))
+        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId, atMost) : null;
+        if (S.LastCheckpoint is not { } last || last.Step > (atMost ?? long.MaxValue) || (own is not null && own.Manifest.Step >= last.Step))
             return own;
         try
         {

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Grains.Jobs;
@@ -14,7 +15,7 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
 {
     public async Task RunStep()
     {
-        var at = job.Cursor;
+        var at = ReadPastSkippedData(job.Cursor);
         var plan = job.Progress.Plan(at);
         using var activity = FlmTelemetry.Source.StartActivity("job.step");
         activity?.SetTag("job", job.JobId);
@@ -26,8 +27,19 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         var reports = await ranks.FanOut((worker, _) => worker.RunStep(command));
         var elapsed = time.GetElapsedTime(started);
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
+        var recent = job.State.Recent.Where(p => p.Stage == job.StageName).Select(p => p.Loss).ToList();
+        if (LossWatch.Check(step, recent, job.Job.Job.Recovery) is { } anomaly)
+        {
+            // Not committed: the job rolls back and reads past these batches from then on.
+            var windows = Windows(plan, anomaly);
+            job.State.SkippedData.AddRange(windows.Where(w => !job.State.SkippedData.Any(s => s.FirstSample == w.FirstSample)));
+            job.State.Anomalies[plan.Step] = job.State.Anomalies.GetValueOrDefault(plan.Step) + 1;
+            job.Log("anomaly", $"{anomaly.Reason}; skipping samples {string.Join(", ", windows.Select(w => $"{w.FirstSample}–{w.FirstSample + w.Samples - 1}"))}");
+            job.Spend(TimeUse.Overhead, TimeUse.Redone);
+            throw new StepAnomalyException(anomaly.Reason, windows);
+        }
         var point = new StepPoint(step.Step, step.Loss, step.TokensPerSecond, elapsed.TotalMilliseconds, step.GradNorm, step.CommFraction,
-            step.Lr, step.Tokens, step.Skipped, job.StageName);
+            step.Lr, step.Tokens, step.Skipped, job.StageName, plan.FirstSample);
         job.Spend(TimeUse.Overhead);
         var recovered = job.State.Time.EndRecovery();
         await job.CommitStep(next, point);
@@ -38,6 +50,25 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         FlmTelemetry.Loss.Record(step.Loss, tags);
         FlmTelemetry.TokensPerSecond.Record(step.TokensPerSecond, tags);
         FlmTelemetry.Tokens.Add(step.Tokens, tags);
+    }
+
+    /// <summary>The data cursor moved past the batches the job skips (after a rollback, a replay reaches them again).</summary>
+    private JobCursor ReadPastSkippedData(JobCursor at)
+    {
+        while (job.State.SkippedData.FirstOrDefault(w => w.FirstSample == at.SamplesConsumed) is { } skipped)
+        {
+            job.Log("skipped-data", $"step {at.NextStep} reads past samples {skipped.FirstSample}–{skipped.FirstSample + skipped.Samples - 1} ({skipped.Reason})");
+            at = at with { SamplesConsumed = at.SamplesConsumed + skipped.Samples };
+        }
+        return at;
+    }
+
+    /// <summary>The batches an anomaly skips: this step's, and those of the committed steps just before it.</summary>
+    private IReadOnlyList<SkippedWindow> Windows(StepPlan plan, StepAnomaly anomaly)
+    {
+        var batch = job.StageJob.Train.GlobalBatch;
+        var before = job.State.Recent.Where(p => p.Stage == job.StageName && p.Step < plan.Step).TakeLast(anomaly.SkipBatches - 1);
+        return [.. before.Select(p => new SkippedWindow(p.Step, p.FirstSample, batch, anomaly.Reason)), new SkippedWindow(plan.Step, plan.FirstSample, batch, anomaly.Reason)];
     }
 
     /// <summary>A recovery ended with this committed step: its phases, as an event and as metrics.</summary>

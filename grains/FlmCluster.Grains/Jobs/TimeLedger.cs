@@ -18,6 +18,9 @@ public enum TimeUse
     Rebuild,
     FirstStep,
     Waiting,
+
+    /// <summary>Work whose result was thrown away (a step that failed its check); counted as redone.</summary>
+    Redone,
     Ended,
 }
 
@@ -63,6 +66,8 @@ public sealed class TimeLedger
         var use = charge ?? Use;
         if (use == TimeUse.Step)
             Productive += seconds;
+        else if (use == TimeUse.Redone)
+            Redone += seconds;
         else if (use != TimeUse.Ended)
         {
             Seconds[use] = Seconds.GetValueOrDefault(use) + seconds;

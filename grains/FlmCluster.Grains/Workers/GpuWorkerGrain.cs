@@ -23,7 +23,7 @@ namespace FlmCluster.Grains.Workers;
 [NodePinnedPlacement, Immovable, KeepAlive]
 public sealed class GpuWorkerGrain(
     FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
-    ILogger<GpuWorkerGrain> log)
+    IEnumerable<IStepFaults> faults, ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
@@ -92,6 +92,8 @@ public sealed class GpuWorkerGrain(
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
+                foreach (var fault in faults)
+                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(a.JobId, a.Rank, plan, rank);
                 try
                 {
                     var loading = Stopwatch.GetTimestamp();
