@@ -294,7 +294,8 @@ public sealed record JobStatus(
     [property: Id(14)] long? LastCheckpointStep = null,
     [property: Id(15)] long? LastReplicaStep = null,
     [property: Id(16)] TimeAccount? Time = null,
-    [property: Id(17)] IReadOnlyList<SkippedWindow>? SkippedData = null);
+    [property: Id(17)] IReadOnlyList<SkippedWindow>? SkippedData = null,
+    [property: Id(18)] string? Coordinator = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]

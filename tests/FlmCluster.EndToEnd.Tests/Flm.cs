@@ -23,10 +23,11 @@ public sealed class Flm : IDisposable
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
         FlmProcess.Run(Home, new Dictionary<string, string>(Environment) { ["FLM_PROFILE"] = Profile }, timeout, args);
 
-    /// <summary>`flm cluster up` with Redis membership and a control-plane node; asserts that it worked.</summary>
-    public FlmResult Up(int nodes, int gpusPerNode, int basePort)
+    /// <summary>`flm cluster up` with Redis membership and control-plane nodes (one by default); asserts that it worked.</summary>
+    public FlmResult Up(int nodes, int gpusPerNode, int basePort, int controlNodes = 1)
     {
-        var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-node", "--redis", Redis.ConnectionString, "--base-port", $"{basePort}");
+        var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-nodes", $"{controlNodes}", "--redis", Redis.ConnectionString,
+            "--base-port", $"{basePort}");
         Assert.True(up.ExitCode == 0, up.Output + up.Error);
         return up;
     }

@@ -14,14 +14,20 @@ public static partial class ClusterCommands
     {
         var nodes = new Option<int>("--nodes") { Description = "GPU servers (silo processes) to start", DefaultValueFactory = _ => 2 };
         var gpus = new Option<int>("--gpus-per-node") { Description = "Devices per server (CPU devices here)", DefaultValueFactory = _ => 2 };
-        var control = new Option<bool>("--control-node") { Description = "Also start a silo without devices for coordinators and the scheduler" };
+        var control = new Option<bool>("--control-node") { Description = "Also start a silo without devices for coordinators and the scheduler (--control-nodes 1)" };
+        var controls = new Option<int>("--control-nodes") { Description = "Silos without devices to start for coordinators and the scheduler", DefaultValueFactory = _ => 0 };
         var redis = new Option<string?>("--redis") { Description = "Redis connection string (e.g. localhost:6379): Redis membership, storage and reminders" };
         var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000", DefaultValueFactory = _ => 11111 };
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
-        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, redis, basePort, dir, timeout };
-        up.SetAction(parse => Up(parse.GetValue(nodes), parse.GetValue(gpus), parse.GetValue(control), parse.GetValue(redis), parse.GetValue(basePort),
-            parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout))));
+        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout };
+        up.SetAction(parse =>
+        {
+            if (parse.GetValue(controls) < 0)
+                throw new FlmUserException($"--control-nodes must not be negative (got {parse.GetValue(controls)})");
+            return Up(parse.GetValue(nodes), parse.GetValue(gpus), Math.Max(parse.GetValue(controls), parse.GetValue(control) ? 1 : 0), parse.GetValue(redis),
+                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)));
+        });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
         return new Command("cluster", "Local cluster of silo processes") { up, down };
@@ -58,14 +64,14 @@ public static partial class ClusterCommands
     private const int MaxLocalSilos = 1000;
     private const int MaxDevicesPerNode = 1024;
 
-    private static async Task<int> Up(int nodes, int gpus, bool control, string? redis, int basePort, string? dir, TimeSpan timeout)
+    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout)
     {
         if (nodes < 1 || gpus < 1)
             throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
         // Silo ports are base … base+silos−1 and gateways base+1000 …: more than 1000 silos would collide.
-        var silos = nodes + (control ? 1 : 0);
+        var silos = (long)nodes + controls;
         if (silos > MaxLocalSilos)
-            throw new FlmUserException($"--nodes {nodes} is more silo processes than a local cluster's ports allow ({MaxLocalSilos}{(control ? " with the control node" : "")})");
+            throw new FlmUserException($"--nodes {nodes} is more silo processes than a local cluster's ports allow ({MaxLocalSilos}{(controls > 0 ? " with the control nodes" : "")})");
         if (gpus > MaxDevicesPerNode)
             throw new FlmUserException($"--gpus-per-node {gpus} is more than {MaxDevicesPerNode}");
         if (basePort is < 1024 or > 64000 - 1000)
@@ -85,8 +91,7 @@ public static partial class ClusterCommands
         Directory.CreateDirectory(Path.Combine(home, "ready"));
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
-        if (control)
-            specs.Insert(0, ("control", "cpu:0"));
+        specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
         var clusterId = $"flm-{Guid.NewGuid():N}"[..12];
         var started = new List<SiloProcess>();
         for (var i = 0; i < specs.Count; i++)
@@ -138,7 +143,7 @@ public static partial class ClusterCommands
                 await Task.Delay(200);
             }
         }
-        Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(control ? " + control node" : "")}, {profile.Describe()}");
+        Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(controls == 1 ? " + control node" : controls > 1 ? $" + {controls} control nodes" : "")}, {profile.Describe()}");
         foreach (var s in started)
             Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, log {s.Log}");
         Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");

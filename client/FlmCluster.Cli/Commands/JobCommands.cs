@@ -88,6 +88,8 @@ public static class JobCommands
         var last = s.Recent.Count > 0 ? s.Recent[^1] : null;
         Console.WriteLine($"{s.JobId} ({s.Name}): {Text.Of(s.State)}, step {s.Step}/{s.TotalSteps}, stage {s.Stage}, layout {s.Layout}" +
             (last is null ? "" : $", loss {last.Loss:0.0000}, {last.TokensPerSecond:N0} tokens/s"));
+        if (s.Coordinator is not null)
+            Console.WriteLine($"  coordinator on silo {s.Coordinator}");
         foreach (var node in s.Workers.Select((w, rank) => (w, rank)).GroupBy(x => x.w[..x.w.IndexOf('/')]))
             Console.WriteLine($"  {node.Key}: {string.Join(", ", node.Select(x => $"rank {x.rank} on {x.w[(x.w.IndexOf('/') + 1)..]}"))}");
         if (s.CheckpointDir is not null || s.LastReplicaStep is not null)

@@ -124,7 +124,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         var checkpointDir = _job.HasCheckpointDir ? _job.Job.Job.Checkpoint.Dir : null;
         return Task.FromResult(new JobStatus(_job.JobId, accepted.Name, S.Phase, S.Cursor.NextStep, accepted.Steps, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}",
             _job.Ranks.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, accepted.Submission.Priority, accepted.SubmittedAt, _job.StageName,
-            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account(), S.SkippedData.ToList()));
+            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account(), S.SkippedData.ToList(), RuntimeIdentity));
     }
 
     public async Task Cancel(string reason)
