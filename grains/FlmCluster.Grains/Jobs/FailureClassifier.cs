@@ -34,6 +34,9 @@ public enum FailureKind
     /// <summary>A step's result must not be kept (non-finite, or a loss spike): roll back and skip its data.</summary>
     Anomaly,
 
+    /// <summary>The job's state could not be saved (the grain storage, e.g. Redis, is unreachable): nothing can be committed until it is back.</summary>
+    StorageUnavailable,
+
     /// <summary>A rank's own computation failed, or something unforeseen: the job fails with it.</summary>
     Fatal,
 }
@@ -71,6 +74,7 @@ public static class FailureClassifier
         ReplicaUnavailableException => FailureKind.ReplicaUnavailable,
         ClusterRequestException or FlmUserException or InvalidCheckpointException => FailureKind.UserError,
         InconsistentStateException => FailureKind.StateConflict,
+        StateStorageException => FailureKind.StorageUnavailable,
         _ => FailureKind.Fatal,
     };
 
@@ -86,3 +90,6 @@ public sealed class StepAnomalyException(string message, IReadOnlyList<SkippedWi
     public IReadOnlyList<SkippedWindow> Windows { get; } = windows;
     public long RewindTo => Windows.Min(w => w.Step);
 }
+
+/// <summary>The job's state could not be written to grain storage (the provider failed; not a conflicting write).</summary>
+public sealed class StateStorageException(Exception inner) : Exception($"the job's state could not be saved: {inner.Message}", inner);

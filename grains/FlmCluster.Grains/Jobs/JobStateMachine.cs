@@ -177,8 +177,24 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     /// </summary>
     public double Spend(TimeUse next, TimeUse? charge = null) => State.Time.Spend(Now, next, charge);
 
-    /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping).</summary>
-    public Task Save() => store.WriteStateAsync();
+    /// <summary>
+    /// Persists a change within the current phase (checkpoint and replica bookkeeping). A storage that cannot be
+    /// reached is a <see cref="StateStorageException"/>; a conflicting write stays <see cref="Orleans.Storage.InconsistentStateException"/>.
+    /// </summary>
+    public async Task Save()
+    {
+        try
+        {
+            await store.WriteStateAsync();
+        }
+        catch (Exception ex) when (ex is not Orleans.Storage.InconsistentStateException && FindInconsistent(ex) is null)
+        {
+            throw new StateStorageException(ex);
+        }
+    }
+
+    private static Orleans.Storage.InconsistentStateException? FindInconsistent(Exception ex) =>
+        ex as Orleans.Storage.InconsistentStateException ?? (ex.InnerException is { } inner ? FindInconsistent(inner) : null);
 
     /// <summary>The state as storage holds it now (another activation of this job wrote it last).</summary>
     public async Task Reload()

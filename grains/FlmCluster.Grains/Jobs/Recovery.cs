@@ -14,6 +14,10 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
 
     private DateTimeOffset _lastReview = DateTimeOffset.MinValue;
+    private DateTimeOffset? _storageDownSince;
+
+    /// <summary>The job's state was saved again: a storage outage is over.</summary>
+    public void StorageBack() => _storageDownSince = null;
 
     private JobState S => job.State;
 
@@ -23,6 +27,12 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     /// </summary>
     public async Task<RecoveryDecision> Handle(Failure failure)
     {
+        if (failure.Kind == FailureKind.StorageUnavailable)
+        {
+            // Nothing can be persisted now: decide in memory; a wait is the grain's to keep (it backs off).
+            _storageDownSince ??= job.Now;
+            return RecoveryPolicy.Decide(Snapshot(failure) with { StorageDownSince = _storageDownSince }, failure, new ClusterView(true, []), settings, job.Now);
+        }
         if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable or FailureKind.Anomaly)
         {
             // The step (or the coordinator's work) that failed was spent finding out: the recovery's detect phase.

@@ -24,6 +24,31 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
 
     private JobState S => job.State;
 
+    /// <summary>
+    /// Where a job starts: its seed, or the checkpoint it resumes from (verified now; checked against the job at
+    /// submit). Its checkpoint folder becomes its run's (another run's checkpoints there are deleted only when the
+    /// submission asked to overwrite them).
+    /// </summary>
+    public (Rebuild Rebuild, JobCursor At) StartingPoint()
+    {
+        var submission = S.Job!.Submission;
+        var (rebuild, at) = (Rebuild.Fresh, JobCursor.Start);
+        if (submission.ResumeFrom is { } resume)
+        {
+            var reader = CheckpointStore.Resolve(resume, (dir, why) => job.Log("checkpoint-rejected", $"{dir}: {why}"));
+            job.Progress.CheckResume(reader);
+            at = JobCursor.Of(reader.Manifest);
+            // A committed checkpoint of this step exists: the end of a stage grows from it instead of saving again.
+            S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
+            job.Log("restoring", Describe(reader));
+            rebuild = Rebuild.FromCheckpoint(reader.Directory);
+        }
+        if (job.HasCheckpointDir)
+            foreach (var removed in CheckpointOwnership.Claim(job.Job.Job.Checkpoint.Dir, job.Run, submission.OverwriteCheckpoints, submission.ResumeFrom is null ? null : at.NextStep))
+                job.Log("checkpoint-removed", $"{removed}: replaced by this run (--overwrite)");
+        return (rebuild, at);
+    }
+
     /// <summary>Commits or drops what is in flight once its pieces are done.</summary>
     public async Task Poll()
     {

@@ -53,6 +53,7 @@ public abstract record RecoveryDecision(string Reason)
 /// <param name="CanCheckpoint">The job has a checkpoint folder (a resize goes through a checkpoint).</param>
 /// <param name="OutageSince">When the current loss of workers began, or null.</param>
 /// <param name="Anomalies">For an anomaly: the rollbacks already done at its step.</param>
+/// <param name="StorageDownSince">When saving the job's state began to fail, or null.</param>
 public sealed record JobSnapshot(
     JobPhase Phase,
     RebuildKind? Rebuilding,
@@ -64,7 +65,8 @@ public sealed record JobSnapshot(
     long? CheckpointStep,
     bool CanCheckpoint,
     DateTimeOffset? OutageSince,
-    int Anomalies = 0);
+    int Anomalies = 0,
+    DateTimeOffset? StorageDownSince = null);
 
 /// <summary>A job's recovery settings: its own (recovery.*), with the server's wait where it gives none.</summary>
 /// <param name="SpikeLimit">Rollbacks at the same step before an anomaly fails the job.</param>
@@ -72,11 +74,14 @@ public sealed record JobSnapshot(
 /// How long a worker that is out of reach while membership still counts its server active is given before its
 /// ranks are rebuilt in place: membership declares a crashed server dead well within it.
 /// </param>
-public sealed record RecoverySettings(TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery, TimeSpan Suspect, int SpikeLimit = 3)
+/// <param name="SpikeLimit">Rollbacks at the same step before an anomaly fails the job.</param>
+/// <param name="StorageWait">How long steps wait for the grain storage to come back before the job fails.</param>
+public sealed record RecoverySettings(
+    TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery, TimeSpan Suspect, int SpikeLimit = 3, TimeSpan StorageWait = default)
 {
     public static RecoverySettings For(RecoveryConfig job, TimeSpan serverWait) =>
         new(job.WaitSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : serverWait, job.RestoreLimit, job.Replace, job.Shrink,
-            RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(30), job.SpikeLimit);
+            RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(30), job.SpikeLimit, TimeSpan.FromSeconds(job.StorageWaitSeconds));
 }
 
 /// <summary>
@@ -98,6 +103,12 @@ public static class RecoveryPolicy
                 return new RecoveryDecision.Fail(failure.Message);
             case FailureKind.StateConflict:
                 return new RecoveryDecision.Continue("the job's state changed on storage; continuing from it");
+            case FailureKind.StorageUnavailable:
+                // Nothing can be committed: steps wait (they are repeated once it is back) for a while, then the job stops.
+                var down = now - (job.StorageDownSince ?? now);
+                return down < settings.StorageWait
+                    ? new RecoveryDecision.Wait(now + settings.RetryEvery, $"{failure.Message}; retrying for up to {settings.StorageWait.TotalSeconds:0} s")
+                    : new RecoveryDecision.Fail($"{failure.Message}, for more than {settings.StorageWait.TotalSeconds:0} s (recovery.storage_wait_seconds)");
             case FailureKind.CoordinatorRestarted:
                 return new RecoveryDecision.Continue($"{failure.Message}; continuing from committed step {job.NextStep}");
             case FailureKind.Anomaly when job.Anomalies >= settings.SpikeLimit:

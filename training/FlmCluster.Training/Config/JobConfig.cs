@@ -65,6 +65,9 @@ public sealed record RecoveryConfig
 
     /// <summary>Rollbacks at the same step before the job fails with the evidence.</summary>
     public int SpikeLimit { get; init; } = 3;
+
+    /// <summary>How long steps wait for the cluster's storage (Redis) to come back before the job fails, resumable from its last checkpoint.</summary>
+    public double StorageWaitSeconds { get; init; } = 60;
 }
 
 /// <summary>Checkpoint policy (docs/checkpoints.md).</summary>

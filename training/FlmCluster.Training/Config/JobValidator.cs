@@ -73,6 +73,8 @@ public static class JobValidator
         Require(r.SpikeWindow is >= 2 and <= 100_000, $"recovery.spike_window must be between 2 and 100000 steps (got {r.SpikeWindow})");
         Require(r.SpikeSkip is >= 1 and <= 10_000, $"recovery.spike_skip must be between 1 and 10000 batches (got {r.SpikeSkip})");
         Require(r.SpikeLimit is >= 1 and <= 100, $"recovery.spike_limit must be between 1 and 100 (got {r.SpikeLimit})");
+        Require(double.IsFinite(r.StorageWaitSeconds) && r.StorageWaitSeconds is >= 1 and <= 7 * 24 * 3600,
+            $"recovery.storage_wait_seconds must be between 1 and one week (got {r.StorageWaitSeconds})");
         Require(job.Data.Paths.Count > 0, "data.paths is empty; give at least one text, JSONL or token file (or 'bundled')");
         Require(job.Data.Paths.All(p => !string.IsNullOrWhiteSpace(p)), "data.paths has an empty entry; give a text, JSONL or token file (or 'bundled')");
         var layout = ParallelLayout.FromConfig(job.Layout);
