@@ -118,6 +118,9 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// </summary>
     Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
 
+    /// <summary>Takes a job's GPUs out of service (hung device, straggler) until their server's silo restarts.</summary>
+    Task MarkUnusable(string jobId, IReadOnlyList<string> workers, string reason);
+
     /// <summary>Whether a job's servers are all active, and which of the data-parallel sizes its live GPUs plus free ones could hold now; allocates nothing.</summary>
     Task<ClusterView> Survey(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
 

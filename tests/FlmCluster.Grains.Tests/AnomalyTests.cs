@@ -27,7 +27,7 @@ public sealed class AnomalyTests() : ClusterTestClass(TimeSpan.FromSeconds(30), 
     {
         private readonly ConcurrentDictionary<(string Job, long Step, int Rank), bool> _done = new();
 
-        public void BeforeUpdate(string jobId, int rank, StepPlan plan, RankTrainer trainer)
+        public void BeforeUpdate(string worker, string jobId, int rank, StepPlan plan, RankTrainer trainer)
         {
             if (Planned.TryGetValue((trainer.Job.Name, plan.Step), out var planned) && (planned.EveryPass || _done.TryAdd((jobId, plan.Step, rank), true)))
                 planned.Fault(trainer);

@@ -29,6 +29,7 @@ public static class TestClusters
                 Devices = new DeviceSpec("cpu", devices[index]),
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
+                HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
             });
             silo.AddFlmFileStorage(storage);

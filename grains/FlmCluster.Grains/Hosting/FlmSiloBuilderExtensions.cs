@@ -26,6 +26,9 @@ public sealed record FlmNodeOptions
     /// </summary>
     public TimeSpan WorkerWait { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long a worker's device is given to come back after an abort before it counts as hung.</summary>
+    public TimeSpan HangGrace { get; init; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 

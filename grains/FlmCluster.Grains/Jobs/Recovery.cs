@@ -33,6 +33,12 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             _storageDownSince ??= job.Now;
             return RecoveryPolicy.Decide(Snapshot(failure) with { StorageDownSince = _storageDownSince }, failure, new ClusterView(true, []), settings, job.Now);
         }
+        if (failure.Kind == FailureKind.Hang)
+        {
+            // Its GPU goes out of service; from here it is a lost worker the cluster may replace.
+            await scheduler.MarkUnusable(job.JobId, failure.Workers ?? [], failure.Message);
+            failure = failure with { Kind = FailureKind.WorkerLost };
+        }
         if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable or FailureKind.Anomaly)
         {
             // The step (or the coordinator's work) that failed was spent finding out: the recovery's detect phase.

@@ -13,6 +13,7 @@ namespace FlmCluster.Grains.Jobs;
 /// </summary>
 public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvider time)
 {
+    private readonly StragglerWatch _stragglers = new();
     public async Task RunStep()
     {
         var at = ReadPastSkippedData(job.Cursor);
@@ -24,7 +25,7 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         // The first step after a recovery is the recovery's last phase; the others are training time.
         job.Spend(job.State.Time.Current is null ? TimeUse.Step : TimeUse.FirstStep);
         var started = time.GetTimestamp();
-        var reports = await ranks.FanOut((worker, _) => worker.RunStep(command));
+        var reports = await ranks.FanOut((worker, _) => worker.RunStep(command), Deadline());
         var elapsed = time.GetElapsedTime(started);
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
         var recent = job.State.Recent.Where(p => p.Stage == job.StageName).Select(p => p.Loss).ToList();
@@ -45,11 +46,39 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         await job.CommitStep(next, point);
         if (recovered is not null)
             Report(recovered);
+        WatchStragglers(reports);
         var tags = new TagList { { "job", job.JobId } };
         FlmTelemetry.StepDuration.Record(elapsed.TotalMilliseconds, tags);
         FlmTelemetry.Loss.Record(step.Loss, tags);
         FlmTelemetry.TokensPerSecond.Record(step.TokensPerSecond, tags);
         FlmTelemetry.Tokens.Add(step.Tokens, tags);
+    }
+
+    /// <summary>How long the step may take before it counts as hung: hang_factor × the recent median step time, at least hang_min_seconds.</summary>
+    private TimeSpan? Deadline()
+    {
+        var recent = job.State.Recent.TakeLast(20).Select(p => p.StepMs).Order().ToList();
+        if (recent.Count == 0)
+            return null; // the first step warms up: the collective timeout bounds it
+        var config = job.Job.Job.Recovery;
+        return TimeSpan.FromSeconds(Math.Max(config.HangMinSeconds, config.HangFactor * recent[recent.Count / 2] / 1000));
+    }
+
+    /// <summary>Reports stragglers once (event and metric) and, when the job says so, has them replaced.</summary>
+    private void WatchStragglers(IReadOnlyList<WorkerStepReport> reports)
+    {
+        var config = job.Job.Job.Recovery;
+        var found = _stragglers.Observe(job.State.Incarnation, reports, config);
+        if (found.Count == 0)
+            return;
+        var workers = job.Ranks;
+        var message = string.Join("; ", found.Select(s => $"rank {s.Rank} on {workers[s.Rank]} computes {s.Median:0} ms per step, " +
+            $"{s.Median / s.Typical:0.0}× the other ranks' median {s.Typical:0} ms over the last {config.StragglerWindow} steps"));
+        job.Log("straggler", message);
+        foreach (var s in found)
+            FlmTelemetry.Stragglers.Add(1, new TagList { { "job", job.JobId }, { "rank", s.Rank }, { "worker", workers[s.Rank] } });
+        if (config.ReplaceStragglers)
+            throw new StragglerException($"straggler: {message}", [.. found.Select(s => workers[s.Rank])]);
     }
 
     /// <summary>The data cursor moved past the batches the job skips (after a rollback, a replay reaches them again).</summary>

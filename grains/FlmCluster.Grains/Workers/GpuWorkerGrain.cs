@@ -32,6 +32,12 @@ public sealed class GpuWorkerGrain(
     private RankTrainer? _trainer;
     private WorkerStepReport? _lastReport;
     private RankBuildReport? _built;
+
+    /// <summary>The device thread's current work, while there is some.</summary>
+    private Task? _busy;
+
+    /// <summary>Completed when the device thread was given up as hung.</summary>
+    private readonly TaskCompletionSource _hung = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _nextStep;
     private WorkerState _state = WorkerState.Idle;
     private string? _detail;
@@ -77,6 +83,8 @@ public sealed class GpuWorkerGrain(
             throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
         job = job with { Train = job.Train with { Device = node.Devices.TorchDevice(gpu) } };
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
         _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
@@ -93,7 +101,7 @@ public sealed class GpuWorkerGrain(
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
                 foreach (var fault in faults)
-                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(a.JobId, a.Rank, plan, rank);
+                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(Key, a.JobId, a.Rank, plan, rank);
                 try
                 {
                     var loading = Stopwatch.GetTimestamp();
@@ -355,8 +363,29 @@ public sealed class GpuWorkerGrain(
     public Task Abort(string jobId, int incarnation)
     {
         if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
+        {
             _mailbox.Close(jobId, incarnation);
+            // A collective wakes at once; work that does not come back within the grace is a hung device.
+            if (_busy is { } busy)
+                _ = AbandonIfStuck(busy);
+        }
         return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Gives up a device thread whose work did not return within the grace after an abort: the call waiting on it
+    /// fails (<see cref="RankHungException"/>), the grain serves calls again, and the GPU refuses work until its
+    /// server restarts (the thread cannot be interrupted; it is left behind).
+    /// </summary>
+    private async Task AbandonIfStuck(Task work)
+    {
+        await Task.WhenAny(work, Task.Delay(node.HangGrace));
+        if (work.IsCompleted || _hung.Task.IsCompleted)
+            return;
+        _state = WorkerState.Failed;
+        _detail = $"device hung; out of service until the server restarts";
+        log.LogError("Worker {Worker}: its device did not come back within {Grace} s of an abort; abandoning it", Key, node.HangGrace.TotalSeconds);
+        _hung.TrySetResult();
     }
 
     public async Task Release(string jobId, int incarnation)
@@ -409,16 +438,30 @@ public sealed class GpuWorkerGrain(
             ? trainer
             : throw new WorkerNotHoldingJobException(Key, jobId, incarnation);
 
-    /// <summary>Runs a rank's work on the device thread; what it throws comes back as a typed failure.</summary>
+    /// <summary>
+    /// Runs a rank's work on the device thread; what it throws comes back as a typed failure, and a device given
+    /// up as hung fails the call at once.
+    /// </summary>
     private async Task<T> OnDevice<T>(int rank, Func<T> work)
     {
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
+        var task = _thread!.Run(work);
+        _busy = task;
         try
         {
-            return await _thread!.Run(work);
+            if (await Task.WhenAny(task, _hung.Task) != task)
+                throw new RankHungException(Key, $"the device of {Key} did not come back within {node.HangGrace.TotalSeconds:0} s of an abort (rank {rank})");
+            return await task;
         }
-        catch (Exception ex)
+        catch (Exception ex) when (ex is not RankHungException)
         {
             throw WorkerFailures.Translate(ex, Key, rank);
+        }
+        finally
+        {
+            if (_busy == task)
+                _busy = null;
         }
     }
 
@@ -445,8 +488,8 @@ public sealed class GpuWorkerGrain(
         }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
-        if (_trainer is { } trainer)
-            await _thread!.Run(trainer.Dispose);
+        if (_trainer is { } trainer && !_hung.Task.IsCompleted)
+            await _thread!.Run(trainer.Dispose); // a hung device's rank stays with its thread
         _trainer = null;
         _assignment = null;
         _lastReport = null;

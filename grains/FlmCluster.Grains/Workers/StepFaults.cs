@@ -8,5 +8,5 @@ namespace FlmCluster.Grains.Workers;
 /// </summary>
 public interface IStepFaults
 {
-    void BeforeUpdate(string jobId, int rank, StepPlan plan, RankTrainer trainer);
+    void BeforeUpdate(string worker, string jobId, int rank, StepPlan plan, RankTrainer trainer);
 }

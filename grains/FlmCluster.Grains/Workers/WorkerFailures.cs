@@ -26,7 +26,7 @@ public static class WorkerFailures
             Training.Parallel.CollectiveAbortedException => new RankAbortedException(worker, ex.Message),
             Training.Parallel.CollectiveTimeoutException => new PeerTimeoutException(worker, ex.Message),
             FlmUserException or InvalidCheckpointException => new ClusterRequestException(ex.Message),
-            ClusterRequestException or WorkerLostException or WorkerNotHoldingJobException or ReplicaUnavailableException
+            ClusterRequestException or WorkerLostException or WorkerNotHoldingJobException or ReplicaUnavailableException or RankHungException
                 or RankAbortedException or PeerTimeoutException or RankFailedException => ex,
             _ => new RankFailedException(worker, rank, ex.GetType().Name, ex.Message),
         };

@@ -68,6 +68,21 @@ public sealed record RecoveryConfig
 
     /// <summary>How long steps wait for the cluster's storage (Redis) to come back before the job fails, resumable from its last checkpoint.</summary>
     public double StorageWaitSeconds { get; init; } = 60;
+
+    /// <summary>A step taking this many times the recent median step time (and at least hang_min_seconds) is stopped as hung.</summary>
+    public double HangFactor { get; init; } = 10;
+
+    /// <summary>The least time a step is given before it counts as hung.</summary>
+    public double HangMinSeconds { get; init; } = 60;
+
+    /// <summary>A rank whose compute time is this many times the median rank's, over straggler_window steps, is a straggler; 0 = off.</summary>
+    public double StragglerFactor { get; init; } = 1.5;
+
+    /// <summary>Steps the straggler statistics use.</summary>
+    public int StragglerWindow { get; init; } = 20;
+
+    /// <summary>Take a straggler's GPU out of service and give its rank another, like a lost one (false: report it only).</summary>
+    public bool ReplaceStragglers { get; init; }
 }
 
 /// <summary>Checkpoint policy (docs/checkpoints.md).</summary>

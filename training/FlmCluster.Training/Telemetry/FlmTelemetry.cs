@@ -50,4 +50,7 @@ public static class FlmTelemetry
 
     /// <summary>Seconds of each recovery phase (tag phase: detect, decide, allocate, rebuild, restore, first_step, waiting).</summary>
     public static readonly Histogram<double> RecoveryPhase = Meter.CreateHistogram<double>("flm.job.recovery.phase.duration", "s", "Duration of a recovery phase");
+
+    /// <summary>Ranks found straggling (tags job, rank, worker).</summary>
+    public static readonly Counter<long> Stragglers = Meter.CreateCounter<long>("flm.job.stragglers", "{rank}", "Ranks found computing far slower than their peers");
 }
