@@ -30,7 +30,11 @@ public static partial class ClusterCommands
         });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
-        return new Command("cluster", "Local cluster of silo processes") { up, down };
+        var node = new Argument<string>("node") { Description = "The node to start again (e.g. node1), as 'flm cluster up' named it" };
+        var restartTimeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silo to become active", DefaultValueFactory = _ => 120 };
+        var restart = new Command("restart", "Start a node of the local cluster again (after it was stopped or killed), with its settings") { node, restartTimeout };
+        restart.SetAction(parse => Restart(parse.GetValue(node)!, TimeSpan.FromSeconds(parse.GetValue(restartTimeout))));
+        return new Command("cluster", "Local cluster of silo processes") { up, down, restart };
     }
 
     public static Command Nodes()
@@ -107,7 +111,7 @@ public static partial class ClusterCommands
             ];
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log));
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready));
         }
         var profile = new ClusterProfile
         {
@@ -150,6 +154,36 @@ public static partial class ClusterCommands
         return CliRunner.Ok;
     }
 
+    /// <summary>Starts a node's silo again with the arguments it was first started with; waits until it is active.</summary>
+    private static async Task<int> Restart(string node, TimeSpan timeout)
+    {
+        if (timeout <= TimeSpan.Zero)
+            throw new FlmUserException($"--timeout must be positive (got {timeout.TotalSeconds:0})");
+        var profilePath = ClusterProfile.DefaultPath;
+        if (!File.Exists(profilePath))
+            throw new FlmUserException($"no local cluster is up ({profilePath} does not exist); start one with 'flm cluster up'");
+        var profile = ClusterProfile.Load(profilePath);
+        var silo = profile.Silos.FirstOrDefault(s => s.Node == node)
+            ?? throw new FlmUserException($"the local cluster has no node '{node}'; its nodes are {string.Join(", ", profile.Silos.Select(s => s.Node))}");
+        if (IsAlive(silo.Pid))
+            throw new FlmUserException($"node {node} is running (pid {silo.Pid}); stop it first");
+        if (silo.Args is not { Count: > 0 } args || silo.ReadyFile is not { } ready)
+            throw new FlmUserException($"the profile does not say how node {node} was started; start the cluster again with 'flm cluster up'");
+        File.Delete(ready);
+        var restarted = silo with { Pid = StartDetached(args, silo.Log, append: true) };
+        profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
+        profile.Save(profilePath);
+        var watch = Stopwatch.StartNew();
+        while (!File.Exists(ready))
+        {
+            if (!IsAlive(restarted.Pid) || watch.Elapsed > timeout)
+                throw new FlmUserException($"silo {node} did not become active{(IsAlive(restarted.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}; see {silo.Log}");
+            await Task.Delay(100);
+        }
+        Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
+        return CliRunner.Ok;
+    }
+
     private static async Task<int> Down()
     {
         var profilePath = ClusterProfile.DefaultPath;
@@ -164,13 +198,13 @@ public static partial class ClusterCommands
         return CliRunner.Ok;
     }
 
-    private static int StartDetached(IReadOnlyList<string> args, string log)
+    private static int StartDetached(IReadOnlyList<string> args, string log, bool append = false)
     {
         // setsid: the silo keeps running after this command exits and ignores the terminal's Ctrl+C.
         var start = new ProcessStartInfo("setsid") { UseShellExecute = false };
         start.ArgumentList.Add("sh");
         start.ArgumentList.Add("-c");
-        start.ArgumentList.Add("exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
+        start.ArgumentList.Add(append ? "exec \"$0\" \"$@\" >> \"$FLM_SILO_LOG\" 2>&1 < /dev/null" : "exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
         start.ArgumentList.Add(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
         foreach (var a in args)
             start.ArgumentList.Add(a);
