@@ -32,6 +32,28 @@ public sealed class Flm : IDisposable
         return up;
     }
 
+    /// <summary>The committed step `flm status` reports for a job (-1 when it does not answer).</summary>
+    public long Step(string jobId)
+    {
+        var r = Run("status", jobId);
+        return r.ExitCode == 0 && System.Text.RegularExpressions.Regex.Match(r.Output, @", step (\d+)/") is { Success: true } m ? long.Parse(m.Groups[1].Value) : -1;
+    }
+
+    /// <summary>Polls `flm status` until the job has committed <paramref name="step"/> steps.</summary>
+    public void WaitForStep(string jobId, long step)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (Step(jobId) < step)
+            Assert.True(watch.Elapsed < TimeSpan.FromMinutes(5), $"job {jobId} did not reach step {step}");
+    }
+
+    /// <summary>The checksums of the shards of a committed checkpoint: equal lists mean the same bytes.</summary>
+    public static List<string> ShardChecksums(string dir, long step)
+    {
+        using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, $"step-{step:D8}", "manifest.json")));
+        return manifest.RootElement.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("sha256").GetString()!).ToList();
+    }
+
     /// <summary>The process id of a node's silo, from the cluster profile.</summary>
     public int SiloPid(string node)
     {

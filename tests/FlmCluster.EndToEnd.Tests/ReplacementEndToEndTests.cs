@@ -62,7 +62,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         var straight = Path.Combine(_flm.Home, "straight");
         var uninterrupted = _flm.Run(TimeSpan.FromMinutes(10), [.. Job(straight, steps), "--watch"]);
         Assert.True(uninterrupted.ExitCode == 0, uninterrupted.Output + uninterrupted.Error);
-        Assert.Equal(ShardChecksums(straight, steps), ShardChecksums(killed, steps));
+        Assert.Equal(Flm.ShardChecksums(straight, steps), Flm.ShardChecksums(killed, steps));
     }
 
     /// <summary>What `flm status` says of a job: its recovery points and the servers of its ranks.</summary>
@@ -75,11 +75,5 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         long Step(string pattern) => Regex.Match(r.Output, pattern) is { Success: true } m ? long.Parse(m.Groups[1].Value) : -1;
         var nodes = Regex.Matches(r.Output, @"^  (\w+): rank", RegexOptions.Multiline).Select(m => m.Groups[1].Value).Distinct().Order().ToList();
         return new Status(Step(@"checkpoint on disk at step (\d+)"), Step(@"in-memory replicas at step (\d+)"), nodes, r.Output);
-    }
-
-    private static List<string> ShardChecksums(string dir, long step)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, $"step-{step:D8}", "manifest.json")));
-        return manifest.RootElement.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("sha256").GetString()!).ToList();
     }
 }
