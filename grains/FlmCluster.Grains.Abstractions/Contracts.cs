@@ -106,7 +106,7 @@ public sealed record ReplicaCommand(
     [property: Id(2)] long Step,
     [property: Id(3)] string Peer);
 
-/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it.</summary>
+/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it, with the whole replica's checksum.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaChunk")]
 public sealed record ReplicaChunk(
     [property: Id(0)] string JobId,
@@ -114,7 +114,8 @@ public sealed record ReplicaChunk(
     [property: Id(2)] long Step,
     [property: Id(3)] int Index,
     [property: Id(4)] int Count,
-    [property: Id(5)] byte[] Data);
+    [property: Id(5)] byte[] Data,
+    [property: Id(6)] string Checksum);
 
 /// <summary>Where a worker's replica stands: still being sent, held by its peer (Done), or failed (Error).</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaStatus")]

@@ -49,6 +49,7 @@ public static class FlmSiloHost
                 CollectiveTimeout = TimeSpan.FromSeconds(s.CollectiveTimeoutSeconds),
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 HangGrace = TimeSpan.FromSeconds(s.HangGraceSeconds),
+                ReplicaBudgetBytes = s.ReplicaBudgetBytes,
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
             });

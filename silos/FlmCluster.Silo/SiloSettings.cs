@@ -37,6 +37,9 @@ public sealed record SiloSettings
     public double CollectiveTimeoutSeconds { get; init; } = 300;
     public double WorkerWaitSeconds { get; init; } = 30;
     public double HangGraceSeconds { get; init; } = 10;
+
+    /// <summary>Replica memory this server holds for its workers' peers and itself, all jobs together (0: half the memory available to the process).</summary>
+    public long ReplicaBudgetBytes { get; init; }
     public int TorchThreads { get; init; }
 
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
@@ -97,6 +100,8 @@ public sealed record SiloSettings
         if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds) || !double.IsFinite(HangGraceSeconds)
             || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0 || HangGraceSeconds <= 0)
             throw new ArgumentException("Flm:CollectiveTimeoutSeconds, Flm:WorkerWaitSeconds and Flm:HangGraceSeconds must be positive (finite) numbers of seconds");
+        if (ReplicaBudgetBytes < 0)
+            throw new ArgumentException($"Flm:ReplicaBudgetBytes {ReplicaBudgetBytes} is negative: give a number of bytes, or 0 for half the memory available to the silo");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
             throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
     }

@@ -292,11 +292,12 @@ public sealed class GpuWorkerGrain(
             {
                 snapshot.Dispose();
             }
-            _replicas.Put(command.JobId, rank, command.Step, bytes);
+            var checksum = bytes.Checksum();
+            _replicas.Put(command.JobId, rank, command.Step, bytes, checksum);
             for (var i = 0; i < bytes.Chunks.Count; i++)
             {
                 stopped.ThrowIfCancellationRequested();
-                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i]));
+                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i], checksum));
             }
             return bytes.Length;
         }), stop);
@@ -328,11 +329,14 @@ public sealed class GpuWorkerGrain(
     public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
-    /// <summary>This rank's replica of a step: kept here, or fetched from the first holder that has it whole.</summary>
+    /// <summary>
+    /// This rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
+    /// match the checksum they were sent with (a holder with a damaged copy is passed over for the next).
+    /// </summary>
     private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)
     {
-        if (_replicas.Get(jobId, rank, source.Step) is { } own)
-            return own;
+        if (_replicas.Get(jobId, rank, source.Step) is { } own && own.Bytes.Checksum() == own.Checksum)
+            return own.Bytes;
         var holders = source.Holders[rank];
         var problems = new List<string>();
         foreach (var holder in holders.Where(h => h != Key))
@@ -349,8 +353,11 @@ public sealed class GpuWorkerGrain(
                 var chunks = new byte[first.Count][];
                 chunks[0] = first.Data;
                 for (var i = 1; i < first.Count; i++)
-                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new InvalidOperationException($"{holder} dropped it")).Data;
-                return new ChunkedBytes(chunks);
+                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new ReplicaUnavailableException(rank, source.Step, $"{holder} dropped it")).Data;
+                var bytes = new ChunkedBytes(chunks);
+                if (bytes.Checksum() == first.Checksum)
+                    return bytes;
+                problems.Add($"{holder}'s copy does not match its checksum");
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
