@@ -50,6 +50,7 @@ public static class FlmSiloHost
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 HangGrace = TimeSpan.FromSeconds(s.HangGraceSeconds),
                 ReplicaBudgetBytes = s.ReplicaBudgetBytes,
+                Roots = s.Roots,
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
             });

@@ -42,6 +42,14 @@ public sealed record SiloSettings
     public long ReplicaBudgetBytes { get; init; }
     public int TorchThreads { get; init; }
 
+    /// <summary>Folders jobs may keep checkpoints in, separated by ':' (empty: the working folder and the system's temporary folder).</summary>
+    public string CheckpointRoots { get; init; } = "";
+
+    /// <summary>Folders jobs may read training data from, separated by ':' (empty: as for checkpoints).</summary>
+    public string DataRoots { get; init; } = "";
+
+    public FlmCluster.Grains.FileRoots Roots => FlmCluster.Grains.FileRoots.Parse(CheckpointRoots, DataRoots);
+
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
     public string DataPlane { get; init; } = FlmNodeOptions.DataPlanes[0];
 
@@ -62,6 +70,8 @@ public sealed record SiloSettings
         ["--ready-file"] = "Flm:ReadyFile",
         ["--torch-threads"] = "Flm:TorchThreads",
         ["--data-plane"] = "Flm:DataPlane",
+        ["--checkpoint-roots"] = "Flm:CheckpointRoots",
+        ["--data-roots"] = "Flm:DataRoots",
     };
 
     public static SiloSettings From(IConfiguration configuration)
@@ -100,6 +110,9 @@ public sealed record SiloSettings
         if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds) || !double.IsFinite(HangGraceSeconds)
             || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0 || HangGraceSeconds <= 0)
             throw new ArgumentException("Flm:CollectiveTimeoutSeconds, Flm:WorkerWaitSeconds and Flm:HangGraceSeconds must be positive (finite) numbers of seconds");
+        foreach (var (name, roots) in new[] { ("CheckpointRoots", Roots.Checkpoints), ("DataRoots", Roots.Data) })
+            foreach (var root in roots.Where(r => !Path.IsPathFullyQualified(r)))
+                throw new ArgumentException($"Flm:{name} root '{root}' is relative; list absolute folders separated by '{Path.PathSeparator}'");
         if (ReplicaBudgetBytes < 0)
             throw new ArgumentException($"Flm:ReplicaBudgetBytes {ReplicaBudgetBytes} is negative: give a number of bytes, or 0 for half the memory available to the silo");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))

@@ -29,6 +29,9 @@ public sealed record FlmNodeOptions
     /// <summary>Replica memory this silo may hold for its workers, all jobs together (0: half the memory available to the process).</summary>
     public long ReplicaBudgetBytes { get; init; }
 
+    /// <summary>The folders jobs may write checkpoints to and read data from on this server.</summary>
+    public FileRoots Roots { get; init; } = FileRoots.Default;
+
     /// <summary>How long a worker's device is given to come back after an abort before it counts as hung.</summary>
     public TimeSpan HangGrace { get; init; } = TimeSpan.FromSeconds(10);
 

@@ -45,6 +45,7 @@ public sealed class ClusterSchedulerGrain(
     [PersistentState("scheduler", FlmSiloBuilderExtensions.StorageName)] IPersistentState<SchedulerState> store,
     IClusterMembershipService membership,
     NodeDirectory directory,
+    FlmNodeOptions node,
     IGrainFactory grains,
     TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
@@ -59,7 +60,7 @@ public sealed class ClusterSchedulerGrain(
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
         var id = RunIdentity.NewId(JobNameOf(submission));
-        var job = SubmissionValidator.Validate(submission, id, nodes, submittedAt);
+        var job = SubmissionValidator.Validate(submission, id, nodes, node.Roots, submittedAt);
         await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
         S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();

@@ -79,6 +79,11 @@ public sealed class GpuWorkerGrain(
         var layout = ParallelLayout.FromConfig(job.Layout);
         if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
             throw new ClusterRequestException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+        // This server's own roots: a coordinator elsewhere may allow folders this server does not.
+        var outside = Scheduling.SubmissionValidator.RootsProblem(whole, node.Roots)
+            ?? (a.Rebuild.Checkpoint is { Length: > 0 } from ? node.Roots.CheckpointProblem(from, "the checkpoint to rebuild from") : null);
+        if (outside is not null)
+            throw new ClusterRequestException($"server {node.Node}: {outside}");
         if (DeviceSpec.KindOf(job.Train.Device) != node.Devices.Kind)
             throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
