@@ -28,7 +28,7 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         }
         if (rebuild.Kind == RebuildKind.Growth)
             await ReportGrowth();
-        if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers) is null)
+        if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers, job.StageLayout) is null)
             job.Log("replica-off", "checkpoint.memory_interval is set but all ranks are on one server, where a replica would die with its rank");
         await job.BecomeRunning($"{workers.Count} workers built their model slices {rebuild}{(job.Job.Stages.Count > 1 ? $" for stage {job.StageName}" : "")} " +
             $"in {time.GetElapsedTime(started).TotalSeconds:0.0} s");

@@ -118,13 +118,13 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
     }
 
     /// <summary>Whether a replica can be taken now: none in flight, and the ranks span two servers or more.</summary>
-    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks) is not null;
+    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks, job.StageLayout) is not null;
 
     /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
     public async Task BeginReplica()
     {
         var workers = job.Ranks;
-        var peers = ReplicaPeers.For(workers)!;
+        var peers = ReplicaPeers.For(workers, job.StageLayout)!;
         var at = job.Cursor;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
         _replicaInFlight = ReplicaPoint.Of(at, workers, peers, job.Now.UtcDateTime);
@@ -143,7 +143,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         if (!statuses.All(s => s.Done))
             return;
         if (S.LastReplica is null)
-            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by its peer on the next server: " +
+            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by a peer on another server: " +
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
