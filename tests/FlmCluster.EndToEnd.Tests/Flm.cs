@@ -39,6 +39,13 @@ public sealed class Flm : IDisposable
             .Single(s => s.GetProperty("node").GetString() == node).GetProperty("pid").GetInt32();
     }
 
+    /// <summary>The web ports of the cluster's silos (dashboards and /metrics), in the order 'flm cluster up' started them.</summary>
+    public IReadOnlyList<int> SiloHttpPorts()
+    {
+        using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
+        return profile.RootElement.GetProperty("silos").EnumerateArray().Select(s => s.GetProperty("http_port").GetInt32()).ToList();
+    }
+
     public void Dispose()
     {
         if (File.Exists(Profile))

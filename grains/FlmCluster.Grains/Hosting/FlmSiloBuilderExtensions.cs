@@ -1,4 +1,5 @@
 using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
@@ -25,6 +26,9 @@ public sealed record FlmNodeOptions
     /// the GPUs that remain with fewer data-parallel replicas.
     /// </summary>
     public TimeSpan WorkerWait { get; init; } = TimeSpan.FromMinutes(5);
+
+    /// <summary>Peak FLOP/s of one of this server's devices, for MFU (0: unknown, no MFU for jobs on it).</summary>
+    public double PeakFlops { get; init; }
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
@@ -69,10 +73,14 @@ public static class FlmSiloBuilderExtensions
         return silo;
     }
 
-    /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
+    /// <summary>
+    /// Durable grain storage and job histories in files under <paramref name="directory"/> (shared by every silo on
+    /// one machine).
+    /// </summary>
     public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
     {
         silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
+        silo.Services.AddSingleton<IJobHistoryStore>(new FileJobHistory(directory));
         return silo;
     }
 }

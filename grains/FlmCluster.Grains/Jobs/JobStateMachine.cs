@@ -1,8 +1,11 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.History;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
+using FlmCluster.Training.Telemetry;
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;
@@ -19,11 +22,16 @@ namespace FlmCluster.Grains.Jobs;
 /// </code>
 /// It also gives the parts of the coordinator their view of the job: the job as it runs now (fitted onto fewer
 /// GPUs or as submitted), its progress rules, the workers of the current stage's ranks.
+/// Every committed step and every event also goes to the job's durable history (<see cref="IJobHistoryStore"/>),
+/// appended before the state is persisted; the state keeps only the latest few as a summary.
 /// </summary>
-public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvider time, ILogger log, string jobId)
+public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistoryStore history, TimeProvider time, ILogger log, string jobId)
 {
-    private const int RecentLimit = 200;
-    private const int EventLimit = 200;
+    private const int RecentLimit = 20;
+    private const int EventLimit = 20;
+
+    private readonly List<StepRecord> _unsavedSteps = [];
+    private readonly List<JobEvent> _unsavedEvents = [];
 
     private ResolvedJob? _submitted;
     private ResolvedJob? _job;
@@ -151,18 +159,28 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     }
 
     /// <summary>A step is committed: it counts once this is durable.</summary>
-    public Task CommitStep(JobCursor next, StepPoint point)
+    public Task CommitStep(JobCursor next, StepRecord record)
     {
         State.Cursor = next;
         State.RestoresWithoutProgress = 0;
-        State.Recent.Add(point);
+        _unsavedSteps.Add(record);
+        State.Recent.Add(record.Point);
         if (State.Recent.Count > RecentLimit)
             State.Recent.RemoveRange(0, State.Recent.Count - RecentLimit);
         return Save();
     }
 
-    /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping).</summary>
-    public Task Save() => store.WriteStateAsync();
+    /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping), history first.</summary>
+    public async Task Save()
+    {
+        if (_unsavedSteps.Count > 0 || _unsavedEvents.Count > 0)
+        {
+            await history.Append(JobId, _unsavedSteps, _unsavedEvents);
+            _unsavedSteps.Clear();
+            _unsavedEvents.Clear();
+        }
+        await store.WriteStateAsync();
+    }
 
     /// <summary>The state as storage holds it now (another activation of this job wrote it last).</summary>
     public async Task Reload()
@@ -175,7 +193,10 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public void Log(string kind, string message)
     {
-        State.Events.Add(new JobEvent(Now.UtcDateTime, kind, message));
+        var e = new JobEvent(Now.UtcDateTime, kind, message);
+        State.Events.Add(e);
+        _unsavedEvents.Add(e);
+        FlmTelemetry.Events.Add(1, new TagList { { FlmTelemetry.Tags.Job, JobId }, { FlmTelemetry.Tags.Event, kind } });
         if (State.Events.Count > EventLimit)
             State.Events.RemoveRange(0, State.Events.Count - EventLimit);
         log.LogInformation("Job {Job} {Kind}: {Message}", JobId, kind, message);

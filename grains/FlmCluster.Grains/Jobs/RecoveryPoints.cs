@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
 
@@ -61,8 +62,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
             return;
         }
         var command = new SaveCommand(job.JobId, S.Incarnation, at.NextStep, directory);
+        var began = job.Now;
         var fingerprints = await ranks.All((worker, _) => worker.BeginSave(command));
-        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], job.Now.UtcDateTime);
+        RecoveryTelemetry.CheckpointStall(job.JobId, job.Now - began);
+        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], began.UtcDateTime);
         S.SaveRequested = false;
         await job.Save();
     }
@@ -85,6 +88,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var removed = job.Progress.Prune(job.Run);
         S.LastCheckpoint = pending;
         S.Pending = null;
+        RecoveryTelemetry.CheckpointCommitted(job.JobId, pending.Step, shards.Sum(s => s.Shard.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
         await job.Save();
@@ -99,8 +103,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var workers = job.Ranks;
         var peers = ReplicaPeers.For(workers)!;
         var at = job.Cursor;
+        var began = job.Now;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
-        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), job.Now.UtcDateTime);
+        RecoveryTelemetry.ReplicaStall(job.JobId, job.Now - began);
+        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), began.UtcDateTime);
     }
 
     private async Task PollReplica()
@@ -120,6 +126,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
+        RecoveryTelemetry.ReplicaHeld(job.JobId, pending.Step, statuses.Sum(s => s.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
     }

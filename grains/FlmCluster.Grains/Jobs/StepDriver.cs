@@ -1,7 +1,6 @@
-using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Engine;
-using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Grains.Jobs;
 
@@ -16,22 +15,18 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
     {
         var at = job.Cursor;
         var plan = job.Progress.Plan(at);
-        using var activity = FlmTelemetry.Source.StartActivity("job.step");
-        activity?.SetTag("job", job.JobId);
-        activity?.SetTag("step", plan.Step);
-        var command = new WorkerStep(job.JobId, job.State.Incarnation, plan.Step, plan.FirstSample, plan.Lr, plan.MaskValue);
+        using var activity = StepTelemetry.Start(job.JobId, job.StageName, plan.Step);
+        var command = new WorkerStep(job.JobId, job.State.Incarnation, plan.Step, plan.FirstSample, plan.Lr, plan.MaskValue, activity?.Id);
         var started = time.GetTimestamp();
         var reports = await ranks.FanOut((worker, _) => worker.RunStep(command));
         var elapsed = time.GetElapsedTime(started);
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
         var point = new StepPoint(step.Step, step.Loss, step.TokensPerSecond, elapsed.TotalMilliseconds, step.GradNorm, step.CommFraction,
             step.Lr, step.Tokens, step.Skipped, job.StageName);
-        await job.CommitStep(next, point);
-        var tags = new TagList { { "job", job.JobId } };
-        FlmTelemetry.StepDuration.Record(elapsed.TotalMilliseconds, tags);
-        FlmTelemetry.Loss.Record(step.Loss, tags);
-        FlmTelemetry.TokensPerSecond.Record(step.TokensPerSecond, tags);
-        FlmTelemetry.Tokens.Add(step.Tokens, tags);
+        var layout = job.StageLayout;
+        var record = StepTelemetry.Record(point, job.StageJob.Model, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}", job.Ranks, reports, elapsed, job.Now.UtcDateTime);
+        await job.CommitStep(next, record);
+        StepTelemetry.Committed(job.JobId, record, activity);
     }
 
     /// <summary>Mean token loss of the next global batch under the workers' current model, without training.</summary>
@@ -44,5 +39,5 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
 
     private static RankStepReport ToEngine(WorkerStepReport r) =>
         new(r.Step, r.Rank, r.ReportsLoss, r.LossSum, r.Tokens, r.GradNorm, r.Skipped,
-            TimeSpan.FromMilliseconds(r.ElapsedMs), TimeSpan.FromMilliseconds(r.CommMs), r.CommBytes);
+            TimeSpan.FromMilliseconds(r.ElapsedMs), TimeSpan.FromMilliseconds(r.CommMs + r.PipelineIdleMs), r.CommBytes, TimeSpan.FromMilliseconds(r.PipelineIdleMs));
 }

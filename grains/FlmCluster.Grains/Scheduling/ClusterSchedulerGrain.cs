@@ -43,10 +43,30 @@ public sealed class ClusterSchedulerGrain(
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;
+    private int _totalGpus;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        Publish();
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        FlmTelemetry.PublishScheduler(new SchedulerFigures(0, 0, 0, Published: false));
+        return Task.CompletedTask;
+    }
+
+    /// <summary>The queue and GPU figures the scheduler's gauges report.</summary>
+    private void Publish() => FlmTelemetry.PublishScheduler(new SchedulerFigures(
+        S.Jobs.Values.Count(j => j.Phase == JobPhase.Queued),
+        S.Jobs.Values.Where(j => j.Phase == JobPhase.Running).Sum(j => j.RankWorkers.Count),
+        _totalGpus));
 
     public async Task<string> Submit(JobSubmission submission)
     {
         ArgumentNullException.ThrowIfNull(submission);
+        using var activity = FlmTelemetry.Source.StartActivity("scheduler.submit");
         var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
@@ -55,7 +75,8 @@ public sealed class ClusterSchedulerGrain(
         await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
         S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(1);
+        activity?.SetTag(FlmTelemetry.Tags.Job, id);
+        Publish();
         log.LogInformation("Job {Job} queued ({World} GPUs, priority {Priority})", id, job.WorldSize, submission.Priority);
         await TrySchedule();
         return id;
@@ -114,8 +135,8 @@ public sealed class ClusterSchedulerGrain(
         if (job.Phase == JobPhase.Queued)
         {
             job.Phase = JobPhase.Cancelled;
-            FlmTelemetry.QueueLength.Add(-1);
             await store.WriteStateAsync();
+            Publish();
         }
         await grains.GetGrain<IJobCoordinatorGrain>(jobId!).Cancel("cancelled by the user");
         return true;
@@ -125,13 +146,10 @@ public sealed class ClusterSchedulerGrain(
     {
         if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase.IsFinal() || !final.IsFinal())
             return;
-        if (job.Phase == JobPhase.Running)
-            FlmTelemetry.AllocatedGpus.Add(-job.RankWorkers.Count);
-        else if (job.Phase == JobPhase.Queued)
-            FlmTelemetry.QueueLength.Add(-1);
         job.Phase = final;
         log.LogInformation("Job {Job} ended ({State}); its {Count} GPUs are free", jobId, final, job.RankWorkers.Count);
         await store.WriteStateAsync();
+        Publish();
         await TrySchedule();
     }
 
@@ -155,10 +173,10 @@ public sealed class ClusterSchedulerGrain(
         {
             if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
                 continue;
-            FlmTelemetry.AllocatedGpus.Add(ranks.Count - job.RankWorkers.Count);
             log.LogInformation("Job {Job}: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
             job.RankWorkers = [.. ranks];
             await store.WriteStateAsync();
+            Publish();
             return new JobAllocation(ranks);
         }
         return null;
@@ -203,10 +221,12 @@ public sealed class ClusterSchedulerGrain(
         if (starts.Count == 0)
             return;
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(-starts.Count);
+        Publish();
         foreach (var (id, job) in starts)
         {
-            FlmTelemetry.AllocatedGpus.Add(job.RankWorkers.Count);
+            using var activity = FlmTelemetry.Source.StartActivity("scheduler.start");
+            activity?.SetTag(FlmTelemetry.Tags.Job, id);
+            activity?.SetTag("flm.gpus", job.RankWorkers.Count);
             await grains.GetGrain<IJobCoordinatorGrain>(id).Start(new JobAllocation(job.RankWorkers));
         }
     }
@@ -216,8 +236,10 @@ public sealed class ClusterSchedulerGrain(
     {
         var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
         var identities = await Task.WhenAll(active.Select(m => directory.Resolve(m.SiloAddress)));
-        return identities.OfType<NodeIdentity>().Where(n => n.Devices.Count > 0)
+        var nodes = identities.OfType<NodeIdentity>().Where(n => n.Devices.Count > 0)
             .GroupBy(n => n.Node).ToDictionary(g => g.Key, g => g.Last().Devices);
+        _totalGpus = nodes.Values.Sum(d => d.Count);
+        return nodes;
     }
 
     /// <summary>Per server of the device kind, its GPUs that no running job holds.</summary>

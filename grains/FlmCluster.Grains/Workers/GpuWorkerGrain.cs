@@ -2,11 +2,11 @@ using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
-using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Concurrency;
 using Orleans.Placement;
@@ -29,6 +29,7 @@ public sealed class GpuWorkerGrain(
     private DeviceThread? _thread;
     private WorkerAssignment? _assignment;
     private RankTrainer? _trainer;
+    private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
     private long _nextStep;
     private WorkerState _state = WorkerState.Idle;
@@ -105,6 +106,7 @@ public sealed class GpuWorkerGrain(
             throw;
         }
         _assignment = a;
+        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, _trainer);
         _nextStep = a.NextStep;
         _lastReport = null;
         _state = WorkerState.Ready;
@@ -158,14 +160,10 @@ public sealed class GpuWorkerGrain(
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
             throw new RankFailedException(Key, a.Rank, "StepOutOfOrder", $"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
-        var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
-        FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
+        _telemetry!.Idle(Stopwatch.GetElapsedTime(_idleSince));
         _state = WorkerState.Training;
         _detail = $"step {step.Step}";
-        using var activity = FlmTelemetry.Source.StartActivity("worker.step");
-        activity?.SetTag("job", a.JobId);
-        activity?.SetTag("rank", a.Rank);
-        activity?.SetTag("step", step.Step);
+        using var activity = _telemetry.StartStep(step.Step, step.TraceParent);
         RankStepReport report;
         try
         {
@@ -180,11 +178,10 @@ public sealed class GpuWorkerGrain(
         _nextStep = step.Step + 1;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
-        FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
-        FlmTelemetry.WorkerBytes.Add(report.CommBytes, tags);
+        _telemetry.Stepped(report, activity);
         _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
-            report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
+            report.Skipped, report.Elapsed.TotalMilliseconds, (report.CommTime - report.PipelineWait).TotalMilliseconds, report.CommBytes,
+            report.PipelineWait.TotalMilliseconds, node.PeakFlops);
         return _lastReport;
     }
 
@@ -426,6 +423,7 @@ public sealed class GpuWorkerGrain(
         if (_trainer is { } trainer)
             await _thread!.Run(trainer.Dispose);
         _trainer = null;
+        _telemetry = null;
         _assignment = null;
         _lastReport = null;
         _state = WorkerState.Idle;
