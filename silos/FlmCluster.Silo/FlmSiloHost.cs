@@ -27,9 +27,11 @@ public static class FlmSiloHost
     /// <summary>
     /// The host of one silo. <paramref name="configuration"/> (appsettings, environment, command line) also
     /// configures logging; <paramref name="telemetry"/> false leaves exporters out (a process that hosts several
-    /// silos gives telemetry to one).
+    /// silos gives telemetry to one); <paramref name="grainStatistics"/> false leaves out the Orleans dashboard's
+    /// collection of grain statistics (benchmark baselines).
     /// </summary>
-    public static IHost Build(SiloSettings s, IConfiguration? configuration = null, bool telemetry = true, LogLevel minimumLevel = LogLevel.Information)
+    public static IHost Build(SiloSettings s, IConfiguration? configuration = null, bool telemetry = true, bool grainStatistics = true,
+        LogLevel minimumLevel = LogLevel.Information)
     {
         IHostApplicationBuilder builder;
         WebApplicationBuilder? web = null;
@@ -56,20 +58,21 @@ public static class FlmSiloHost
             builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
         }
         builder.Logging.SetMinimumLevel(minimumLevel);
-        builder.UseFlmSilo(s);
+        builder.UseFlmSilo(s, grainStatistics);
         if (telemetry)
             builder.AddFlmTelemetry(s);
         if (web is null)
             return ((HostApplicationBuilder)builder).Build();
         var app = web.Build();
         app.MapFlmDashboard();
-        app.MapOrleansDashboard(OrleansDashboardPath);
+        if (grainStatistics)
+            app.MapOrleansDashboard(OrleansDashboardPath);
         if (telemetry && s.ExporterList.Contains("prometheus"))
             app.MapPrometheusScrapingEndpoint();
         return app;
     }
 
-    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s)
+    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, bool grainStatistics = true)
     {
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
         builder.UseOrleans(silo =>
@@ -113,7 +116,8 @@ public static class FlmSiloHost
                 PeakFlops = s.PeakFlops,
             });
             // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port).
-            silo.AddDashboard();
+            if (grainStatistics)
+                silo.AddDashboard();
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));
         });

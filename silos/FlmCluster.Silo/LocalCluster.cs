@@ -71,7 +71,7 @@ public sealed class LocalCluster : IAsyncDisposable
                     PeakTflops = environment.PeakTflops,
                 };
                 settings.Validate();
-                var host = FlmSiloHost.Build(settings, telemetry: web, minimumLevel: LogLevel.Error);
+                var host = FlmSiloHost.Build(settings, telemetry: web, grainStatistics: observe, minimumLevel: LogLevel.Error);
                 await host.StartAsync();
                 cluster._silos.Add(host);
                 if (web)

@@ -36,7 +36,8 @@ public sealed class TelemetryEndToEndTests : IDisposable
         Assert.Equal(3, metrics.Count);
 
         var submit = _flm.Run("submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128",
-            "--set", "model.seq_len=64", "--set", "train.global_batch=8", "--steps", $"{Steps}", "--layout", "dp=2,tp=2");
+            "--set", "model.seq_len=64", "--set", "train.global_batch=8", "--steps", $"{Steps}", "--layout", "dp=2,tp=2",
+            "--set", $"checkpoint.dir={Path.Combine(_flm.Home, "ckpt")}", "--set", "checkpoint.interval=10", "--set", "checkpoint.memory_interval=5");
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var job = submit.Output.Trim();
 
@@ -60,6 +61,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
         Assert.Contains($"{job}: completed at step {Steps}/{Steps}", follow.Output);
         Assert.Contains("step     24/24", follow.Error); // progress goes to standard error
         await AssertMetrics(metrics, job, Steps);
+        await AssertInfraFilesNameExportedMetrics(metrics);
 
         AssertScripting(job);
         AssertTraces(job);
@@ -99,6 +101,16 @@ public sealed class TelemetryEndToEndTests : IDisposable
         }
     }
 
+    /// <summary>Every metric the Grafana dashboard under infra/ queries is one the silos export.</summary>
+    private static async Task AssertInfraFilesNameExportedMetrics(IReadOnlyList<string> endpoints)
+    {
+        var exported = (await Task.WhenAll(endpoints.Select(Prometheus.Scrape))).SelectMany(s => s).Select(s => s.Name).ToHashSet();
+        var grafana = File.ReadAllText(Path.Combine(Repository.Root(), "infra", "grafana", "flmcluster-dashboard.json"));
+        var queried = System.Text.RegularExpressions.Regex.Matches(grafana, @"\b(flm|process)_[a-z_]+\b").Select(m => m.Value).ToHashSet();
+        Assert.True(queried.Count >= 20, $"the dashboard queries only {queried.Count} metrics");
+        Assert.Empty(queried.Where(q => !exported.Contains(q)));
+    }
+
     private void AssertScripting(string job)
     {
         var jobs = Json(_flm.Run("jobs", "--json"));
@@ -120,7 +132,9 @@ public sealed class TelemetryEndToEndTests : IDisposable
             all.Where(l => l.GetProperty("type").GetString() == "step").Select(l => l.GetProperty("step").GetInt64()));
         var events = all.Where(l => l.GetProperty("type").GetString() == "event").ToList();
         Assert.Equal(Enumerable.Range(0, events.Count).Select(i => (long)i), events.Select(e => e.GetProperty("index").GetInt64()));
-        Assert.Equal(["submitted", "allocated", "started", "paused", "resumed", "completed"], events.Select(e => e.GetProperty("kind").GetString()!));
+        Assert.Equal(["submitted", "allocated", "started", "paused", "resumed", "completed"],
+            events.Select(e => e.GetProperty("kind").GetString()!).Where(k => k is not ("checkpoint" or "replica")));
+        Assert.Contains(events, e => e.GetProperty("kind").GetString() == "checkpoint");
         var since = Logs(job, "--since", "20");
         Assert.Equal([20L, 21L, 22L, 23L], since.Where(l => l.GetProperty("type").GetString() == "step").Select(l => l.GetProperty("step").GetInt64()));
         var step = all.First(l => l.GetProperty("type").GetString() == "step");

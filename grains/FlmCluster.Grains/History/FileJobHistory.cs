@@ -79,6 +79,7 @@ public sealed class FileJobHistory(string directory) : IJobHistoryStore
     /// </summary>
     private sealed class LineIndex(string path)
     {
+        private const int BlockBytes = 1 << 20;
         private readonly List<(long Key, long Offset, int Length)> _lines = [];
         private long _indexed;
 
@@ -87,28 +88,40 @@ public sealed class FileJobHistory(string directory) : IJobHistoryStore
 
         /// <summary>
         /// Indexes the complete lines appended since the last call (a line still being written waits); a line's key
-        /// is <paramref name="keyOf"/> it, or its position when null.
+        /// is <paramref name="keyOf"/> it, or its position when null. Reads in blocks, so a long history costs no
+        /// more memory than a block and its index.
         /// </summary>
         public void CatchUp(Func<string, long>? keyOf)
         {
             if (!File.Exists(Path))
                 return;
             using var stream = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete);
-            if (stream.Length <= _indexed)
-                return;
+            var end = stream.Length;
+            var block = new byte[BlockBytes];
+            var carried = new MemoryStream(); // the start of a line that continues in the next block
+            var lineStart = _indexed;
             stream.Position = _indexed;
-            var bytes = new byte[stream.Length - _indexed];
-            stream.ReadExactly(bytes);
-            var start = 0;
-            for (var i = 0; i < bytes.Length; i++)
+            while (stream.Position < end)
             {
-                if (bytes[i] != (byte)'\n')
-                    continue;
-                var key = keyOf is null ? _lines.Count : keyOf(Encoding.UTF8.GetString(bytes, start, i - start));
-                Put(key, _indexed + start, i - start);
-                start = i + 1;
+                var read = stream.Read(block, 0, (int)Math.Min(block.Length, end - stream.Position));
+                if (read == 0)
+                    break;
+                var from = 0;
+                for (var i = 0; i < read; i++)
+                {
+                    if (block[i] != (byte)'\n')
+                        continue;
+                    carried.Write(block, from, i - from);
+                    var length = (int)carried.Length;
+                    var key = keyOf is null ? _lines.Count : keyOf(Encoding.UTF8.GetString(carried.GetBuffer(), 0, length));
+                    Put(key, lineStart, length);
+                    lineStart += length + 1;
+                    carried.SetLength(0);
+                    from = i + 1;
+                }
+                carried.Write(block, from, read - from);
             }
-            _indexed += start;
+            _indexed = lineStart;
         }
 
         private void Put(long key, long offset, int length)

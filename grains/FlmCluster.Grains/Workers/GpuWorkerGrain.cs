@@ -9,6 +9,7 @@ using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 using Microsoft.Extensions.Logging;
 using Orleans.Concurrency;
+using Orleans.Dashboard;
 using Orleans.Placement;
 
 namespace FlmCluster.Grains.Workers;
@@ -288,6 +289,7 @@ public sealed class GpuWorkerGrain(
         return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task HoldReplica(ReplicaChunk chunk)
     {
         _replicas.Receive(chunk);
@@ -300,6 +302,7 @@ public sealed class GpuWorkerGrain(
         return Task.CompletedTask;
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
@@ -349,6 +352,7 @@ public sealed class GpuWorkerGrain(
             await DropJob();
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task Deliver(TensorChunk chunk)
     {
         _mailbox.Put(chunk);

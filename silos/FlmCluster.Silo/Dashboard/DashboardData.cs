@@ -28,14 +28,30 @@ public sealed record JobPage(JobRow Job, IReadOnlyList<RankView> Ranks, string? 
 
 public sealed record ClusterPage(IReadOnlyList<NodeView> Nodes, IReadOnlyList<string> Queue, IReadOnlyList<JobRow> Jobs);
 
-/// <summary>What the dashboard shows, read from the cluster's grains (the scheduler, coordinators, workers); read-only.</summary>
+/// <summary>
+/// What the dashboard shows, read from the cluster's grains (the scheduler, coordinators, workers); read-only. The
+/// cluster map and job statuses are read once per <see cref="SharedFor"/> whatever the number of open pages.
+/// </summary>
 public sealed class DashboardData(IGrainFactory grains)
 {
     private static readonly TimeSpan WorkerPatience = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan SharedFor = TimeSpan.FromMilliseconds(200);
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, (DateTime At, Task<object> Read)> _recent = new();
+
+    /// <summary>A read that every page asking within <see cref="SharedFor"/> of it shares.</summary>
+    private async Task<T> Shared<T>(string key, Func<Task<T>> read) where T : class
+    {
+        static async Task<object> Boxed(Task<T> task) => await task;
+        var now = DateTime.UtcNow;
+        var entry = _recent.AddOrUpdate(key, _ => (now, Boxed(read())), (_, old) => now - old.At < SharedFor ? old : (now, Boxed(read())));
+        return (T)await entry.Read;
+    }
 
     private IClusterSchedulerGrain Scheduler => grains.GetGrain<IClusterSchedulerGrain>("cluster");
 
-    public async Task<ClusterPage> Cluster()
+    public Task<ClusterPage> Cluster() => Shared("cluster", ReadCluster);
+
+    private async Task<ClusterPage> ReadCluster()
     {
         var inventory = await Scheduler.GetInventory();
         var jobs = await Scheduler.ListJobs();
@@ -80,7 +96,7 @@ public sealed class DashboardData(IGrainFactory grains)
 
     public Task<JobHistory> History(string id, long sinceStep, int sinceEvent, int max) => Coordinator(id).GetHistory(sinceStep, sinceEvent, max);
 
-    public Task<JobStatus> Status(string id) => Coordinator(id).GetStatus();
+    public Task<JobStatus> Status(string id) => Shared($"status/{id}", () => Coordinator(id).GetStatus());
 
     /// <summary>The figures of a job that the jobs list and the job page show.</summary>
     public static JobRow RowOf(JobStatus s)

@@ -13,12 +13,15 @@ namespace FlmCluster.Silo.Dashboard;
 
 /// <summary>
 /// The dashboard's web endpoints, all read-only GETs: the page and its vendored assets, JSON snapshots, and
-/// server-sent-event streams that push what changed every <see cref="LiveEvery"/> (the cluster map and jobs
-/// list; a job's new steps, events and status).
+/// server-sent-event streams that push what changed: a job's new steps, events and status every
+/// <see cref="LiveEvery"/>, the cluster map and jobs list every <see cref="MapEvery"/>.
 /// </summary>
 public static class DashboardEndpoints
 {
     public static readonly TimeSpan LiveEvery = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>The cluster map changes with jobs and servers, not steps: it is looked at less often.</summary>
+    public static readonly TimeSpan MapEvery = TimeSpan.FromSeconds(1);
     private const int HistoryPage = 2000;
 
     /// <summary>JSON as the dashboard sends it: camelCase, and a NaN loss stays a number (NaN) instead of failing the page.</summary>
@@ -68,7 +71,7 @@ public static class DashboardEndpoints
                 last = json;
                 yield return new SseItem<ClusterPage>(page, "cluster");
             }
-            await Pause(ct);
+            await Pause(MapEvery, ct);
         }
     }
 
@@ -91,7 +94,7 @@ public static class DashboardEndpoints
                 if (await Try(() => data.Job(id)) is { } job)
                     yield return new SseItem<object>(job, "job");
             }
-            await Pause(ct);
+            await Pause(LiveEvery, ct);
         }
     }
 
@@ -108,11 +111,11 @@ public static class DashboardEndpoints
         }
     }
 
-    private static async Task Pause(CancellationToken ct)
+    private static async Task Pause(TimeSpan period, CancellationToken ct)
     {
         try
         {
-            await Task.Delay(LiveEvery, ct);
+            await Task.Delay(period, ct);
         }
         catch (OperationCanceledException)
         {

@@ -14,6 +14,7 @@ const fmt = {
   loss: v => v == null ? "–" : Number(v).toFixed(4),
   pct: v => v == null ? "–" : (100 * v).toFixed(1) + " %",
   time: t => new Date(t).toLocaleTimeString("en-GB", { hour12: false }),
+  silo: a => String(a).replace(/^S/, "").replace(/:\d+$/, ""), // "S10.0.0.1:11111:123456789" → "10.0.0.1:11111"
   esc: s => String(s ?? "").replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])),
 };
 
@@ -87,7 +88,7 @@ async function getJson(url) {
 function renderCluster(page) {
   const nodes = page.nodes.map(n => `
     <div class="node ${n.status === "active" ? "" : "dead"}" data-node="${fmt.esc(n.node)}">
-      <div class="title"><b>${fmt.esc(n.node)}</b><span class="dim">${fmt.esc(n.status)} · ${fmt.esc(n.address)}</span></div>
+      <div class="title"><b>${fmt.esc(n.node)}</b><span class="dim">${fmt.esc(n.status)} · ${fmt.esc(fmt.silo(n.address))}</span></div>
       ${n.gpus.length === 0 ? `<div class="dim">control plane (no devices)</div>` : ""}
       <div class="gpus">${n.gpus.map(g => `
         <div class="gpu ${fmt.esc(g.state)}" data-worker="${fmt.esc(g.worker)}" title="${fmt.esc(g.detail ?? "")}">
