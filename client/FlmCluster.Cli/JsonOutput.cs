@@ -29,7 +29,7 @@ public static class JsonOutput
 
     public sealed record RankJson(int Rank, string Worker);
 
-    public sealed record EventJson(long? Index, DateTime At, string Kind, string Message);
+    public sealed record EventJson(DateTime At, string Kind, string Message);
 
     public sealed record StatusJson(string Job, string Name, string State, long Step, long TotalSteps, string Stage, string Layout, int Priority,
         DateTime SubmittedAt, double? Loss, double? TokensPerSecond, string? Error, IReadOnlyList<RankJson> Ranks, string? CheckpointDir,
@@ -62,7 +62,7 @@ public static class JsonOutput
         var j = Of(s);
         return new StatusJson(j.Job, j.Name, j.State, j.Step, j.TotalSteps, j.Stage, j.Layout, j.Priority, j.SubmittedAt, j.Loss, j.TokensPerSecond, j.Error,
             s.Workers.Select((w, rank) => new RankJson(rank, w)).ToList(), s.CheckpointDir, s.LastCheckpointStep, s.LastReplicaStep,
-            s.Events.Select(e => new EventJson(null, e.At, e.Kind, e.Message)).ToList());
+            s.Events.Select(e => new EventJson(e.At, e.Kind, e.Message)).ToList());
     }
 
     public static LogJson StepOf(StepRecord r)

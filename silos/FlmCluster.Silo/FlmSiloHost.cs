@@ -8,7 +8,6 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using OpenTelemetry.Exporter;
 using Orleans.Configuration;
 using Orleans.Dashboard;
 using StackExchange.Redis;
@@ -115,9 +114,10 @@ public static class FlmSiloHost
                 DataPlane = s.DataPlane,
                 PeakFlops = s.PeakFlops,
             });
-            // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port).
+            // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port),
+            // every 5 s rather than every second: training servers' CPUs are for training (docs/benchmarks.md).
             if (grainStatistics)
-                silo.AddDashboard();
+                silo.AddDashboard(o => o.CounterUpdateIntervalMs = 5000);
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));
         });

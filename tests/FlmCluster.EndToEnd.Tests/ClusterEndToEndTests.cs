@@ -30,7 +30,7 @@ public sealed class ClusterEndToEndTests : IDisposable
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Split('\n')[0].Trim();
         Assert.Contains($"{jobId}: completed at step 20/20", submit.Output);
-        Assert.Contains("step     20/20", submit.Output);
+        Assert.Contains("step     20/20", submit.Error); // progress on standard error, results on standard output
 
         var status = _flm.Run("status", jobId);
         Assert.Equal(0, status.ExitCode);

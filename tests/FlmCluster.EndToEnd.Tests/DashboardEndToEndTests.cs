@@ -45,6 +45,14 @@ public sealed class DashboardEndToEndTests : IDisposable
             + " && [...document.querySelectorAll('.gpu .bar > div')].every(b => b.style.width !== '0%')", null, Wait());
         await Browser.Screenshot(map, "dashboard-cluster.png");
 
+        // A loss prediction in the job's checkpoint folder, as 'flm predict-loss' writes it: every 5th step.
+        Directory.CreateDirectory(root);
+        var predicted = Enumerable.Range(0, 100).Select(i => (Step: 5L * i, Loss: 6.0 - 0.03125 * i)).ToList();
+        File.WriteAllText(Path.Combine(root, "prediction.json"), JsonSerializer.Serialize(new
+        {
+            predicted_loss_curve = predicted.Select(p => new { step = p.Step, loss = p.Loss }),
+        }));
+
         // The job page: one point of the loss curve per committed step, the losses the job reported.
         var page = await browser.Open($"{dashboard}#/jobs/{job}");
         await page.WaitForFunctionAsync("() => window.flmCharts.loss && flmCharts.loss.data[0].length >= 15", null, Wait());
@@ -67,6 +75,8 @@ public sealed class DashboardEndToEndTests : IDisposable
             .Select(l => JsonDocument.Parse(l).RootElement).Where(l => l.GetProperty("type").GetString() == "step").ToList();
         Assert.Equal(Enumerable.Range(0, (int)step).Select(i => (long)i), steps);
         Assert.Equal(logs.Select(l => l.GetProperty("loss").GetDouble()), losses);
+        var prediction = await page.EvaluateAsync<double?[]>("() => flmCharts.loss.data[2]");
+        Assert.Equal(steps.Select(s => s % 5 == 0 ? predicted[(int)(s / 5)].Loss : (double?)null), prediction);
         Assert.Equal(4, await page.Locator("#layout tbody tr").CountAsync());
         Assert.Equal(0, _flm.Run("resume", job).ExitCode);
         await page.WaitForFunctionAsync($"() => flmCharts.loss.data[0].length > {step + 5}", null, Wait());
@@ -93,9 +103,9 @@ public sealed class DashboardEndToEndTests : IDisposable
 
         // The Orleans dashboard is mounted beside it.
         using var http = new HttpClient();
-        var orleans = await http.GetAsync($"{dashboard}orleans/");
+        var orleans = await http.GetAsync($"{dashboard}orleans/", TestContext.Current.CancellationToken);
         Assert.Equal(System.Net.HttpStatusCode.OK, orleans.StatusCode);
-        Assert.Contains("<html", await orleans.Content.ReadAsStringAsync(), StringComparison.OrdinalIgnoreCase);
+        Assert.Contains("<html", await orleans.Content.ReadAsStringAsync(TestContext.Current.CancellationToken), StringComparison.OrdinalIgnoreCase);
         Assert.Equal(0, _flm.Run("cancel", job).ExitCode);
     }
 

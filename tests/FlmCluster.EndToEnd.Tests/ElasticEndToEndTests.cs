@@ -29,8 +29,8 @@ public sealed class ElasticEndToEndTests : IDisposable
 
         var follow = _flm.Run("status", jobId, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
-        Assert.Contains("shrunk: servers gone for more than 3 s", follow.Output);
-        Assert.Contains("→ 1 GPUs, layout dp=1,tp=1,pp=1,micro=2; global batch kept", follow.Output);
+        Assert.Contains("shrunk: servers gone for more than 3 s", follow.Error); // events are progress: standard error
+        Assert.Contains("→ 1 GPUs, layout dp=1,tp=1,pp=1,micro=2; global batch kept", follow.Error);
         Assert.Contains($"{jobId}: completed at step 16/16", follow.Output);
 
         var status = _flm.Run("status", jobId);

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.History;
 using FlmCluster.Training.Checkpoint;
@@ -5,7 +6,6 @@ using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Telemetry;
-using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;

@@ -23,8 +23,11 @@ public sealed record RankView(int Rank, string Worker, int Dp, int Tp, int Pp);
 
 public sealed record CheckpointView(string Name, long Step, bool Valid, string? Problem);
 
+/// <summary>A predicted loss at a step (from a loss prediction that lies with the job's checkpoints).</summary>
+public sealed record PredictedLoss(long Step, double Loss);
+
 public sealed record JobPage(JobRow Job, IReadOnlyList<RankView> Ranks, string? CheckpointDir, long? LastCheckpointStep, long? LastReplicaStep,
-    IReadOnlyList<CheckpointView> Checkpoints);
+    IReadOnlyList<CheckpointView> Checkpoints, IReadOnlyList<PredictedLoss> Prediction);
 
 public sealed record ClusterPage(IReadOnlyList<NodeView> Nodes, IReadOnlyList<string> Queue, IReadOnlyList<JobRow> Jobs);
 
@@ -91,7 +94,8 @@ public sealed class DashboardData(IGrainFactory grains)
             var c = layout is not null && rank < layout.WorldSize ? layout.CoordsOf(rank) : default;
             return new RankView(rank, worker, c.Dp, c.Tp, c.Pp);
         }).ToList();
-        return new JobPage(RowOf(status), ranks, status.CheckpointDir, status.LastCheckpointStep, status.LastReplicaStep, Checkpoints(status.CheckpointDir));
+        return new JobPage(RowOf(status), ranks, status.CheckpointDir, status.LastCheckpointStep, status.LastReplicaStep, Checkpoints(status.CheckpointDir),
+            Prediction(status.CheckpointDir));
     }
 
     public Task<JobHistory> History(string id, long sinceStep, int sinceEvent, int max) => Coordinator(id).GetHistory(sinceStep, sinceEvent, max);
@@ -149,6 +153,32 @@ public sealed class DashboardData(IGrainFactory grains)
         catch (Exception ex) when (ex is FlmCluster.Training.FlmUserException or FormatException or ArgumentException)
         {
             return null;
+        }
+    }
+
+    /// <summary>Largest prediction file read (a prediction has a point per evaluation step).</summary>
+    private const long MaxPredictionBytes = 4 << 20;
+
+    /// <summary>
+    /// The predicted loss curve of 'flm predict-loss' (its prediction.json, predicted_loss_curve) when one lies in
+    /// the job's checkpoint folder; none when there is none or it is not such a file.
+    /// </summary>
+    private static IReadOnlyList<PredictedLoss> Prediction(string? dir)
+    {
+        var path = string.IsNullOrWhiteSpace(dir) ? null : Path.Combine(dir, "prediction.json");
+        if (path is null || !File.Exists(path) || new FileInfo(path).Length > MaxPredictionBytes)
+            return [];
+        try
+        {
+            using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(path));
+            if (!json.RootElement.TryGetProperty("predicted_loss_curve", out var curve) || curve.ValueKind != System.Text.Json.JsonValueKind.Array)
+                return [];
+            var points = curve.EnumerateArray().Select(p => new PredictedLoss(p.GetProperty("step").GetInt64(), p.GetProperty("loss").GetDouble())).ToList();
+            return points.All(p => p.Step >= 0 && double.IsFinite(p.Loss)) ? points : [];
+        }
+        catch (Exception ex) when (ex is System.Text.Json.JsonException or InvalidOperationException or KeyNotFoundException or FormatException or IOException)
+        {
+            return [];
         }
     }
 

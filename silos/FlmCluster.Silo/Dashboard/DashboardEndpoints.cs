@@ -79,7 +79,7 @@ public static class DashboardEndpoints
     private static async IAsyncEnumerable<SseItem<object>> JobStream(DashboardData data, string id, long sinceStep, int sinceEvent,
         [EnumeratorCancellation] CancellationToken ct)
     {
-        string? lastStatus = null;
+        string? lastRow = null, lastPage = null;
         while (!ct.IsCancellationRequested)
         {
             if (await Try(() => data.History(id, sinceStep, sinceEvent, HistoryPage)) is { } page && (page.Steps.Count > 0 || page.Events.Count > 0))
@@ -87,12 +87,18 @@ public static class DashboardEndpoints
                 (sinceStep, sinceEvent) = (page.NextStep, page.NextEvent);
                 yield return new SseItem<object>(page, "history");
             }
-            if (await Try(() => data.Status(id)) is { } status && JsonSerializer.Serialize(DashboardData.RowOf(status), Json) is var json && json != lastStatus)
+            if (await Try(() => data.Status(id)) is { } status && JsonSerializer.Serialize(DashboardData.RowOf(status), Json) is var row && row != lastRow)
             {
-                lastStatus = json;
-                // Checkpoints and layout change with the status: the whole page is sent again then.
-                if (await Try(() => data.Job(id)) is { } job)
+                lastRow = row;
+                // The whole page (layout, checkpoints) when what it shows changed; the job's row for every step.
+                var pageKey = $"{status.State}|{status.Layout}|{status.LastCheckpointStep}|{status.LastReplicaStep}|{status.Error}|{string.Join(',', status.Workers)}";
+                if (pageKey != lastPage && await Try(() => data.Job(id)) is { } job)
+                {
+                    lastPage = pageKey;
                     yield return new SseItem<object>(job, "job");
+                }
+                else
+                    yield return new SseItem<object>(DashboardData.RowOf(status), "status");
             }
             await Pause(LiveEvery, ct);
         }

@@ -156,7 +156,8 @@ class JobView {
       <div class="stats" id="stats"></div>
       ${j.error ? `<div class="error">${fmt.esc(j.error)}</div>` : ""}
       <div class="grid2">
-        <div class="panel"><h2>Loss</h2><div id="loss-chart"></div><div class="legend">dashed: growth transitions</div></div>
+        <div class="panel"><h2>Loss</h2><div id="loss-chart"></div>
+          <div class="legend">dashed lines: growth transitions; predicted: the held-out loss 'flm predict-loss' predicted (its prediction.json in the job's checkpoint folder)</div></div>
         <div class="panel"><h2>Throughput and MFU</h2><div id="speed-chart"></div></div>
       </div>
       <div class="panel" style="margin-top:14px"><h2>Per-rank compute time</h2>
@@ -194,9 +195,10 @@ class JobView {
     flmCharts.loss = new uPlot({
       width: width(), height: 260, scales: { x: { time: false } },
       axes: [{ ...axis, label: "step" }, { ...axis, label: "loss" }],
-      series: [{ label: "step" }, { label: "loss", stroke: "#4f8fe0", width: 1.5, points: { show: false } }],
+      series: [{ label: "step" }, { label: "loss", stroke: "#4f8fe0", width: 1.5, points: { show: false } },
+        { label: "predicted", stroke: "#e0a43a", width: 1.5, dash: [6, 4], spanGaps: true, points: { show: true, size: 4 } }],
       hooks: { draw: [growth] },
-    }, [[], []], document.getElementById("loss-chart"));
+    }, [[], [], []], document.getElementById("loss-chart"));
     flmCharts.speed = new uPlot({
       width: width(), height: 260, scales: { x: { time: false }, mfu: { range: [0, null] } },
       axes: [{ ...axis, label: "step" }, { ...axis, label: "tokens/s" }, { ...axis, scale: "mfu", side: 1, label: "MFU %", grid: { show: false } }],
@@ -212,7 +214,9 @@ class JobView {
     document.getElementById("stats").innerHTML =
       JOB_STATS.map(s => `<div class="stat"><div class="v">${s.html(j, last)}</div><div class="k">${s.title}</div></div>`).join("");
     const x = steps.map(s => s.point.step);
-    flmCharts.loss.setData([x, steps.map(s => s.point.loss)]);
+    // The prediction where it has a point at a step the job committed: one x per committed step.
+    const predicted = new Map((this.job.prediction ?? []).map(p => [p.step, p.loss]));
+    flmCharts.loss.setData([x, steps.map(s => s.point.loss), x.map(step => predicted.get(step) ?? null)]);
     flmCharts.speed.setData([x, steps.map(s => s.point.tokensPerSecond), steps.map(s => s.mfu == null ? null : 100 * s.mfu)]);
     this.heatmap(steps.slice(-120));
     document.getElementById("timeline").innerHTML = this.events.slice().reverse().map(e => `
@@ -281,6 +285,7 @@ async function showJob(id) {
   openStream(url, {
     history: page => { view.merge(page); redraw(); },
     job: page => { view.job = page; redraw(); },
+    status: row => { view.job = { ...view.job, job: row }; redraw(); },
   });
 }
 
