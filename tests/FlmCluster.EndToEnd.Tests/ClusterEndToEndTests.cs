@@ -18,6 +18,7 @@ public sealed class ClusterEndToEndTests : IDisposable
     {
         var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 23111);
         Assert.Contains("2 server(s) × 2 GPU(s) + control node, Redis", up.Output);
+        Assert.Contains("dashboard: http://127.0.0.1:25111/", up.Output); // the first silo's web port: base + 2000
 
         var nodes = _flm.Run("nodes");
         Assert.Equal(0, nodes.ExitCode);

@@ -101,6 +101,13 @@ public sealed class DashboardEndToEndTests : IDisposable
 
         Assert.Empty(browser.Errors);
 
+        // The history (in Redis here) has every step once: the steps redone after the restore replaced their records.
+        var history = _flm.Run("logs", job, "--json").Output.Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => JsonDocument.Parse(l).RootElement).Where(l => l.GetProperty("type").GetString() == "step")
+            .Select(l => l.GetProperty("step").GetInt64()).ToList();
+        Assert.Equal(Enumerable.Range(0, history.Count).Select(i => (long)i), history);
+        Assert.True(history.Count > pointsAtRestore, $"{history.Count} steps");
+
         // The Orleans dashboard is mounted beside it.
         using var http = new HttpClient();
         var orleans = await http.GetAsync($"{dashboard}orleans/", TestContext.Current.CancellationToken);

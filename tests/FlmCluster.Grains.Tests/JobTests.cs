@@ -111,10 +111,10 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         var first = await coordinator.GetHistory(0, 0, 3);
         Assert.Equal([0L, 1L, 2L], first.Steps.Select(s => s.Point.Step));
         Assert.Equal(3, first.NextStep);
-        Assert.Equal(3, first.Events.Count);
+        Assert.Equal(["submitted", "allocated", "started"], first.Events.Select(e => e.Kind));
         var rest = await coordinator.GetHistory(first.NextStep, first.NextEvent, JobHistory.MaxPage);
         Assert.Equal([3L, 4L, 5L, 6L], rest.Steps.Select(s => s.Point.Step));
-        Assert.Equal(["started", "completed"], rest.Events.Select(e => e.Kind).Where(k => k is "started" or "completed"));
+        Assert.Equal(["completed"], rest.Events.Select(e => e.Kind));
         Assert.Equal(7, rest.NextStep);
         var end = await coordinator.GetHistory(rest.NextStep, rest.NextEvent, 10);
         Assert.Empty(end.Steps);

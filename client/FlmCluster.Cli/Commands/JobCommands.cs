@@ -110,31 +110,24 @@ public static class JobCommands
         return command;
     }
 
-    public static Command Pause()
-    {
-        var jobId = new Argument<string>("job") { Description = "Job id" };
-        var command = new Command("pause", "Pause a running job before its next step (it keeps its GPUs); 'flm resume' continues it") { jobId };
-        command.SetAction(async parse =>
-        {
-            var id = parse.GetValue(jobId)!;
-            await using var client = await ClusterAccess.Connect();
-            await client.Pause(id);
-            Console.WriteLine($"paused {id}");
-            return CliRunner.Ok;
-        });
-        return command;
-    }
+    public static Command Pause() =>
+        JobAction("pause", "Pause a running job before its next step (it keeps its GPUs); 'flm resume' continues it", "paused", (client, id) => client.Pause(id));
 
-    public static Command Resume()
+    public static Command Resume() => JobAction("resume", "Resume a paused job", "resumed", (client, id) => client.Resume(id));
+
+    public static Command Cancel() => JobAction("cancel", "Cancel a queued or running job and free its GPUs", "cancelled", (client, id) => client.Cancel(id));
+
+    /// <summary>A command that does one thing to a job and says so ("paused JOB").</summary>
+    private static Command JobAction(string name, string description, string done, Func<FlmCluster.Client.FlmClusterClient, string, Task> act)
     {
         var jobId = new Argument<string>("job") { Description = "Job id" };
-        var command = new Command("resume", "Resume a paused job") { jobId };
+        var command = new Command(name, description) { jobId };
         command.SetAction(async parse =>
         {
             var id = parse.GetValue(jobId)!;
             await using var client = await ClusterAccess.Connect();
-            await client.Resume(id);
-            Console.WriteLine($"resumed {id}");
+            await act(client, id);
+            Console.WriteLine($"{done} {id}");
             return CliRunner.Ok;
         });
         return command;
@@ -148,21 +141,6 @@ public static class JobCommands
     }
 
     private static string EventLine(JobEvent e) => $"{e.At:HH:mm:ss} [{e.Kind}] {e.Message}";
-
-    public static Command Cancel()
-    {
-        var jobId = new Argument<string>("job") { Description = "Job id" };
-        var command = new Command("cancel", "Cancel a queued or running job and free its GPUs") { jobId };
-        command.SetAction(async parse =>
-        {
-            var id = parse.GetValue(jobId)!;
-            await using var client = await ClusterAccess.Connect();
-            await client.Cancel(id);
-            Console.WriteLine($"cancelled {id}");
-            return CliRunner.Ok;
-        });
-        return command;
-    }
 
     private static void Print(JobStatus s)
     {

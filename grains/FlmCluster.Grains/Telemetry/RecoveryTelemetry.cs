@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Grains.Telemetry;
@@ -16,22 +17,21 @@ public static class RecoveryTelemetry
     /// <summary>Steps stood still while every rank snapshotted for a checkpoint.</summary>
     public static void CheckpointStall(string jobId, TimeSpan stall) => FlmTelemetry.CheckpointStall.Record(stall.TotalSeconds, Tags(jobId));
 
-    public static void CheckpointCommitted(string jobId, long step, long bytes, DateTime startedAt, DateTime committedAt)
-    {
-        FlmTelemetry.CheckpointBytes.Add(bytes, Tags(jobId));
-        FlmTelemetry.CheckpointDuration.Record((committedAt - startedAt).TotalSeconds, Tags(jobId));
-        using var span = Span("job.checkpoint", jobId, startedAt);
-        span?.SetTag(FlmTelemetry.Tags.Step, step);
-        span?.SetTag("flm.bytes", bytes);
-    }
+    public static void CheckpointCommitted(string jobId, long step, long bytes, DateTime startedAt, DateTime committedAt) =>
+        PointMade("job.checkpoint", FlmTelemetry.CheckpointBytes, FlmTelemetry.CheckpointDuration, jobId, step, bytes, startedAt, committedAt);
 
     public static void ReplicaStall(string jobId, TimeSpan stall) => FlmTelemetry.ReplicaStall.Record(stall.TotalSeconds, Tags(jobId));
 
-    public static void ReplicaHeld(string jobId, long step, long bytes, DateTime startedAt, DateTime heldAt)
+    public static void ReplicaHeld(string jobId, long step, long bytes, DateTime startedAt, DateTime heldAt) =>
+        PointMade("job.replica", FlmTelemetry.ReplicaBytes, FlmTelemetry.ReplicaDuration, jobId, step, bytes, startedAt, heldAt);
+
+    /// <summary>A recovery point of a step is made: its bytes, how long it took, and its span.</summary>
+    private static void PointMade(string name, Counter<long> size, Histogram<double> duration,
+        string jobId, long step, long bytes, DateTime startedAt, DateTime madeAt)
     {
-        FlmTelemetry.ReplicaBytes.Add(bytes, Tags(jobId));
-        FlmTelemetry.ReplicaDuration.Record((heldAt - startedAt).TotalSeconds, Tags(jobId));
-        using var span = Span("job.replica", jobId, startedAt);
+        size.Add(bytes, Tags(jobId));
+        duration.Record((madeAt - startedAt).TotalSeconds, Tags(jobId));
+        using var span = Span(name, jobId, startedAt);
         span?.SetTag(FlmTelemetry.Tags.Step, step);
         span?.SetTag("flm.bytes", bytes);
     }
