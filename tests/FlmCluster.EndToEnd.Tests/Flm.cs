@@ -23,7 +23,11 @@ public sealed class Flm : IDisposable
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
         FlmProcess.Run(Home, new Dictionary<string, string>(Environment) { ["FLM_PROFILE"] = Profile }, timeout, args);
 
-    /// <summary>`flm cluster up` with Redis membership and a control-plane node; asserts that it worked.</summary>
+    /// <summary>
+    /// `flm cluster up` with Redis membership and a control-plane node; asserts that it worked. Test classes run in
+    /// parallel: each takes its own base port, 100 apart (a cluster uses base…base+2, +1000…, +2000…), below the
+    /// kernel's ephemeral ports (32768…).
+    /// </summary>
     public FlmResult Up(int nodes, int gpusPerNode, int basePort)
     {
         var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-node", "--redis", Redis.ConnectionString, "--base-port", $"{basePort}");

@@ -12,7 +12,7 @@ namespace FlmCluster.EndToEnd.Tests;
 [Trait("Category", "EndToEnd")]
 public sealed class TelemetryEndToEndTests : IDisposable
 {
-    private const int Steps = 24;
+    private const int Steps = 120; // long enough to pause it while it runs
     private const int TokensPerStep = 8 * 64; // train.global_batch × model.seq_len
     private const int Ranks = 4;
 
@@ -31,7 +31,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
         _flm.Environment["Flm__Exporters"] = "prometheus,otlp";
         _flm.Environment["Flm__OtlpEndpoint"] = _otlp.Endpoint;
         _flm.Environment["Flm__PeakTflops"] = "0.5";
-        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 31111);
+        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 27511);
         var metrics = _flm.SiloHttpPorts().Select(p => $"http://127.0.0.1:{p}/metrics").ToList();
         Assert.Equal(3, metrics.Count);
 
@@ -59,7 +59,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
         var follow = _flm.Run("status", job, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
         Assert.Contains($"{job}: completed at step {Steps}/{Steps}", follow.Output);
-        Assert.Contains("step     24/24", follow.Error); // progress goes to standard error
+        Assert.Contains($"step {Steps,6}/{Steps}", follow.Error); // progress goes to standard error
         await AssertMetrics(metrics, job, Steps);
         await AssertInfraFilesNameExportedMetrics(metrics);
 
@@ -101,10 +101,11 @@ public sealed class TelemetryEndToEndTests : IDisposable
         }
     }
 
-    /// <summary>Every metric the Grafana dashboard under infra/ queries is one the silos export.</summary>
+    /// <summary>Every metric and label the Grafana dashboard under infra/ queries is one the silos export.</summary>
     private static async Task AssertInfraFilesNameExportedMetrics(IReadOnlyList<string> endpoints)
     {
-        var exported = (await Task.WhenAll(endpoints.Select(Prometheus.Scrape))).SelectMany(s => s).Select(s => s.Name).ToHashSet();
+        var samples = (await Task.WhenAll(endpoints.Select(Prometheus.Scrape))).SelectMany(s => s).ToList();
+        var exported = samples.Select(s => s.Name).Concat(samples.SelectMany(s => s.Labels.Keys)).ToHashSet();
         var grafana = File.ReadAllText(Path.Combine(Repository.Root(), "infra", "grafana", "flmcluster-dashboard.json"));
         var queried = System.Text.RegularExpressions.Regex.Matches(grafana, @"\b(flm|process)_[a-z_]+\b").Select(m => m.Value).ToHashSet();
         Assert.True(queried.Count >= 20, $"the dashboard queries only {queried.Count} metrics");
@@ -135,15 +136,16 @@ public sealed class TelemetryEndToEndTests : IDisposable
         Assert.Equal(["submitted", "allocated", "started", "paused", "resumed", "completed"],
             events.Select(e => e.GetProperty("kind").GetString()!).Where(k => k is not ("checkpoint" or "replica")));
         Assert.Contains(events, e => e.GetProperty("kind").GetString() == "checkpoint");
-        var since = Logs(job, "--since", "20");
-        Assert.Equal([20L, 21L, 22L, 23L], since.Where(l => l.GetProperty("type").GetString() == "step").Select(l => l.GetProperty("step").GetInt64()));
+        var since = Logs(job, "--since", $"{Steps - 4}");
+        Assert.Equal(Enumerable.Range(Steps - 4, 4).Select(i => (long)i),
+            since.Where(l => l.GetProperty("type").GetString() == "step").Select(l => l.GetProperty("step").GetInt64()));
         var step = all.First(l => l.GetProperty("type").GetString() == "step");
         Assert.Equal(TokensPerStep, step.GetProperty("tokens").GetInt64());
         Assert.Equal(Ranks, step.GetProperty("ranks").GetArrayLength());
 
         var text = _flm.Run("logs", job);
         Assert.Equal(0, text.ExitCode);
-        Assert.Contains("[completed] all 24 steps done", text.Output);
+        Assert.Contains($"[completed] all {Steps} steps done", text.Output);
         Assert.Equal(2, _flm.Run("logs", job, "--since", "-1").ExitCode);
     }
 

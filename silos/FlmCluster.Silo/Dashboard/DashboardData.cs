@@ -138,8 +138,9 @@ public sealed class DashboardData(IGrainFactory grains)
             var status = await grains.GetGrain<IGpuWorkerGrain>(worker).GetStatus().WaitAsync(WorkerPatience);
             return (status.State.ToString().ToLowerInvariant(), status.Detail);
         }
-        catch (Exception ex) when (ex is OrleansException or TimeoutException or SiloUnavailableException)
+        catch (Exception ex) when (ex is not OperationCanceledException)
         {
+            // Whatever kept it from answering (its server gone, placement refusing it, a timeout), the map shows it so.
             return ("unreachable", ex.GetType().Name);
         }
     }

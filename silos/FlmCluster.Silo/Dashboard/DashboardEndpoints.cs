@@ -8,6 +8,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.FileProviders;
+using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Silo.Dashboard;
 
@@ -54,19 +55,20 @@ public static class DashboardEndpoints
         api.MapGet("/jobs/{id}", (DashboardData data, string id) => data.Job(id));
         api.MapGet("/jobs/{id}/history", (DashboardData data, string id, long? sinceStep, int? sinceEvent, int? max) =>
             data.History(id, sinceStep ?? 0, sinceEvent ?? 0, max ?? HistoryPage));
-        api.MapGet("/stream/cluster", (DashboardData data, CancellationToken ct) => TypedResults.ServerSentEvents(ClusterStream(data, ct)));
-        api.MapGet("/stream/jobs/{id}", (DashboardData data, string id, long? sinceStep, int? sinceEvent, CancellationToken ct) =>
-            TypedResults.ServerSentEvents(JobStream(data, id, sinceStep ?? 0, sinceEvent ?? 0, ct)));
+        api.MapGet("/stream/cluster", (DashboardData data, ILogger<DashboardData> log, CancellationToken ct) =>
+            TypedResults.ServerSentEvents(ClusterStream(data, log, ct)));
+        api.MapGet("/stream/jobs/{id}", (DashboardData data, ILogger<DashboardData> log, string id, long? sinceStep, int? sinceEvent, CancellationToken ct) =>
+            TypedResults.ServerSentEvents(JobStream(data, log, id, sinceStep ?? 0, sinceEvent ?? 0, ct)));
         return app;
     }
 
     /// <summary>The cluster map and jobs list, sent when they change.</summary>
-    private static async IAsyncEnumerable<SseItem<ClusterPage>> ClusterStream(DashboardData data, [EnumeratorCancellation] CancellationToken ct)
+    private static async IAsyncEnumerable<SseItem<ClusterPage>> ClusterStream(DashboardData data, ILogger log, [EnumeratorCancellation] CancellationToken ct)
     {
         string? last = null;
         while (!ct.IsCancellationRequested)
         {
-            if (await Try(data.Cluster) is { } page && JsonSerializer.Serialize(page, Json) is var json && json != last)
+            if (await Try(log, data.Cluster) is { } page && JsonSerializer.Serialize(page, Json) is var json && json != last)
             {
                 last = json;
                 yield return new SseItem<ClusterPage>(page, "cluster");
@@ -76,23 +78,23 @@ public static class DashboardEndpoints
     }
 
     /// <summary>A job's new steps and events (from the given positions on) and its status, sent as they come.</summary>
-    private static async IAsyncEnumerable<SseItem<object>> JobStream(DashboardData data, string id, long sinceStep, int sinceEvent,
+    private static async IAsyncEnumerable<SseItem<object>> JobStream(DashboardData data, ILogger log, string id, long sinceStep, int sinceEvent,
         [EnumeratorCancellation] CancellationToken ct)
     {
         string? lastRow = null, lastPage = null;
         while (!ct.IsCancellationRequested)
         {
-            if (await Try(() => data.History(id, sinceStep, sinceEvent, HistoryPage)) is { } page && (page.Steps.Count > 0 || page.Events.Count > 0))
+            if (await Try(log, () => data.History(id, sinceStep, sinceEvent, HistoryPage)) is { } page && (page.Steps.Count > 0 || page.Events.Count > 0))
             {
                 (sinceStep, sinceEvent) = (page.NextStep, page.NextEvent);
                 yield return new SseItem<object>(page, "history");
             }
-            if (await Try(() => data.Status(id)) is { } status && JsonSerializer.Serialize(DashboardData.RowOf(status), Json) is var row && row != lastRow)
+            if (await Try(log, () => data.Status(id)) is { } status && JsonSerializer.Serialize(DashboardData.RowOf(status), Json) is var row && row != lastRow)
             {
                 lastRow = row;
                 // The whole page (layout, checkpoints) when what it shows changed; the job's row for every step.
                 var pageKey = $"{status.State}|{status.Layout}|{status.LastCheckpointStep}|{status.LastReplicaStep}|{status.Error}|{string.Join(',', status.Workers)}";
-                if (pageKey != lastPage && await Try(() => data.Job(id)) is { } job)
+                if (pageKey != lastPage && await Try(log, () => data.Job(id)) is { } job)
                 {
                     lastPage = pageKey;
                     yield return new SseItem<object>(job, "job");
@@ -104,14 +106,23 @@ public static class DashboardEndpoints
         }
     }
 
-    /// <summary>A read that may fail while a server is lost (a coordinator moving, a gateway gone): the stream tries again next time.</summary>
-    private static async Task<T?> Try<T>(Func<Task<T>> read) where T : class
+    /// <summary>
+    /// A read for a live page. It may fail while a server is lost (a coordinator moving, a gateway gone, a worker
+    /// refused by placement): the stream skips this round and reads again at the next, so an open page never loses
+    /// its stream to the failure it is showing.
+    /// </summary>
+    private static async Task<T?> Try<T>(ILogger log, Func<Task<T>> read) where T : class
     {
         try
         {
             return await read();
         }
-        catch (Exception ex) when (ex is OrleansException or TimeoutException or ClusterRequestException or OperationCanceledException)
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            log.LogDebug("Dashboard read failed, tried again next round: {Type}: {Message}", ex.GetType().Name, ex.Message);
+            return null;
+        }
+        catch (OperationCanceledException)
         {
             return null;
         }
