@@ -10,16 +10,22 @@ public sealed record ReceivedSpan(string TraceId, string SpanId, string ParentSp
     public long Long(string key) => Convert.ToInt64(Attributes[key], System.Globalization.CultureInfo.InvariantCulture);
 }
 
+/// <summary>A log record as an OTLP/HTTP export carried it: its body and attributes.</summary>
+public sealed record ReceivedLog(string Body, IReadOnlyDictionary<string, object> Attributes);
+
 /// <summary>
 /// An OTLP/HTTP receiver on a free loopback port (http/protobuf): keeps the spans of every trace export
-/// (POST /v1/traces) and accepts metric and log exports without keeping them. The messages are read with
-/// protobuf's wire-format reader by their field numbers in the OTLP trace schema (ExportTraceServiceRequest →
-/// ResourceSpans 1 → ScopeSpans 2 → Span 2: trace_id 1, span_id 2, parent_span_id 4, name 5, attributes 9).
+/// (POST /v1/traces) and the records of every log export (POST /v1/logs), and accepts metric exports without
+/// keeping them. The messages are read with protobuf's wire-format reader by their field numbers in the OTLP
+/// schemas (ExportTraceServiceRequest → ResourceSpans 1 → ScopeSpans 2 → Span 2: trace_id 1, span_id 2,
+/// parent_span_id 4, name 5, attributes 9; ExportLogsServiceRequest → ResourceLogs 1 → ScopeLogs 2 → LogRecord 2:
+/// body 5, attributes 6).
 /// </summary>
 public sealed class OtlpReceiver : IDisposable
 {
     private readonly HttpListener _listener = new();
     private readonly List<ReceivedSpan> _spans = [];
+    private readonly List<ReceivedLog> _logs = [];
     private readonly Task _serving;
 
     public int Port { get; }
@@ -45,6 +51,15 @@ public sealed class OtlpReceiver : IDisposable
         }
     }
 
+    public IReadOnlyList<ReceivedLog> Logs
+    {
+        get
+        {
+            lock (_logs)
+                return _logs.ToList();
+        }
+    }
+
     private async Task Serve()
     {
         while (_listener.IsListening)
@@ -66,6 +81,12 @@ public sealed class OtlpReceiver : IDisposable
                 lock (_spans)
                     _spans.AddRange(spans);
             }
+            else if (context.Request.Url!.AbsolutePath == "/v1/logs")
+            {
+                var logs = ReadLogs(body.ToArray());
+                lock (_logs)
+                    _logs.AddRange(logs);
+            }
             context.Response.StatusCode = 200;
             context.Response.ContentType = "application/x-protobuf";
             context.Response.Close();
@@ -80,6 +101,34 @@ public sealed class OtlpReceiver : IDisposable
                 foreach (var span in Fields(scopeSpans, 2))
                     spans.Add(ReadSpan(span));
         return spans;
+    }
+
+    private static List<ReceivedLog> ReadLogs(byte[] request)
+    {
+        var logs = new List<ReceivedLog>();
+        foreach (var resourceLogs in Fields(request, 1))
+            foreach (var scopeLogs in Fields(resourceLogs, 2))
+                foreach (var record in Fields(scopeLogs, 2))
+                {
+                    object body = "";
+                    var attributes = new Dictionary<string, object>();
+                    var input = new CodedInputStream(record);
+                    uint tag;
+                    while ((tag = input.ReadTag()) != 0)
+                    {
+                        switch (WireFormat.GetTagFieldNumber(tag))
+                        {
+                            case 5: body = ReadAnyValue(input.ReadBytes().ToByteArray()); break;
+                            case 6:
+                                var (key, value) = ReadKeyValue(input.ReadBytes().ToByteArray());
+                                attributes[key] = value;
+                                break;
+                            default: input.SkipLastField(); break;
+                        }
+                    }
+                    logs.Add(new ReceivedLog($"{body}", attributes));
+                }
+        return logs;
     }
 
     private static ReceivedSpan ReadSpan(byte[] span)
@@ -118,23 +167,29 @@ public sealed class OtlpReceiver : IDisposable
             if (WireFormat.GetTagFieldNumber(tag) == 1)
                 key = input.ReadString();
             else if (WireFormat.GetTagFieldNumber(tag) == 2)
-            {
-                var any = new CodedInputStream(input.ReadBytes().ToByteArray());
-                uint anyTag;
-                while ((anyTag = any.ReadTag()) != 0)
-                    value = WireFormat.GetTagFieldNumber(anyTag) switch
-                    {
-                        1 => any.ReadString(),
-                        2 => any.ReadBool(),
-                        3 => any.ReadInt64(),
-                        4 => any.ReadDouble(),
-                        _ => Skip(any),
-                    };
-            }
+                value = ReadAnyValue(input.ReadBytes().ToByteArray());
             else
                 input.SkipLastField();
         }
         return (key, value);
+    }
+
+    /// <summary>AnyValue { string 1, bool 2, int64 3, double 4 } (other kinds read as "").</summary>
+    private static object ReadAnyValue(byte[] anyValue)
+    {
+        object value = "";
+        var any = new CodedInputStream(anyValue);
+        uint tag;
+        while ((tag = any.ReadTag()) != 0)
+            value = WireFormat.GetTagFieldNumber(tag) switch
+            {
+                1 => any.ReadString(),
+                2 => any.ReadBool(),
+                3 => any.ReadInt64(),
+                4 => any.ReadDouble(),
+                _ => Skip(any),
+            };
+        return value;
     }
 
     private static object Skip(CodedInputStream input)

@@ -65,6 +65,20 @@ public sealed class TelemetryEndToEndTests : IDisposable
 
         AssertScripting(job);
         AssertTraces(job);
+        AssertLogs(job);
+    }
+
+    /// <summary>The silos' logs reach OTLP as structured records: the job's end with its fields as attributes.</summary>
+    private void AssertLogs(string job)
+    {
+        var watch = Stopwatch.StartNew();
+        ReceivedLog? completed;
+        while ((completed = _otlp.Logs.FirstOrDefault(l => l.Attributes.TryGetValue("Job", out var j) && (string)j == job
+                   && l.Attributes.TryGetValue("Kind", out var k) && (string)k == "completed")) is null && watch.Elapsed < TimeSpan.FromSeconds(60))
+            Thread.Sleep(250);
+        Assert.NotNull(completed);
+        Assert.StartsWith($"all {Steps} steps done", (string)completed.Attributes["Message"]);
+        Assert.Equal($"Job {job} completed: {completed.Attributes["Message"]}", completed.Body);
     }
 
     /// <summary>Tokens, loss and per-rank series over every silo's endpoint, exactly as the job's history has them.</summary>
