@@ -10,6 +10,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
+    ["soak"] = a => SoakBenchmark.Run(a).GetAwaiter().GetResult(),
     ["telemetry"] = a => TelemetryBenchmark.Run(a).GetAwaiter().GetResult(),
 };
 

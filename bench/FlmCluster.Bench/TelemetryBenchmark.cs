@@ -11,9 +11,9 @@ namespace FlmCluster.Bench;
 /// What watching a job costs it: the median step time of the same job on an embedded cluster with none of the
 /// observability (plain), with OpenTelemetry (Prometheus exporter) and the Orleans dashboard's grain statistics
 /// (exporters), and with, in addition, a dashboard client on the job's and the cluster's live streams and a
-/// Prometheus scrape every second (watched). The three alternate, several rounds each. (a) the tiny preset (cl100k vocabulary) with dp=2 over two silos;
-/// (b) a step that is nearly only fan-out and collectives: a 1-layer model of width 8 with dp=64 on 4 silos × 16
-/// workers.
+/// Prometheus scrape every second (watched). The three alternate, several rounds each. (a) the tiny preset
+/// (cl100k vocabulary) with dp=2 over two silos; (b) a step that is nearly only fan-out and collectives: a 1-layer
+/// model of width 8 with dp=64 on 4 silos × 16 workers; (c) the added work of (b) piece by piece.
 /// </summary>
 public static class TelemetryBenchmark
 {

@@ -234,7 +234,17 @@ public sealed record StepPoint(
     [property: Id(6)] double Lr,
     [property: Id(7)] long Tokens,
     [property: Id(8)] bool Skipped,
-    [property: Id(9)] string Stage = "main");
+    [property: Id(9)] string Stage = "main",
+    [property: Id(10)] long FirstSample = 0);
+
+/// <summary>A batch of global samples the job skipped: they are never trained (a non-finite result or a loss spike).</summary>
+/// <param name="Step">The step that first read it.</param>
+[GenerateSerializer, Immutable, Alias("flm.SkippedWindow")]
+public sealed record SkippedWindow(
+    [property: Id(0)] long Step,
+    [property: Id(1)] long FirstSample,
+    [property: Id(2)] int Samples,
+    [property: Id(3)] string Reason);
 
 /// <summary>One rank's share of a committed step: wall time on its worker, split into compute, communication and pipeline idle.</summary>
 [GenerateSerializer, Immutable, Alias("flm.RankTime")]
@@ -327,7 +337,10 @@ public sealed record JobStatus(
     [property: Id(12)] string Stage,
     [property: Id(13)] string? CheckpointDir = null,
     [property: Id(14)] long? LastCheckpointStep = null,
-    [property: Id(15)] long? LastReplicaStep = null);
+    [property: Id(15)] long? LastReplicaStep = null,
+    [property: Id(16)] TimeAccount? Time = null,
+    [property: Id(17)] IReadOnlyList<SkippedWindow>? SkippedData = null,
+    [property: Id(18)] string? Coordinator = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]
@@ -383,3 +396,60 @@ public sealed record ProbeResult(
 public sealed record ClusterView(
     [property: Id(0)] bool AllocationAlive,
     [property: Id(1)] IReadOnlyList<int> FittingDp);
+
+/// <summary>
+/// Where a job's time went, in seconds: every second since it was submitted is in exactly one of these (docs/operations.md).
+/// The effective training time ratio (ETTR) is the productive share.
+/// </summary>
+/// <param name="Queued">Waiting for GPUs before its first start.</param>
+/// <param name="Startup">Building its ranks for the first time (from the seed, or the checkpoint it resumes).</param>
+/// <param name="Productive">Steps that count: committed and never rolled back.</param>
+/// <param name="Redone">Steps that were committed, then rolled back by a restore and trained again.</param>
+/// <param name="CheckpointStall">Steps waiting for snapshots to host memory, and for checkpoints at stage ends, grow-backs and the job's end.</param>
+/// <param name="Growth">Growth transitions: the loss before, the stage's checkpoint, growing every rank, the loss after.</param>
+/// <param name="Paused">Paused by request.</param>
+/// <param name="Overhead">The coordinator's own work between steps (polls, commits, scheduling).</param>
+[GenerateSerializer, Immutable, Alias("flm.TimeAccount")]
+public sealed record TimeAccount(
+    [property: Id(0)] double Queued,
+    [property: Id(1)] double Startup,
+    [property: Id(2)] double Productive,
+    [property: Id(3)] double Redone,
+    [property: Id(4)] double CheckpointStall,
+    [property: Id(5)] double Growth,
+    [property: Id(6)] double Paused,
+    [property: Id(7)] double Overhead,
+    [property: Id(8)] RecoveryTime Recovery)
+{
+    /// <summary>The sum of the components: the job's wall time as accounted.</summary>
+    public double Accounted => Queued + Startup + Productive + Redone + CheckpointStall + Growth + Paused + Overhead + Recovery.Total;
+
+    /// <summary>Effective training time ratio: the productive share of the time since the job started (queueing left out).</summary>
+    public double Ettr => Accounted - Queued > 0 ? Productive / (Accounted - Queued) : 0;
+}
+
+/// <summary>Recovery time by phase, in seconds, summed over a job's recoveries.</summary>
+/// <param name="Detect">From the failed operation's start (or a coordinator's last mark before it moved) until the failure surfaced.</param>
+/// <param name="Decide">Asking the cluster what it offers, probing workers, deciding.</param>
+/// <param name="Allocate">Getting replacement or fewer GPUs from the scheduler.</param>
+/// <param name="Rebuild">Workers building their model slices again.</param>
+/// <param name="Restore">Workers loading their state from the recovery point (replicas or a checkpoint).</param>
+/// <param name="FirstStep">The first step after a rebuild (warm-up included), until it commits.</param>
+/// <param name="Waiting">Waiting for servers to return or GPUs to free up.</param>
+[GenerateSerializer, Immutable, Alias("flm.RecoveryTime")]
+public sealed record RecoveryTime(
+    [property: Id(0)] double Detect,
+    [property: Id(1)] double Decide,
+    [property: Id(2)] double Allocate,
+    [property: Id(3)] double Rebuild,
+    [property: Id(4)] double Restore,
+    [property: Id(5)] double FirstStep,
+    [property: Id(6)] double Waiting,
+    [property: Id(7)] int Count)
+{
+    public double Total => Detect + Decide + Allocate + Rebuild + Restore + FirstStep + Waiting;
+}
+
+/// <summary>How long a worker took to build its rank: the model slice, and loading its state (0 when initialised from the seed).</summary>
+[GenerateSerializer, Immutable, Alias("flm.RankBuildReport")]
+public sealed record RankBuildReport([property: Id(0)] double BuildMs, [property: Id(1)] double RestoreMs);

@@ -5,9 +5,9 @@ namespace FlmCluster.Grains.Abstractions;
 /// <summary>One GPU of one server (key "node/gpuK"). Holds one rank of one job; no durable state.</summary>
 public interface IGpuWorkerGrain : IGrainWithStringKey
 {
-    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice.</summary>
+    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice and loads its state.</summary>
     [ResponseTimeout("00:10:00")]
-    Task Assign(WorkerAssignment assignment);
+    Task<RankBuildReport> Assign(WorkerAssignment assignment);
 
     /// <summary>Runs one step (idempotent: repeating the last step returns its report).</summary>
     [ResponseTimeout("01:00:00")]
@@ -124,6 +124,9 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// it as the job's allocation; null when none fits (the job keeps its old allocation).
     /// </summary>
     Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
+
+    /// <summary>Takes a job's GPUs out of service (hung device, straggler) until their server's silo restarts.</summary>
+    Task MarkUnusable(string jobId, IReadOnlyList<string> workers, string reason);
 
     /// <summary>Whether a job's servers are all active, and which of the data-parallel sizes its live GPUs plus free ones could hold now; allocates nothing.</summary>
     Task<ClusterView> Survey(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);

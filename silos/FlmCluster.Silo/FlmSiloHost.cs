@@ -110,6 +110,7 @@ public static class FlmSiloHost
                 Devices = s.DeviceSpec,
                 CollectiveTimeout = TimeSpan.FromSeconds(s.CollectiveTimeoutSeconds),
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
+                HangGrace = TimeSpan.FromSeconds(s.HangGraceSeconds),
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
                 PeakFlops = s.PeakFlops,

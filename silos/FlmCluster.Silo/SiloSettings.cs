@@ -36,7 +36,8 @@ public sealed record SiloSettings
     public int MissedProbesLimit { get; init; } = 3;
     public int VotesForDeathDeclaration { get; init; } = 2;
     public double CollectiveTimeoutSeconds { get; init; } = 300;
-    public double WorkerWaitSeconds { get; init; } = 300;
+    public double WorkerWaitSeconds { get; init; } = 30;
+    public double HangGraceSeconds { get; init; } = 10;
     public int TorchThreads { get; init; }
 
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
@@ -129,9 +130,9 @@ public sealed record SiloSettings
             throw new ArgumentException($"Flm:AdvertisedAddress (--advertise) '{AdvertisedAddress}' is not an IP address");
         if (ProbeTimeoutSeconds <= 0 || MissedProbesLimit < 1 || VotesForDeathDeclaration < 1)
             throw new ArgumentException("Flm:ProbeTimeoutSeconds, MissedProbesLimit and VotesForDeathDeclaration must be positive");
-        if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds)
-            || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0)
-            throw new ArgumentException("Flm:CollectiveTimeoutSeconds and Flm:WorkerWaitSeconds must be positive (finite) numbers of seconds");
+        if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds) || !double.IsFinite(HangGraceSeconds)
+            || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0 || HangGraceSeconds <= 0)
+            throw new ArgumentException("Flm:CollectiveTimeoutSeconds, Flm:WorkerWaitSeconds and Flm:HangGraceSeconds must be positive (finite) numbers of seconds");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
             throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
     }

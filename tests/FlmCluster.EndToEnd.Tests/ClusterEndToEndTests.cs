@@ -16,9 +16,9 @@ public sealed class ClusterEndToEndTests : IDisposable
     [Fact]
     public void Cli_submits_to_a_redis_cluster_of_three_silo_processes_and_watches_the_job_finish()
     {
-        var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 27111);
+        var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 21111);
         Assert.Contains("2 server(s) × 2 GPU(s) + control node, Redis", up.Output);
-        Assert.Contains("dashboard: http://127.0.0.1:29111/", up.Output); // the first silo's web port: base + 2000
+        Assert.Contains("dashboard: http://127.0.0.1:23111/", up.Output); // the first silo's web port: base + 2000
 
         var nodes = _flm.Run("nodes");
         Assert.Equal(0, nodes.ExitCode);

@@ -22,7 +22,7 @@ public sealed class DashboardEndToEndTests : IDisposable
     {
         _flm.Environment["Flm__WorkerWaitSeconds"] = "3";
         _flm.Environment["Flm__PeakTflops"] = "0.5";
-        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 27611);
+        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 21611);
         var dashboard = $"http://127.0.0.1:{_flm.SiloHttpPorts()[0]}/"; // the control-plane silo outlives the server killed below
         await using var browser = await Browser.Launch();
 

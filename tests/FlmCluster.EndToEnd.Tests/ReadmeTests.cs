@@ -98,7 +98,7 @@ public sealed class ReadmeTests : IDisposable
                     args.AddRange(["--steps", Hundredth($"{(preset ?? Presets.Get("tiny")).Train.Steps}")]);
                 break;
             case "cluster" when args[1] == "up":
-                args.AddRange(["--base-port", "27411"]);
+                args.AddRange(["--base-port", "21411"]);
                 break;
             case "mup":
                 args.AddRange(["--lrs", "1e-3,1e-2", "--widths", "32", "--steps", "10", "--eval-every", "10", "--eval-batches", "1"]);

@@ -31,7 +31,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
         _flm.Environment["Flm__Exporters"] = "prometheus,otlp";
         _flm.Environment["Flm__OtlpEndpoint"] = _otlp.Endpoint;
         _flm.Environment["Flm__PeakTflops"] = "0.5";
-        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 27511);
+        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 21511);
         var metrics = _flm.SiloHttpPorts().Select(p => $"http://127.0.0.1:{p}/metrics").ToList();
         Assert.Equal(3, metrics.Count);
 

@@ -203,6 +203,7 @@ public sealed class CheckpointJobTests() : ClusterTestClass(2, 2, 0)
     {
         // Four ranks on two servers, an in-memory snapshot every 2 steps and no checkpoint on disk at all.
         var job = TestClusters.MicroJob(2, 1, 2, 2, 40) with { Checkpoint = new CheckpointConfig { MemoryInterval = 2 } };
+        var wall = System.Diagnostics.Stopwatch.StartNew();
         var id = await Scheduler.Submit(TestClusters.Submission(job));
         var before = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastReplicaStep >= 10);
         Assert.Equal(2, before.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
@@ -216,6 +217,18 @@ public sealed class CheckpointJobTests() : ClusterTestClass(2, 2, 0)
         // The restored ranks are the ranks that were lost, bit for bit: the trajectory is an uninterrupted run's.
         Assert.Equal(Enumerable.Range(0, 40).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
         Assert.Equal(LocalLosses(job), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
+
+        // Every second of the job is accounted once: the components add up to its wall time, from submission to
+        // the completed event (within 1 %), and to no more than the client saw around it.
+        var time = status.Time!;
+        var jobWall = (status.Events.Single(e => e.Kind == "completed").At - status.SubmittedAt).TotalSeconds;
+        Assert.True(Math.Abs(jobWall - time.Accounted) <= 0.01 * jobWall, $"accounted {time.Accounted:0.000} s of {jobWall:0.000} s: {time}");
+        Assert.True(time.Accounted <= wall.Elapsed.TotalSeconds, $"accounted {time.Accounted:0.000} s, the client saw {wall.Elapsed.TotalSeconds:0.000} s");
+        Assert.Equal(1, time.Recovery.Count);
+        Assert.True(time.Productive > 0 && time.Recovery.Detect > 0 && time.Recovery.Rebuild > 0 && time.Recovery.FirstStep > 0, $"{time}");
+        Assert.True(time.Ettr is > 0 and < 1, $"{time}");
+        var recovered = Assert.Single(status.Events, e => e.Kind == "recovered");
+        Assert.Matches(@"in \d+\.\d s: detect \d+\.\d s, decide \d+\.\d s, allocate \d+\.\d s, rebuild \d+\.\d s, restore \d+\.\d s, first step \d+\.\d s, waiting \d+\.\d s", recovered.Message);
     }
 
     [Fact]

@@ -4,11 +4,15 @@ using Orleans.TestingHost;
 namespace FlmCluster.Grains.Tests;
 
 /// <summary>A test class with its own in-process cluster (see <see cref="TestClusters.Start(TimeSpan, int[])"/>), started before its tests and stopped after.</summary>
-public abstract class ClusterTestClass(TimeSpan workerWait, params int[] devices) : IAsyncLifetime
+public abstract class ClusterTestClass(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) : IAsyncLifetime
 {
     private string _storage = "";
 
-    protected ClusterTestClass(params int[] devices) : this(TimeSpan.FromMinutes(5), devices)
+    protected ClusterTestClass(params int[] devices) : this(TimeSpan.FromMinutes(5), null, devices)
+    {
+    }
+
+    protected ClusterTestClass(TimeSpan workerWait, params int[] devices) : this(workerWait, null, devices)
     {
     }
 
@@ -16,7 +20,7 @@ public abstract class ClusterTestClass(TimeSpan workerWait, params int[] devices
 
     protected IClusterSchedulerGrain Scheduler => Cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
 
-    public async ValueTask InitializeAsync() => (Cluster, _storage) = await TestClusters.Start(workerWait, devices);
+    public async ValueTask InitializeAsync() => (Cluster, _storage) = await TestClusters.Start(workerWait, configure, devices);
 
     public virtual async ValueTask DisposeAsync()
     {

@@ -10,10 +10,13 @@ namespace FlmCluster.Grains.Tests;
 public static class TestClusters
 {
     /// <summary>Starts a cluster: silo i is node "Silo_i" with <paramref name="devices"/>[i] CPU devices (0 = control plane only).</summary>
-    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), devices);
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), null, devices);
 
-    /// <summary>As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks.</summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, params int[] devices)
+    /// <summary>
+    /// As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks, and what else
+    /// every silo gets (e.g. a test's fault injection).
+    /// </summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -26,10 +29,12 @@ public static class TestClusters
                 Devices = new DeviceSpec("cpu", devices[index]),
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
+                HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();
+            configure?.Invoke(silo);
         });
         // Tests kill silos, and with them the gateway a request may be waiting on: give up on it sooner.
         builder.ConfigureClient(client => client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(10)));

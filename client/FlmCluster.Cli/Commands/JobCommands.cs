@@ -147,12 +147,18 @@ public static class JobCommands
         var last = s.Recent.Count > 0 ? s.Recent[^1] : null;
         Console.WriteLine($"{s.JobId} ({s.Name}): {Text.Of(s.State)}, step {s.Step}/{s.TotalSteps}, stage {s.Stage}, layout {s.Layout}" +
             (last is null ? "" : $", loss {last.Loss:0.0000}, {last.TokensPerSecond:N0} tokens/s"));
+        if (s.Coordinator is not null)
+            Console.WriteLine($"  coordinator on silo {s.Coordinator}");
         foreach (var node in s.Workers.Select((w, rank) => (w, rank)).GroupBy(x => x.w[..x.w.IndexOf('/')]))
             Console.WriteLine($"  {node.Key}: {string.Join(", ", node.Select(x => $"rank {x.rank} on {x.w[(x.w.IndexOf('/') + 1)..]}"))}");
         if (s.CheckpointDir is not null || s.LastReplicaStep is not null)
             Console.WriteLine($"  recovery points: checkpoint on disk {(s.LastCheckpointStep is { } c ? $"at step {c}" : "none yet")}" +
                 (s.CheckpointDir is null ? "" : $" ({s.CheckpointDir})") +
                 (s.LastReplicaStep is { } r ? $", in-memory replicas at step {r}" : ""));
+        if (s.Time is { } t)
+            Console.WriteLine($"  time: ETTR {t.Ettr:0.000}; productive {t.Productive:0.0} s, redone {t.Redone:0.0} s, checkpoint stall {t.CheckpointStall:0.0} s, " +
+                $"growth {t.Growth:0.0} s, recovery {t.Recovery.Total:0.0} s ({t.Recovery.Count}), startup {t.Startup:0.0} s, queued {t.Queued:0.0} s, " +
+                $"paused {t.Paused:0.0} s, overhead {t.Overhead:0.0} s");
         if (s.Error is not null)
             Console.WriteLine($"  error: {s.Error}");
     }

@@ -16,11 +16,23 @@ public sealed class WorkerMailbox
 {
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
+    private readonly ConcurrentDictionary<(string JobId, int Incarnation), bool> _open = new();
 
     private const string LeftJob = "the worker left the job";
 
     /// <summary>Starts taking messages of a job (a new incarnation of a left job is a new job).</summary>
-    public void Accept(string jobId, int incarnation) => _closed.TryRemove(Prefix(jobId, incarnation), out _);
+    public void Accept(string jobId, int incarnation)
+    {
+        _closed.TryRemove(Prefix(jobId, incarnation), out _);
+        _open[(jobId, incarnation)] = true;
+    }
+
+    /// <summary>Leaves every job (the silo is stopping): collectives waiting here fail at once instead of holding up the shutdown.</summary>
+    public void CloseAll()
+    {
+        foreach (var (jobId, incarnation) in _open.Keys.ToList())
+            Close(jobId, incarnation);
+    }
 
     public bool IsClosed(string jobId, int incarnation) => _closed.ContainsKey(Prefix(jobId, incarnation));
 
@@ -29,6 +41,7 @@ public sealed class WorkerMailbox
     {
         var prefix = Prefix(jobId, incarnation);
         _closed[prefix] = true;
+        _open.TryRemove((jobId, incarnation), out _);
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))
                 message.Completion.TrySetException(new CollectiveAbortedException(LeftJob));
@@ -108,6 +121,13 @@ public sealed class WorkerMailbox
 public sealed class LocalWorkers
 {
     private readonly ConcurrentDictionary<string, WorkerMailbox> _mailboxes = new();
+
+    /// <summary>Every local worker leaves its jobs: the silo is stopping, and their peers must not wait for them.</summary>
+    public void LeaveAll()
+    {
+        foreach (var mailbox in _mailboxes.Values)
+            mailbox.CloseAll();
+    }
 
     public void Register(string worker, WorkerMailbox mailbox) => _mailboxes[worker] = mailbox;
     public void Unregister(string worker) => _mailboxes.TryRemove(worker, out _);

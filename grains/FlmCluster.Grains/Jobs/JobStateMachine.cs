@@ -23,12 +23,12 @@ namespace FlmCluster.Grains.Jobs;
 /// It also gives the parts of the coordinator their view of the job: the job as it runs now (fitted onto fewer
 /// GPUs or as submitted), its progress rules, the workers of the current stage's ranks.
 /// Every committed step and every event also goes to the job's durable history (<see cref="IJobHistoryStore"/>),
-/// appended before the state is persisted; the state keeps only the latest few as a summary.
+/// appended before the state is persisted; the state keeps only the latest ones (the windows that recovery reads).
 /// </summary>
 public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistoryStore history, TimeProvider time, ILogger log, string jobId)
 {
-    private const int RecentLimit = 20;
-    private const int EventLimit = 20;
+    private const int RecentLimit = 200;
+    private const int EventLimit = 200;
 
     private readonly List<StepRecord> _unsavedSteps = [];
     private readonly List<JobEvent> _unsavedEvents = [];
@@ -71,6 +71,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
     {
         State.Job = job;
         State.Phase = JobPhase.Queued;
+        State.Time.Start(new DateTimeOffset(job.SubmittedAt, TimeSpan.Zero), TimeUse.Queued);
         Log("submitted", message);
         return Save();
     }
@@ -78,9 +79,13 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
     /// <summary>
     /// Starting: the ranks are (re)built by a new incarnation, <paramref name="rebuild"/> says from what, training
     /// continues at <paramref name="from"/>; with <paramref name="moveTo"/>, on other GPUs in the layouts that fit them.
+    /// With <paramref name="rollBack"/>, steps after <paramref name="from"/> were trained and will be trained again.
     /// </summary>
-    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null)
+    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null, bool rollBack = false)
     {
+        State.Time.Spend(Now, State.Phase == JobPhase.Queued ? TimeUse.Startup : rebuild.Kind == RebuildKind.Growth ? TimeUse.Growth : TimeUse.Rebuild);
+        if (rollBack)
+            State.Time.RollBack(from.NextStep);
         if (moveTo is not null)
         {
             var fitted = Submitted.FitInto(moveTo.RankWorkers.Count)
@@ -109,6 +114,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
     /// <summary>Running: every rank holds its state; steps go on.</summary>
     public Task BecomeRunning(string message)
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         State.Rebuild = null;
         State.OutageSince = null;
@@ -122,6 +128,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
     public Task BecomeWaiting(DateTimeOffset retryAt, string message)
     {
         var first = State.Phase != JobPhase.Waiting;
+        State.Time.Spend(Now, TimeUse.Waiting);
         State.Phase = JobPhase.Waiting;
         State.RetryAt = retryAt;
         State.OutageSince ??= Now;
@@ -132,6 +139,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
 
     public Task BecomePaused()
     {
+        State.Time.Spend(Now, TimeUse.Paused);
         State.Phase = JobPhase.Paused;
         Log("paused", $"paused before step {State.Cursor.NextStep}");
         return Save();
@@ -139,6 +147,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
 
     public Task BecomeResumed()
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         Log("resumed", $"resumed at step {State.Cursor.NextStep}");
         return Save();
@@ -149,6 +158,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
     {
         if (!final.IsFinal())
             throw new ArgumentException($"{final} is not a final phase", nameof(final));
+        State.Time.Spend(Now, TimeUse.Ended);
         State.Phase = final;
         if (final == JobPhase.Failed)
             State.Error = message;
@@ -170,17 +180,37 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
         return Save();
     }
 
-    /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping), history first.</summary>
+    /// <summary>
+    /// Charges the time since the last mark to what the job was doing (or to <paramref name="charge"/>) and
+    /// starts <paramref name="next"/>; returns the seconds charged.
+    /// </summary>
+    public double Spend(TimeUse next, TimeUse? charge = null) => State.Time.Spend(Now, next, charge);
+
+    /// <summary>
+    /// Persists a change within the current phase (checkpoint and replica bookkeeping), the job's history first. A
+    /// storage that cannot be reached is a <see cref="StateStorageException"/>; a conflicting write stays
+    /// <see cref="Orleans.Storage.InconsistentStateException"/>.
+    /// </summary>
     public async Task Save()
     {
-        if (_unsavedSteps.Count > 0 || _unsavedEvents.Count > 0)
+        try
         {
-            await history.Append(JobId, _unsavedSteps, _unsavedEvents);
-            _unsavedSteps.Clear();
-            _unsavedEvents.Clear();
+            if (_unsavedSteps.Count > 0 || _unsavedEvents.Count > 0)
+            {
+                await history.Append(JobId, _unsavedSteps, _unsavedEvents);
+                _unsavedSteps.Clear();
+                _unsavedEvents.Clear();
+            }
+            await store.WriteStateAsync();
         }
-        await store.WriteStateAsync();
+        catch (Exception ex) when (ex is not Orleans.Storage.InconsistentStateException && FindInconsistent(ex) is null)
+        {
+            throw new StateStorageException(ex);
+        }
     }
+
+    private static Orleans.Storage.InconsistentStateException? FindInconsistent(Exception ex) =>
+        ex as Orleans.Storage.InconsistentStateException ?? (ex.InnerException is { } inner ? FindInconsistent(inner) : null);
 
     /// <summary>The state as storage holds it now (another activation of this job wrote it last).</summary>
     public async Task Reload()

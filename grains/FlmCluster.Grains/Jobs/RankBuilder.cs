@@ -20,8 +20,14 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         var workers = job.Ranks;
         var json = job.Job.ToJson();
         var at = job.Cursor;
-        await ranks.All((worker, rank) => worker.Assign(
+        var reports = await ranks.All((worker, rank) => worker.Assign(
             new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild)));
+        if (job.State.Time.Use == TimeUse.Rebuild)
+        {
+            // Ranks rebuild in parallel: the slowest rank's loading is the restore share of the rebuild.
+            job.Spend(TimeUse.Rebuild);
+            job.State.Time.MoveToRestore(reports.Max(r => r.RestoreMs) / 1000);
+        }
         if (rebuild.Kind == RebuildKind.Growth)
             await ReportGrowth();
         if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers) is null)

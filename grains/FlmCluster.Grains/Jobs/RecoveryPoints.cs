@@ -25,6 +25,31 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
 
     private JobState S => job.State;
 
+    /// <summary>
+    /// Where a job starts: its seed, or the checkpoint it resumes from (verified now; checked against the job at
+    /// submit). Its checkpoint folder becomes its run's (another run's checkpoints there are deleted only when the
+    /// submission asked to overwrite them).
+    /// </summary>
+    public (Rebuild Rebuild, JobCursor At) StartingPoint()
+    {
+        var submission = S.Job!.Submission;
+        var (rebuild, at) = (Rebuild.Fresh, JobCursor.Start);
+        if (submission.ResumeFrom is { } resume)
+        {
+            var reader = CheckpointStore.Resolve(resume, (dir, why) => job.Log("checkpoint-rejected", $"{dir}: {why}"));
+            job.Progress.CheckResume(reader);
+            at = JobCursor.Of(reader.Manifest);
+            // A committed checkpoint of this step exists: the end of a stage grows from it instead of saving again.
+            S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
+            job.Log("restoring", Describe(reader));
+            rebuild = Rebuild.FromCheckpoint(reader.Directory);
+        }
+        if (job.HasCheckpointDir)
+            foreach (var removed in CheckpointOwnership.Claim(job.Job.Job.Checkpoint.Dir, job.Run, submission.OverwriteCheckpoints, submission.ResumeFrom is null ? null : at.NextStep))
+                job.Log("checkpoint-removed", $"{removed}: replaced by this run (--overwrite)");
+        return (rebuild, at);
+    }
+
     /// <summary>Commits or drops what is in flight once its pieces are done.</summary>
     public async Task Poll()
     {
@@ -57,6 +82,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 throw new ClusterRequestException($"'{committed.Directory}' is a checkpoint of run {committed.Manifest.Run}, not of this job's run {job.Run.RunId}");
             S.LastCheckpoint = new PendingCheckpoint(at, committed.Directory, committed.Manifest.DataFingerprint, job.Now.UtcDateTime);
             S.SaveRequested = false;
+            S.Time.RecordPoint(at.NextStep);
             job.Log("checkpoint", $"step {at.NextStep} was already committed to {committed.Directory}; kept");
             await job.Save();
             return;
@@ -88,6 +114,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var removed = job.Progress.Prune(job.Run);
         S.LastCheckpoint = pending;
         S.Pending = null;
+        S.Time.RecordPoint(pending.Step);
         RecoveryTelemetry.CheckpointCommitted(job.JobId, pending.Step, shards.Sum(s => s.Shard.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
@@ -106,7 +133,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var began = job.Now;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
         RecoveryTelemetry.ReplicaStall(job.JobId, job.Now - began);
-        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), began.UtcDateTime);
+        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, began.UtcDateTime);
     }
 
     private async Task PollReplica()
@@ -126,6 +153,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
+        S.Time.RecordPoint(pending.Step);
         RecoveryTelemetry.ReplicaHeld(job.JobId, pending.Step, statuses.Sum(s => s.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
@@ -138,21 +166,24 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
     /// The step of the newest checkpoint the job could restore from: its run's newest in its folder, or the last
     /// one it recorded (for a resumed job, the checkpoint it started from).
     /// </summary>
-    public long? NewestCheckpointStep()
+    public long? NewestCheckpointStep(long? atMost = null)
     {
-        var onDisk = job.HasCheckpointDir ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId)?.Step : null;
-        return new[] { onDisk, S.LastCheckpoint?.Step }.Max();
+        var limit = atMost ?? long.MaxValue;
+        var onDisk = job.HasCheckpointDir
+            ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId && e.Step <= limit)?.Step
+            : null;
+        return new[] { onDisk, S.LastCheckpoint?.Step <= limit ? S.LastCheckpoint.Step : null }.Max();
     }
 
     /// <summary>
-    /// The newest of those checkpoints that verifies (manifest, sizes, checksums); bad ones are skipped and
-    /// logged. Null when none does.
+    /// The newest of those checkpoints (at or before <paramref name="atMost"/> when given) that verifies
+    /// (manifest, sizes, checksums); bad ones are skipped and logged. Null when none does.
     /// </summary>
-    public CheckpointReader? NewestValidCheckpoint()
+    public CheckpointReader? NewestValidCheckpoint(long? atMost = null)
     {
         void Rejected(string dir, string why) => job.Log("checkpoint-rejected", $"{dir}: {why}");
-        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId) : null;
-        if (S.LastCheckpoint is not { } last || (own is not null && own.Manifest.Step >= last.Step))
+        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId, atMost) : null;
+        if (S.LastCheckpoint is not { } last || last.Step > (atMost ?? long.MaxValue) || (own is not null && own.Manifest.Step >= last.Step))
             return own;
         try
         {

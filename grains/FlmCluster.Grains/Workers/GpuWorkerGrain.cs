@@ -23,7 +23,8 @@ namespace FlmCluster.Grains.Workers;
 /// </summary>
 [NodePinnedPlacement, Immovable, KeepAlive]
 public sealed class GpuWorkerGrain(
-    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, ICollectivesFactory collectives, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
+    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
+    IEnumerable<IStepFaults> faults, ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
@@ -32,13 +33,20 @@ public sealed class GpuWorkerGrain(
     private RankTrainer? _trainer;
     private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
+    private RankBuildReport? _built;
+
+    /// <summary>The device thread's current work, while there is some.</summary>
+    private Task? _busy;
+
+    /// <summary>Completed when the device thread was given up as hung.</summary>
+    private readonly TaskCompletionSource _hung = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _nextStep;
     private WorkerState _state = WorkerState.Idle;
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
     private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
-    private readonly ReplicaStore _replicas = new();
+    private ReplicaStore _replicas = null!;
 
     private string Key => this.GetPrimaryKeyString();
 
@@ -50,7 +58,9 @@ public sealed class GpuWorkerGrain(
             || !int.TryParse(key[(slash + 4)..], out var index) || index < 0 || index >= node.Devices.Count)
             throw new InvalidOperationException($"worker '{key}' does not exist on node {node.Node} ({node.Devices})");
         _thread = new DeviceThread(key);
+        _replicas = replicas.For(key);
         local.Register(key, _mailbox);
+        log.LogInformation("Worker {Worker} activated on {Silo}", key, RuntimeIdentity);
         return Task.CompletedTask;
     }
 
@@ -61,10 +71,10 @@ public sealed class GpuWorkerGrain(
         _thread?.Dispose();
     }
 
-    public async Task Assign(WorkerAssignment a)
+    public async Task<RankBuildReport> Assign(WorkerAssignment a)
     {
         if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
-            return;
+            return _built ?? new RankBuildReport(0, 0);
         await DropJob();
         var whole = Parse(a);
         var job = whole.Stages[a.Stage].Job;
@@ -75,21 +85,30 @@ public sealed class GpuWorkerGrain(
             throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
         job = job with { Train = job.Train with { Device = node.Devices.TorchDevice(gpu) } };
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
         _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
         var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox));
+        var started = Stopwatch.GetTimestamp();
+        var restore = TimeSpan.Zero;
         try
         {
             var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
+            restore = Stopwatch.GetElapsedTime(started);
             _trainer = await OnDevice(a.Rank, () =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
+                foreach (var fault in faults)
+                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(Key, a.JobId, a.Rank, plan, rank);
                 try
                 {
+                    var loading = Stopwatch.GetTimestamp();
                     Rebuild(trainer, whole, a, data.Fingerprint, replica);
+                    restore += Stopwatch.GetElapsedTime(loading);
                 }
                 catch
                 {
@@ -112,7 +131,10 @@ public sealed class GpuWorkerGrain(
         _lastReport = null;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
+        var total = Stopwatch.GetElapsedTime(started);
+        _built = new RankBuildReport((total - restore).TotalMilliseconds, restore.TotalMilliseconds);
         log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
+        return _built;
     }
 
     /// <summary>The assignment's job, resolved; its stage and rebuild must make sense for it.</summary>
@@ -341,8 +363,29 @@ public sealed class GpuWorkerGrain(
     public Task Abort(string jobId, int incarnation)
     {
         if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
+        {
             _mailbox.Close(jobId, incarnation);
+            // A collective wakes at once; work that does not come back within the grace is a hung device.
+            if (_busy is { } busy)
+                _ = AbandonIfStuck(busy);
+        }
         return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Gives up a device thread whose work did not return within the grace after an abort: the call waiting on it
+    /// fails (<see cref="RankHungException"/>), the grain serves calls again, and the GPU refuses work until its
+    /// server restarts (the thread cannot be interrupted; it is left behind).
+    /// </summary>
+    private async Task AbandonIfStuck(Task work)
+    {
+        await Task.WhenAny(work, Task.Delay(node.HangGrace));
+        if (work.IsCompleted || _hung.Task.IsCompleted)
+            return;
+        _state = WorkerState.Failed;
+        _detail = $"device hung; out of service until the server restarts";
+        log.LogError("Worker {Worker}: its device did not come back within {Grace} s of an abort; abandoning it", Key, node.HangGrace.TotalSeconds);
+        _hung.TrySetResult();
     }
 
     public async Task Release(string jobId, int incarnation)
@@ -355,7 +398,15 @@ public sealed class GpuWorkerGrain(
     [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task Deliver(TensorChunk chunk)
     {
-        _mailbox.Put(chunk);
+        try
+        {
+            _mailbox.Put(chunk);
+        }
+        catch (Exception ex)
+        {
+            // A message for a job this worker left: the sender's collective is an echo of that (typed on the wire).
+            throw WorkerFailures.Translate(ex, Key, _assignment?.Rank ?? -1);
+        }
         return Task.CompletedTask;
     }
 
@@ -388,16 +439,30 @@ public sealed class GpuWorkerGrain(
             ? trainer
             : throw new WorkerNotHoldingJobException(Key, jobId, incarnation);
 
-    /// <summary>Runs a rank's work on the device thread; what it throws comes back as a typed failure.</summary>
+    /// <summary>
+    /// Runs a rank's work on the device thread; what it throws comes back as a typed failure, and a device given
+    /// up as hung fails the call at once.
+    /// </summary>
     private async Task<T> OnDevice<T>(int rank, Func<T> work)
     {
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
+        var task = _thread!.Run(work);
+        _busy = task;
         try
         {
-            return await _thread!.Run(work);
+            if (await Task.WhenAny(task, _hung.Task) != task)
+                throw new RankHungException(Key, $"the device of {Key} did not come back within {node.HangGrace.TotalSeconds:0} s of an abort (rank {rank})");
+            return await task;
         }
-        catch (Exception ex)
+        catch (Exception ex) when (ex is not RankHungException)
         {
             throw WorkerFailures.Translate(ex, Key, rank);
+        }
+        finally
+        {
+            if (_busy == task)
+                _busy = null;
         }
     }
 
@@ -424,8 +489,8 @@ public sealed class GpuWorkerGrain(
         }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
-        if (_trainer is { } trainer)
-            await _thread!.Run(trainer.Dispose);
+        if (_trainer is { } trainer && !_hung.Task.IsCompleted)
+            await _thread!.Run(trainer.Dispose); // a hung device's rank stays with its thread
         _trainer = null;
         _telemetry = null;
         _assignment = null;

@@ -103,3 +103,15 @@ public sealed class ReplicaStore
         }
     }
 }
+
+/// <summary>
+/// The replica stores of this silo's workers, kept by the silo rather than by a worker's activation: if the
+/// runtime replaces an activation (its directory entry was on a server that died), the copies it held for
+/// its own rank and its peers are still here.
+/// </summary>
+public sealed class SiloReplicas
+{
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ReplicaStore> _stores = new();
+
+    public ReplicaStore For(string worker) => _stores.GetOrAdd(worker, _ => new ReplicaStore());
+}

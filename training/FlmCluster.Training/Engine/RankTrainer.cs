@@ -72,6 +72,12 @@ public sealed class RankTrainer : IDisposable
         Optimizer = new DistributedAdamW(Flat, comm, groups.Data, groups.World, job.Optimizer, config.WidthMult);
     }
 
+    /// <summary>
+    /// Called right before the optimizer update, gradients summed: a seam for fault injection in tests (a
+    /// corrupted gradient or weights); null in normal runs.
+    /// </summary>
+    public Action<StepPlan, RankTrainer>? BeforeUpdate { get; set; }
+
     /// <summary>Fingerprint of the data this rank reads (recorded in checkpoints).</summary>
     public string DataFingerprint => _data.Fingerprint;
 
@@ -103,6 +109,7 @@ public sealed class RankTrainer : IDisposable
                 _comm.AllReduce(embeddingGroup, Flat.Grads.narrow(0, entry.Offset, entry.Count));
             }
         }
+        BeforeUpdate?.Invoke(plan, this);
         var update = Optimizer.Update(plan.Lr);
         var (bytes1, comm1) = _comm.Stats.Snapshot();
         return new RankStepReport(plan.Step, Groups.Rank, ReportsLoss, ReportsLoss ? lossSum : 0,

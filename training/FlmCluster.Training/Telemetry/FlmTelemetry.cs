@@ -37,6 +37,8 @@ public static class FlmTelemetry
         public const string Step = "flm.step";
         public const string Event = "flm.event";
         public const string Rebuild = "flm.rebuild";
+        public const string Worker = "flm.worker";
+        public const string Phase = "flm.phase";
     }
 
     // The job, at its coordinator (tags job, stage).
@@ -62,6 +64,15 @@ public static class FlmTelemetry
 
     /// <summary>Job events by kind (flm.event): recoveries are the workers-lost, restoring, replaced, shrunk and grown-back ones.</summary>
     public static readonly Counter<long> Events = Meter.CreateCounter<long>("flm.job.events", "{event}", "Job events by kind");
+
+    /// <summary>Recoveries that ended with a committed step.</summary>
+    public static readonly Counter<long> Recoveries = Meter.CreateCounter<long>("flm.job.recoveries", "{recovery}", "Recoveries of jobs from lost workers");
+
+    /// <summary>Seconds of each recovery phase (tag flm.phase: detect, decide, allocate, rebuild, restore, first_step, waiting).</summary>
+    public static readonly Histogram<double> RecoveryPhase = Seconds("flm.job.recovery.phase.duration", "Duration of a recovery phase");
+
+    /// <summary>Ranks found straggling (tags job, rank, worker).</summary>
+    public static readonly Counter<long> Stragglers = Meter.CreateCounter<long>("flm.job.stragglers", "{rank}", "Ranks found computing far slower than their peers");
 
     // Recovery points, at the coordinator (tags job).
 
