@@ -11,7 +11,13 @@ namespace FlmCluster.Silo;
 /// </summary>
 public sealed class RedisJobHistory(ConfigurationOptions options, string serviceId) : IJobHistoryStore, IDisposable
 {
-    private readonly Lazy<Task<ConnectionMultiplexer>> _redis = new(() => ConnectionMultiplexer.ConnectAsync(options));
+    // A Redis that is away at the first append does not fail the connection for good: it reconnects when Redis is back.
+    private readonly Lazy<Task<ConnectionMultiplexer>> _redis = new(() =>
+    {
+        var retrying = options.Clone();
+        retrying.AbortOnConnectFail = false;
+        return ConnectionMultiplexer.ConnectAsync(retrying);
+    });
 
     public async Task Append(string jobId, IReadOnlyList<StepRecord> steps, IReadOnlyList<JobEvent> events)
     {
