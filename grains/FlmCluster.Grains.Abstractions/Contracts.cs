@@ -145,6 +145,7 @@ public sealed record ShardStatus(
     [property: Id(3)] string? Error);
 
 /// <summary>One training step as the coordinator plans it (idempotent by step number).</summary>
+/// <param name="TraceParent">The coordinator's step span (W3C traceparent), parent of the rank's span; null when not traced.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStep")]
 public sealed record WorkerStep(
     [property: Id(0)] string JobId,
@@ -152,9 +153,13 @@ public sealed record WorkerStep(
     [property: Id(2)] long Step,
     [property: Id(3)] long FirstSample,
     [property: Id(4)] double Lr,
-    [property: Id(5)] double MaskValue);
+    [property: Id(5)] double MaskValue,
+    [property: Id(6)] string? TraceParent = null);
 
 /// <summary>A worker's account of one step.</summary>
+/// <param name="CommMs">Time in collectives and sends (pipeline receives not included).</param>
+/// <param name="PipelineIdleMs">Time waiting in pipeline receives for the neighbouring stage.</param>
+/// <param name="PeakFlops">Peak FLOP/s of the worker's device (0: unknown), for MFU.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStepReport")]
 public sealed record WorkerStepReport(
     [property: Id(0)] long Step,
@@ -166,7 +171,9 @@ public sealed record WorkerStepReport(
     [property: Id(6)] bool Skipped,
     [property: Id(7)] double ElapsedMs,
     [property: Id(8)] double CommMs,
-    [property: Id(9)] long CommBytes);
+    [property: Id(9)] long CommBytes,
+    [property: Id(10)] double PipelineIdleMs = 0,
+    [property: Id(11)] double PeakFlops = 0);
 
 /// <summary>
 /// A piece of a tensor message between workers on different silos: raw bytes (never float[]), well under the
@@ -239,6 +246,44 @@ public sealed record SkippedWindow(
     [property: Id(1)] long FirstSample,
     [property: Id(2)] int Samples,
     [property: Id(3)] string Reason);
+
+/// <summary>One rank's share of a committed step: wall time on its worker, split into compute, communication and pipeline idle.</summary>
+[GenerateSerializer, Immutable, Alias("flm.RankTime")]
+public sealed record RankTime(
+    [property: Id(0)] int Rank,
+    [property: Id(1)] string Worker,
+    [property: Id(2)] double StepMs,
+    [property: Id(3)] double ComputeMs,
+    [property: Id(4)] double CommunicationMs,
+    [property: Id(5)] double PipelineIdleMs);
+
+/// <summary>
+/// A committed step as the job's history keeps it: the step's metrics, its model FLOPs and MFU (null when a
+/// device's peak is unknown), and every rank's time.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.StepRecord")]
+public sealed record StepRecord(
+    [property: Id(0)] StepPoint Point,
+    [property: Id(1)] double ModelFlops,
+    [property: Id(2)] double? Mfu,
+    [property: Id(3)] string Layout,
+    [property: Id(4)] IReadOnlyList<RankTime> Ranks,
+    [property: Id(5)] DateTime At);
+
+/// <summary>
+/// A page of a job's history: committed steps from a step on (the latest record of each step, ascending) and
+/// events from an index on (0 = the job's first). <see cref="NextStep"/> and <see cref="NextEvent"/> continue it.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.JobHistory")]
+public sealed record JobHistory(
+    [property: Id(0)] IReadOnlyList<StepRecord> Steps,
+    [property: Id(1)] IReadOnlyList<JobEvent> Events,
+    [property: Id(2)] long NextStep,
+    [property: Id(3)] int NextEvent)
+{
+    /// <summary>Most records of either kind one read returns.</summary>
+    public const int MaxPage = 10_000;
+}
 
 /// <summary>Loss of one batch without training, summed over the tokens a rank reports.</summary>
 [GenerateSerializer, Immutable, Alias("flm.LossSum")]

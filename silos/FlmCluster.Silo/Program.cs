@@ -2,20 +2,22 @@ using FlmCluster.Silo;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Hosting;
 
-// One FlmCluster silo: `FlmCluster.Silo --node gpu-a --devices cpu:2 [--clustering redis --redis host:6379]`.
-var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { Args = args, ContentRootPath = AppContext.BaseDirectory });
-builder.Configuration.AddCommandLine(args, SiloSettings.Switches);
+// One FlmCluster silo: `FlmCluster.Silo --node gpu-a --devices cpu:2 [--clustering redis --redis host:6379] [--http-port 8080]`.
+var configuration = new ConfigurationManager();
+configuration.SetBasePath(AppContext.BaseDirectory)
+    .AddJsonFile("appsettings.json", optional: true)
+    .AddEnvironmentVariables()
+    .AddCommandLine(args, SiloSettings.Switches);
 SiloSettings settings;
 try
 {
-    settings = SiloSettings.From(builder.Configuration);
+    settings = SiloSettings.From(configuration);
 }
 catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException)
 {
     Console.Error.WriteLine($"error: {ex.Message}");
     return 2;
 }
-builder.UseFlmSilo(settings);
-using var host = builder.Build();
+using var host = FlmSiloHost.Build(settings, configuration);
 await host.RunAsync();
 return 0;

@@ -23,7 +23,11 @@ public sealed class Flm : IDisposable
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
         FlmProcess.Run(Home, new Dictionary<string, string>(Environment) { ["FLM_PROFILE"] = Profile }, timeout, args);
 
-    /// <summary>`flm cluster up` with Redis membership and control-plane nodes (one by default); asserts that it worked.</summary>
+    /// <summary>
+    /// `flm cluster up` with Redis membership and control-plane nodes (one by default); asserts that it worked.
+    /// Test classes run in parallel: each takes its own base port, 100 apart (a cluster uses base…base+n−1,
+    /// +1000…, +2000…), below the kernel's ephemeral ports (32768…).
+    /// </summary>
     public FlmResult Up(int nodes, int gpusPerNode, int basePort, int controlNodes = 1)
     {
         var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-nodes", $"{controlNodes}", "--redis", Redis.ConnectionString,
@@ -60,6 +64,13 @@ public sealed class Flm : IDisposable
         using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
         return profile.RootElement.GetProperty("silos").EnumerateArray()
             .Single(s => s.GetProperty("node").GetString() == node).GetProperty("pid").GetInt32();
+    }
+
+    /// <summary>The web ports of the cluster's silos (dashboards and /metrics), in the order 'flm cluster up' started them.</summary>
+    public IReadOnlyList<int> SiloHttpPorts()
+    {
+        using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
+        return profile.RootElement.GetProperty("silos").EnumerateArray().Select(s => s.GetProperty("http_port").GetInt32()).ToList();
     }
 
     public void Dispose()

@@ -18,7 +18,7 @@ public sealed class KillSoakEndToEndTests(ITestOutputHelper output) : IDisposabl
     [Fact]
     public async Task Five_kills_leave_the_trajectory_of_an_uninterrupted_run()
     {
-        var soak = new KillSoak(new SoakOptions(_flm.Home, Kills: 5, Seed: 11, BasePort: 31111, StageSteps: [40, 30, 30], output.WriteLine),
+        var soak = new KillSoak(new SoakOptions(_flm.Home, Kills: 5, Seed: 11, BasePort: 22011, StageSteps: [40, 30, 30], output.WriteLine),
             args => _flm.Run(TimeSpan.FromMinutes(5), args));
         var result = await soak.Run(_flm.Redis.ConnectionString);
         var (killed, straight) = (result.Killed, result.Uninterrupted);

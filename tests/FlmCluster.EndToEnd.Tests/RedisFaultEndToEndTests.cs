@@ -26,7 +26,7 @@ public sealed class RedisFaultEndToEndTests : IDisposable
     [Fact]
     public void A_job_outlives_a_redis_restart_and_stops_resumably_when_redis_stays_away()
     {
-        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 29111);
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 21811);
         const int steps = 60;
 
         // A restart within the wait: the job goes on, the same training as without it.

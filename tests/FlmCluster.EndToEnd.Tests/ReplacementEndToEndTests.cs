@@ -26,7 +26,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
     [Fact]
     public void A_dead_servers_ranks_move_to_an_idle_server_and_come_back_from_their_peers_replicas()
     {
-        _flm.Up(nodes: 3, gpusPerNode: 2, basePort: 26111);
+        _flm.Up(nodes: 3, gpusPerNode: 2, basePort: 21911);
         const int steps = 120;
         var killed = Path.Combine(_flm.Home, "killed");
         var submit = _flm.Run(Job(killed, steps));
@@ -48,13 +48,13 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
 
         var follow = _flm.Run(TimeSpan.FromMinutes(10), "status", jobId, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
-        output.WriteLine(follow.Output);
-        Assert.DoesNotContain("shrunk", follow.Output);
-        Assert.DoesNotContain("waiting up to", follow.Output);
-        var replaced = Regex.Match(follow.Output, @"replaced: .*: 4 GPUs, layout dp=2,tp=2,pp=1,micro=1 → 4 GPUs, layout dp=2,tp=2,pp=1,micro=1; from the in-memory replicas of step (\d+)");
-        Assert.True(replaced.Success, follow.Output);
-        Assert.True(long.Parse(replaced.Groups[1].Value) > before.Checkpoint, follow.Output);
-        Assert.Matches(@"recovered: at step \d+ in \d+\.\d s: detect", follow.Output);
+        output.WriteLine(follow.Error); // the events of --watch are progress: standard error
+        Assert.DoesNotContain("shrunk", follow.Error);
+        Assert.DoesNotContain("waiting up to", follow.Error);
+        var replaced = Regex.Match(follow.Error, @"replaced: .*: 4 GPUs, layout dp=2,tp=2,pp=1,micro=1 → 4 GPUs, layout dp=2,tp=2,pp=1,micro=1; from the in-memory replicas of step (\d+)");
+        Assert.True(replaced.Success, follow.Error);
+        Assert.True(long.Parse(replaced.Groups[1].Value) > before.Checkpoint, follow.Error);
+        Assert.Matches(@"recovered: at step \d+ in \d+\.\d s: detect", follow.Error);
         Assert.Contains($"{jobId}: completed at step {steps}/{steps}", follow.Output);
         Assert.Equal(["node0", "node2"], StatusOf(jobId).Nodes);
 

@@ -68,6 +68,17 @@ public static class TestClusters
 
     public static JobSubmission Submission(JobConfig job, int priority = 0) => new(JobConfigLoader.ToJson(job), priority);
 
+    /// <summary>Every committed step of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<StepPoint>> Steps(IGrainFactory grains, string jobId)
+    {
+        var history = await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage);
+        return history.Steps.Select(s => s.Point).ToList();
+    }
+
+    /// <summary>Every event of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<JobEvent>> Events(IGrainFactory grains, string jobId) =>
+        (await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage)).Events;
+
     /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
     public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)
     {

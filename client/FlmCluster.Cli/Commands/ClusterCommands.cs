@@ -17,7 +17,7 @@ public static partial class ClusterCommands
         var control = new Option<bool>("--control-node") { Description = "Also start a silo without devices for coordinators and the scheduler (--control-nodes 1)" };
         var controls = new Option<int>("--control-nodes") { Description = "Silos without devices to start for coordinators and the scheduler", DefaultValueFactory = _ => 0 };
         var redis = new Option<string?>("--redis") { Description = "Redis connection string (e.g. localhost:6379): Redis membership, storage and reminders" };
-        var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000", DefaultValueFactory = _ => 11111 };
+        var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000, web ports (dashboards, /metrics) at base+2000", DefaultValueFactory = _ => 11111 };
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
         var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout };
@@ -39,12 +39,23 @@ public static partial class ClusterCommands
 
     public static Command Nodes()
     {
-        var command = new Command("nodes", "Servers, their GPUs and what each GPU is doing");
-        command.SetAction(async _ =>
+        var json = new Option<bool>("--json") { Description = "Print JSON (stable field names, see docs/operations.md) instead of a table" };
+        var command = new Command("nodes", "Servers, their GPUs and what each GPU is doing") { json };
+        command.SetAction(async parse =>
         {
             await using var client = await ClusterAccess.Connect();
             var inventory = await client.Inventory();
             var workers = (await client.Workers(inventory)).ToDictionary(w => w.Worker);
+            if (parse.GetValue(json))
+            {
+                JsonOutput.Print(new JsonOutput.NodesJson(inventory.Nodes.Select(n => new JsonOutput.NodeJson(n.Node, n.Address, n.Status, n.Gpus.Select(g =>
+                {
+                    var live = workers.GetValueOrDefault(g.Worker);
+                    return new JsonOutput.GpuJson(g.Worker[(g.Worker.IndexOf('/') + 1)..], g.Worker, g.Device, g.JobId, g.Rank >= 0 ? g.Rank : null,
+                        live is null ? null : Text.Of(live.State), live?.Detail);
+                }).ToList())).ToList(), inventory.TotalGpus, inventory.FreeGpus, inventory.Queue));
+                return CliRunner.Ok;
+            }
             var table = new Table().Border(TableBorder.Rounded);
             foreach (var column in new[] { "node", "silo", "status", "gpu", "device", "job", "rank", "worker" })
                 table.AddColumn(column);
@@ -66,6 +77,9 @@ public static partial class ClusterCommands
     }
 
     private const int MaxLocalSilos = 1000;
+
+    /// <summary>A local cluster's silo i serves its web endpoints here.</summary>
+    private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
     private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout)
@@ -78,8 +92,8 @@ public static partial class ClusterCommands
             throw new FlmUserException($"--nodes {nodes} is more silo processes than a local cluster's ports allow ({MaxLocalSilos}{(controls > 0 ? " with the control nodes" : "")})");
         if (gpus > MaxDevicesPerNode)
             throw new FlmUserException($"--gpus-per-node {gpus} is more than {MaxDevicesPerNode}");
-        if (basePort is < 1024 or > 64000 - 1000)
-            throw new FlmUserException($"--base-port {basePort} must leave room for silo and gateway ports (1024 … 63000)");
+        if (basePort is < 1024 or > 65535 - 3000)
+            throw new FlmUserException($"--base-port {basePort} must leave room for silo, gateway and web ports (1024 … {65535 - 3000})");
         if (timeout <= TimeSpan.Zero)
             throw new FlmUserException($"--timeout must be positive (got {timeout.TotalSeconds:0})");
         if (dir is not null)
@@ -108,10 +122,11 @@ public static partial class ClusterCommands
             [
                 silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
                 "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"), "--ready-file", ready,
+                "--http-port", $"{WebPort(basePort, i)}",
             ];
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready));
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
         {
@@ -149,7 +164,8 @@ public static partial class ClusterCommands
         }
         Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(controls == 1 ? " + control node" : controls > 1 ? $" + {controls} control nodes" : "")}, {profile.Describe()}");
         foreach (var s in started)
-            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, log {s.Log}");
+            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, web http://127.0.0.1:{s.HttpPort}/, log {s.Log}");
+        Console.WriteLine($"dashboard: http://127.0.0.1:{started[0].HttpPort}/ (every silo serves it; the Orleans dashboard at /orleans, Prometheus metrics at /metrics)");
         Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");
         return CliRunner.Ok;
     }

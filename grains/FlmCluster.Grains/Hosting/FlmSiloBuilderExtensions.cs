@@ -1,4 +1,5 @@
 using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
@@ -34,6 +35,9 @@ public sealed record FlmNodeOptions
 
     /// <summary>How long a worker's device is given to come back after an abort before it counts as hung.</summary>
     public TimeSpan HangGrace { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Peak FLOP/s of one of this server's devices, for MFU (0: unknown, no MFU for jobs on it).</summary>
+    public double PeakFlops { get; init; }
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
@@ -93,10 +97,14 @@ public static class FlmSiloBuilderExtensions
         options.JsonSerializerSettings.ObjectCreationHandling = Newtonsoft.Json.ObjectCreationHandling.Replace;
     }
 
-    /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
+    /// <summary>
+    /// Durable grain storage and job histories in files under <paramref name="directory"/> (shared by every silo on
+    /// one machine).
+    /// </summary>
     public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
     {
         silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
+        silo.Services.AddSingleton<IJobHistoryStore>(new FileJobHistory(directory));
         return silo;
     }
 }

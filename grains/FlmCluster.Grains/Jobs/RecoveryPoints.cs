@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
 
@@ -87,8 +88,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
             return;
         }
         var command = new SaveCommand(job.JobId, S.Incarnation, at.NextStep, directory);
+        var began = job.Now;
         var fingerprints = await ranks.All((worker, _) => worker.BeginSave(command));
-        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], job.Now.UtcDateTime);
+        RecoveryTelemetry.CheckpointStall(job.JobId, job.Now - began);
+        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], began.UtcDateTime);
         S.SaveRequested = false;
         await job.Save();
     }
@@ -112,6 +115,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         S.LastCheckpoint = pending;
         S.Pending = null;
         S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.CheckpointCommitted(job.JobId, pending.Step, shards.Sum(s => s.Shard.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
         await job.Save();
@@ -126,8 +130,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var workers = job.Ranks;
         var peers = ReplicaPeers.For(workers, job.StageLayout)!;
         var at = job.Cursor;
+        var began = job.Now;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
-        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, job.Now.UtcDateTime);
+        RecoveryTelemetry.ReplicaStall(job.JobId, job.Now - began);
+        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, began.UtcDateTime);
     }
 
     private async Task PollReplica()
@@ -148,6 +154,7 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         S.LastReplica = pending;
         _replicaInFlight = null;
         S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.ReplicaHeld(job.JobId, pending.Step, statuses.Sum(s => s.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
     }

@@ -2,13 +2,14 @@ using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
-using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Concurrency;
+using Orleans.Dashboard;
 using Orleans.Placement;
 
 namespace FlmCluster.Grains.Workers;
@@ -30,6 +31,7 @@ public sealed class GpuWorkerGrain(
     private DeviceThread? _thread;
     private WorkerAssignment? _assignment;
     private RankTrainer? _trainer;
+    private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
     private RankBuildReport? _built;
 
@@ -129,6 +131,7 @@ public sealed class GpuWorkerGrain(
             throw;
         }
         _assignment = a;
+        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, _trainer);
         _nextStep = a.NextStep;
         _lastReport = null;
         _state = WorkerState.Ready;
@@ -185,14 +188,10 @@ public sealed class GpuWorkerGrain(
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
             throw new RankFailedException(Key, a.Rank, "StepOutOfOrder", $"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
-        var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
-        FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
+        _telemetry!.Idle(Stopwatch.GetElapsedTime(_idleSince));
         _state = WorkerState.Training;
         _detail = $"step {step.Step}";
-        using var activity = FlmTelemetry.Source.StartActivity("worker.step");
-        activity?.SetTag("job", a.JobId);
-        activity?.SetTag("rank", a.Rank);
-        activity?.SetTag("step", step.Step);
+        using var activity = _telemetry.StartStep(step.Step, step.TraceParent);
         RankStepReport report;
         try
         {
@@ -207,11 +206,10 @@ public sealed class GpuWorkerGrain(
         _nextStep = step.Step + 1;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
-        FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
-        FlmTelemetry.WorkerBytes.Add(report.CommBytes, tags);
+        _telemetry.Stepped(report, activity);
         _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
-            report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
+            report.Skipped, report.Elapsed.TotalMilliseconds, (report.CommTime - report.PipelineWait).TotalMilliseconds, report.CommBytes,
+            report.PipelineWait.TotalMilliseconds, node.PeakFlops);
         return _lastReport;
     }
 
@@ -319,6 +317,7 @@ public sealed class GpuWorkerGrain(
         return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task HoldReplica(ReplicaChunk chunk)
     {
         _replicas.Receive(chunk);
@@ -331,6 +330,7 @@ public sealed class GpuWorkerGrain(
         return Task.CompletedTask;
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
@@ -407,6 +407,7 @@ public sealed class GpuWorkerGrain(
             await DropJob();
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task Deliver(TensorChunk chunk)
     {
         try
@@ -503,6 +504,7 @@ public sealed class GpuWorkerGrain(
         if (_trainer is { } trainer && !_hung.Task.IsCompleted)
             await _thread!.Run(trainer.Dispose); // a hung device's rank stays with its thread
         _trainer = null;
+        _telemetry = null;
         _assignment = null;
         _lastReport = null;
         _state = WorkerState.Idle;
