@@ -207,7 +207,7 @@ public sealed class CheckpointJobTests() : ClusterTestClass(2, 2, 0)
         var id = await Scheduler.Submit(TestClusters.Submission(job));
         var before = await TestClusters.WaitFor(Cluster.Client, id, s => s.LastReplicaStep >= 10);
         Assert.Equal(2, before.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
-        Assert.Contains((await TestClusters.Events(Cluster.Client, before.JobId)), e => e.Kind == "replica" && e.Message.Contains("kept by its peer on the next server"));
+        Assert.Contains((await TestClusters.Events(Cluster.Client, before.JobId)), e => e.Kind == "replica" && e.Message.Contains("kept by a peer on another server"));
         await Restart("Silo_1");
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
         Assert.True(status.State == JobPhase.Completed, Describe(status));

@@ -112,7 +112,7 @@ public sealed class StragglerWatchTests
     [Fact]
     public void A_rank_slower_than_the_others_by_the_factor_over_the_window_is_a_straggler_once()
     {
-        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.5, StragglerWindow = 3 };
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.5, StragglerWindow = 3, StragglerMinMs = 20 };
         var watch = new StragglerWatch();
         Assert.Empty(watch.Observe(1, Step(10, 10, 31, 10), config));
         Assert.Empty(watch.Observe(1, Step(10, 11, 31, 10), config)); // not a full window yet
@@ -130,5 +130,18 @@ public sealed class StragglerWatchTests
         watch.Observe(1, Step(20, 410), config);
         Assert.Equal(1, Assert.Single(watch.Observe(1, Step(20, 410), config)).Rank);
         Assert.Empty(new StragglerWatch().Observe(1, Step(20, 30), config with { StragglerWindow = 1 }));
+    }
+
+    [Fact]
+    public void Jitter_on_short_steps_is_not_a_straggler_however_large_the_ratio()
+    {
+        // 9 ms against 4 ms is 2.3×, but 5 ms of difference is scheduling noise, not a slow GPU.
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 2, StragglerWindow = 2 };
+        var watch = new StragglerWatch();
+        watch.Observe(1, Step(4, 9), config);
+        Assert.Empty(watch.Observe(1, Step(4, 9), config));
+        var strict = new StragglerWatch();
+        strict.Observe(1, Step(4, 9), config with { StragglerMinMs = 0 });
+        Assert.Equal(1, Assert.Single(strict.Observe(1, Step(4, 9), config with { StragglerMinMs = 0 })).Rank);
     }
 }

@@ -97,7 +97,7 @@ public static class TestClusters
             if (done(status))
                 return status;
             if (DateTime.UtcNow > deadline)
-                throw new TimeoutException($"job {jobId} is {status.State} at step {status.Step}: {string.Join(" | ", status.Events.TakeLast(3).Select(e => e.Message))}");
+                throw new TimeoutException($"job {jobId} is {status.State} at step {status.Step}: {string.Join(" | ", status.Events.TakeLast(12).Select(e => $"{e.Kind}: {e.Message}"))}");
             await Task.Delay(50);
         }
     }

@@ -6,7 +6,8 @@ namespace FlmCluster.Grains.Jobs;
 /// <summary>
 /// Per-rank compute time (a step's time on the device less its time in collectives, which is where the others
 /// wait for a slow one) over the last recovery.straggler_window steps. A rank whose median is more than
-/// recovery.straggler_factor times the median of the other ranks' is a straggler. In memory, for the current incarnation.
+/// recovery.straggler_factor times the median of the other ranks', and at least recovery.straggler_min_ms slower,
+/// is a straggler. In memory, for the current incarnation.
 /// </summary>
 public sealed class StragglerWatch
 {
@@ -41,7 +42,7 @@ public sealed class StragglerWatch
         // Each rank against the median of the others: with few ranks a straggler would pull the median up itself.
         var medians = _compute.ToDictionary(kv => kv.Key, kv => Median(kv.Value));
         return medians.Select(kv => (Rank: kv.Key, Median: kv.Value, Typical: Median(medians.Where(o => o.Key != kv.Key).Select(o => o.Value))))
-            .Where(r => r.Median > config.StragglerFactor * r.Typical && _reported.Add(r.Rank)).OrderBy(r => r.Rank).ToList();
+            .Where(r => r.Median > config.StragglerFactor * r.Typical && r.Median - r.Typical >= config.StragglerMinMs && _reported.Add(r.Rank)).OrderBy(r => r.Rank).ToList();
     }
 
     private static double Median(IEnumerable<double> values)
