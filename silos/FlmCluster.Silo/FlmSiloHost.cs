@@ -50,6 +50,7 @@ public static class FlmSiloHost
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
+                Sockets = s.DataPlaneOptions,
             });
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));

@@ -4,7 +4,7 @@ using Orleans.TestingHost;
 namespace FlmCluster.Grains.Tests;
 
 /// <summary>A test class with its own in-process cluster (see <see cref="TestClusters.Start(TimeSpan, int[])"/>), started before its tests and stopped after.</summary>
-public abstract class ClusterTestClass(TimeSpan workerWait, params int[] devices) : IAsyncLifetime
+public abstract class ClusterTestClass(TimeSpan workerWait, string dataPlane, params int[] devices) : IAsyncLifetime
 {
     private string _storage = "";
 
@@ -12,11 +12,15 @@ public abstract class ClusterTestClass(TimeSpan workerWait, params int[] devices
     {
     }
 
+    protected ClusterTestClass(TimeSpan workerWait, params int[] devices) : this(workerWait, "orleans", devices)
+    {
+    }
+
     protected InProcessTestCluster Cluster { get; private set; } = null!;
 
     protected IClusterSchedulerGrain Scheduler => Cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
 
-    public async ValueTask InitializeAsync() => (Cluster, _storage) = await TestClusters.Start(workerWait, devices);
+    public async ValueTask InitializeAsync() => (Cluster, _storage) = await TestClusters.Start(workerWait, dataPlane, devices);
 
     public virtual async ValueTask DisposeAsync()
     {

@@ -1,6 +1,7 @@
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
+using FlmCluster.Training.Engine;
 using Orleans.Hosting;
 using Orleans.TestingHost;
 
@@ -13,7 +14,13 @@ public static class TestClusters
     public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), devices);
 
     /// <summary>As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks.</summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, params int[] devices) =>
+        Start(workerWait, OrleansDataPlane, devices);
+
+    private const string OrleansDataPlane = "orleans";
+
+    /// <summary>As <see cref="Start(TimeSpan, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, string dataPlane, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -27,6 +34,7 @@ public static class TestClusters
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
                 TorchThreads = 1,
+                DataPlane = dataPlane,
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();
@@ -62,6 +70,14 @@ public static class TestClusters
     });
 
     public static JobSubmission Submission(JobConfig job, int priority = 0) => new(JobConfigLoader.ToJson(job), priority);
+
+    /// <summary>The losses of the job's steps on the in-process engine (ranks as threads of this process).</summary>
+    public static List<double> LocalLosses(JobConfig job)
+    {
+        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        using var engine = LocalEngine.Create(job, data);
+        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
+    }
 
     /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
     public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)

@@ -16,19 +16,38 @@ public sealed class WorkerMailbox
 {
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
+    private readonly ConcurrentDictionary<string, CancellationTokenSource> _closing = new();
 
     private const string LeftJob = "the worker left the job";
 
     /// <summary>Starts taking messages of a job (a new incarnation of a left job is a new job).</summary>
-    public void Accept(string jobId, int incarnation) => _closed.TryRemove(Prefix(jobId, incarnation), out _);
+    public void Accept(string jobId, int incarnation)
+    {
+        var prefix = Prefix(jobId, incarnation);
+        _closed.TryRemove(prefix, out _);
+        if (_closing.TryGetValue(prefix, out var closing) && closing.IsCancellationRequested)
+            _closing.TryRemove(prefix, out _);
+    }
 
     public bool IsClosed(string jobId, int incarnation) => _closed.ContainsKey(Prefix(jobId, incarnation));
+
+    /// <summary>Cancelled when the worker leaves the job (at once when it already has): other transports end their sessions on it.</summary>
+    public CancellationToken Closing(string jobId, int incarnation)
+    {
+        var prefix = Prefix(jobId, incarnation);
+        var source = _closing.GetOrAdd(prefix, _ => new CancellationTokenSource());
+        if (_closed.ContainsKey(prefix))
+            source.Cancel();
+        return source.Token;
+    }
 
     /// <summary>Leaves a job: its pending messages are dropped and waiting takers fail, as do later ones.</summary>
     public void Close(string jobId, int incarnation)
     {
         var prefix = Prefix(jobId, incarnation);
         _closed[prefix] = true;
+        if (_closing.TryRemove(prefix, out var closing))
+            closing.Cancel();
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))
                 message.Completion.TrySetException(new CollectiveAbortedException(LeftJob));

@@ -1,9 +1,11 @@
 using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Orleans.Runtime.Hosting;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -29,11 +31,14 @@ public sealed record FlmNodeOptions
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 
-    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans".</summary>
+    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans" or "socket".</summary>
     public string DataPlane { get; init; } = OrleansCollectivesFactory.TransportName;
 
     /// <summary>The data planes a silo can be configured with.</summary>
-    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName];
+    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName, SocketCollectivesFactory.TransportName];
+
+    /// <summary>The socket data plane's port, addresses, TLS and patience (used when <see cref="DataPlane"/> is "socket").</summary>
+    public SocketDataPlaneOptions Sockets { get; init; } = new();
 }
 
 public static class FlmSiloBuilderExtensions
@@ -52,11 +57,24 @@ public static class FlmSiloBuilderExtensions
             throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
-        silo.UseSiloMetadata(new Dictionary<string, string>
+        var metadata = new Dictionary<string, string>
         {
             [NodeMetadata.Node] = options.Node,
             [NodeMetadata.Devices] = options.Devices.ToString(),
-        });
+        };
+        if (options.DataPlane == SocketCollectivesFactory.TransportName)
+        {
+            // Bound now, so that the port (any free one when Flm:DataPort is 0) goes into the metadata peers read.
+            var plane = new SocketDataPlane(options.Sockets);
+            metadata[NodeMetadata.DataEndpoint] = plane.Endpoint.ToString();
+            silo.Services.AddSingleton(plane);
+            silo.Services.AddSingleton<DataEndpoints>();
+            silo.Services.AddSingleton<ICollectivesFactory, SocketCollectivesFactory>();
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, SocketDataPlaneLifecycle>();
+        }
+        else
+            silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        silo.UseSiloMetadata(metadata);
         silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
         silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
         silo.AddPlacementDirector<SiloPinnedPlacementStrategy, SiloPinnedPlacementDirector>();
@@ -64,7 +82,6 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton(options);
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
-        silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         silo.Services.TryAddSingleton(TimeProvider.System);
         return silo;
     }
@@ -75,4 +92,21 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
         return silo;
     }
+}
+
+/// <summary>Accepts data connections while the silo runs; when it stops, the port closes and the ranks' sessions end.</summary>
+internal sealed class SocketDataPlaneLifecycle(SocketDataPlane plane, ILogger<SocketDataPlane> log) : ILifecycleParticipant<ISiloLifecycle>
+{
+    public void Participate(ISiloLifecycle lifecycle) =>
+        lifecycle.Subscribe(nameof(SocketDataPlane), ServiceLifecycleStage.RuntimeInitialize,
+            _ =>
+            {
+                plane.Start(log);
+                return Task.CompletedTask;
+            },
+            _ =>
+            {
+                plane.Dispose();
+                return Task.CompletedTask;
+            });
 }

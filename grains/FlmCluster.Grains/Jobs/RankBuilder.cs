@@ -18,8 +18,9 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         var workers = job.Ranks;
         var json = job.Job.ToJson();
         var at = job.Cursor;
+        var key = SessionKeys.New(); // data-plane connections of this build prove it to each other
         await ranks.All((worker, rank) => worker.Assign(
-            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild)));
+            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild, key)));
         if (rebuild.Kind == RebuildKind.Growth)
             await ReportGrowth();
         if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers) is null)
