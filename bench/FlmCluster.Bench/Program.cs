@@ -4,6 +4,7 @@ using FlmCluster.Bench;
 var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
     ["cluster"] = a => ClusterBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["dataplane"] = a => DataPlaneBenchmark.Run(a).GetAwaiter().GetResult(),
     ["train-step"] = TrainStepBenchmark.Run,
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,

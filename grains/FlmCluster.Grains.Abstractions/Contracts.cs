@@ -314,7 +314,7 @@ public sealed record ClusterInventory([property: Id(0)] IReadOnlyList<NodeInfo> 
 
 
 /// <summary>One collective of a data-plane probe (like nccl-tests): kind, size, element type, root.</summary>
-/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring) or barrier.</param>
+/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring), ping-pong (rank 0 ↔ rank 1) or barrier.</param>
 /// <param name="Elements">Elements per rank (all-gather: of the input; reduce-scatter: of the output).</param>
 /// <param name="DType">f32, f64, bf16 or i64.</param>
 [GenerateSerializer, Immutable, Alias("flm.ProbeOp")]

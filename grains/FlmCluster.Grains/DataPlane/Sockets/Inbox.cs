@@ -28,6 +28,9 @@ internal sealed unsafe class Receive(uint tag, MessageShape shape)
     /// <summary>Window slots the consumer gave back: piece k may land once k − Released &lt; Slots.</summary>
     public int Released;
 
+    /// <summary>The piece the consumer waits for: the producer wakes it only when that one has landed.</summary>
+    public int Wanted = int.MaxValue;
+
     /// <summary>Producers writing into this message's memory right now.</summary>
     public int Writers;
 
@@ -118,6 +121,7 @@ internal sealed unsafe class Inbox(string peer, long earlyLimit)
         var start = Stopwatch.GetTimestamp();
         lock (_gate)
         {
+            r.Wanted = piece;
             while (r.Arrived <= piece)
             {
                 ThrowIfFailed();
@@ -126,6 +130,7 @@ internal sealed unsafe class Inbox(string peer, long earlyLimit)
                     throw new CollectiveTimeoutException($"{what} waited more than {timeout.TotalSeconds:0}s for {peer}");
                 Monitor.Wait(_gate, left);
             }
+            r.Wanted = int.MaxValue;
         }
         return r.Location(piece);
     }
@@ -219,7 +224,8 @@ internal sealed unsafe class Inbox(string peer, long earlyLimit)
             r.Writers--;
             if (!r.Detached)
                 r.Arrived = piece + 1;
-            Monitor.PulseAll(_gate);
+            if (piece >= r.Wanted || r.Detached)
+                Monitor.PulseAll(_gate);
         }
     }
 

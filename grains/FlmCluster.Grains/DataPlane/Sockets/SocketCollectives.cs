@@ -19,7 +19,9 @@ namespace FlmCluster.Grains.DataPlane.Sockets;
 /// <para>
 /// Collectives without arithmetic use the ring: an all-gather passes each member's chunk around it; a broadcast
 /// passes the root's tensor along it. Point-to-point messages (pipeline activations and gradients) go straight
-/// to the peer. A failure of any link fails the whole session (see <see cref="SocketSession"/>).
+/// to the peer; a send copies its bytes out once, as the interface promises a buffered send, so two pipeline
+/// stages that both send before they receive never wait for each other. A failure of any link fails the whole
+/// session (see <see cref="SocketSession"/>).
 /// </para>
 /// </summary>
 public sealed unsafe class SocketCollectives(int rank, SocketSession session) : CollectivesBase(rank)
@@ -195,18 +197,14 @@ public sealed unsafe class SocketCollectives(int rank, SocketSession session) : 
 
     protected override void SendRaw(RawBuffer data, int destinationRank, int tag) =>
         Run($"send to rank {destinationRank} (tag {tag})", o =>
-        {
-            var shape = MessageShape.Whole(data.Length);
-            var message = o.Send(o.Link(destinationRank), PointToPointTag(tag), shape);
-            for (var k = 0; k < shape.Pieces; k++)
-                message.Queue(k, Piece(data, shape, k));
-        });
+            o.Link(destinationRank).Sender.SendCopy(PointToPointTag(tag), MessageShape.Whole(data.Length), data));
 
     protected override void RecvRaw(RawBuffer data, int sourceRank, int tag) =>
         Run($"receive from rank {sourceRank} (tag {tag})", o =>
         {
             var shape = MessageShape.Whole(data.Length);
             var incoming = o.Receive(o.Link(sourceRank), PointToPointTag(tag), shape, data);
+            incoming.Wait(shape.Pieces - 1); // pieces land in order: once the last is here, all are
             for (var k = 0; k < shape.Pieces; k++)
                 CopyIfElsewhere(incoming.Wait(k), Piece(data, shape, k));
         });
