@@ -34,6 +34,34 @@ public static class ModelInitializer
         return t;
     }
 
+    /// <summary>
+    /// The whole tensor of a spec, generated in order in pieces of about <paramref name="chunk"/> elements, each
+    /// handed to <paramref name="visit"/> with its flat start and freed after; pieces past <paramref name="upTo"/> are
+    /// not made. The values are those of <see cref="Generate"/> bit for bit: libtorch fills a CPU normal tensor
+    /// from one generator 16 values at a time (redrawing a last group of fewer than 16), so pieces of a multiple
+    /// of 16 elements, the last taking the rest, continue one another exactly. Memory: one piece.
+    /// </summary>
+    public static void Stream(ParamSpec spec, ulong seed, bool queryZeroInit, long chunk, long upTo, Action<long, Tensor> visit)
+    {
+        var total = spec.GlobalElements;
+        upTo = Math.Min(upTo, total);
+        chunk = Math.Max(16, chunk / 16 * 16);
+        using var generator = spec.InitStd == 0 ? null : new Generator(SeedFor(seed, spec.Name));
+        var zeroEnd = queryZeroInit && spec.Name.EndsWith("attn.c_attn.weight", StringComparison.Ordinal) ? spec.GlobalElements / 3 : 0;
+        for (long start = 0; start < upTo;)
+        {
+            var left = total - start;
+            var count = left - chunk < 16 ? left : chunk;
+            using var piece = generator is null ? full(count, spec.InitConstant, dtype: ScalarType.Float32) : randn(count, dtype: ScalarType.Float32, generator: generator);
+            if (generator is not null)
+                piece.mul_(spec.InitStd);
+            if (start < zeroEnd)
+                piece.narrow(0, 0, Math.Min(count, zeroEnd - start)).zero_();
+            visit(start, piece);
+            start += count;
+        }
+    }
+
     public static ulong SeedFor(ulong seed, string name)
     {
         // FNV-1a of the name, mixed with the job seed: stable across processes and platforms.
