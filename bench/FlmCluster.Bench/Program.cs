@@ -11,6 +11,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
+    ["reshard"] = ReshardBenchmark.Run,
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

@@ -21,8 +21,15 @@ public sealed class ReshardBudget(long bytes)
 
     public static ReshardBudget For(Config.CheckpointConfig checkpoint) => new((long)checkpoint.ReshardBudgetMiB << 20);
 
-    /// <summary>The most elements of <paramref name="type"/> that <paramref name="buffers"/> equal buffers may each have within the budget.</summary>
-    public long Elements(ScalarType type, int buffers = 1) => Math.Max(1, Bytes / buffers / SafeTensors.ElementSize(type));
+    /// <summary>Bytes not held now.</summary>
+    public long Available
+    {
+        get
+        {
+            lock (this)
+                return Bytes - _inUse;
+        }
+    }
 
     /// <summary>A host buffer of <paramref name="elements"/> elements, counted until <see cref="Lease.Dispose"/>.</summary>
     public Lease Take(long elements, ScalarType type)

@@ -31,19 +31,23 @@ public sealed class SliceGrowth(SliceReader checkpoint, ReshardBudget budget, Te
             checkpoint.ReadRuns(source.Kind, source.Name, OldBlock(spec, checkpoint.Checkpoint.Record(source.Kind, source.Name).Shape, runs), flat);
     }
 
-    /// <summary>The new weights of the runs: the spec's tensor streamed once, in order, in pieces from the budget.</summary>
+    /// <summary>The new weights of the runs: the spec's tensor streamed once, in order, through a buffer from the budget.</summary>
     private void FillFresh(ParamSpec spec, List<(long Global, long Length, long At)> runs, Tensor flat, ScalarType type)
     {
         if (runs.Count == 0)
             return;
-        // A piece in fp32, and its copy in the target type when that differs.
-        var perElement = 4 + (type == ScalarType.Float32 ? 0 : SafeTensors.ElementSize(type));
-        var chunk = Math.Max(16, (budget.Bytes / perElement - 16) / 16 * 16); // the last piece may be up to 15 longer
+        // An fp32 piece, and its copy in the target type when that differs.
+        var converted = type != ScalarType.Float32;
+        var perElement = 4 + (converted ? SafeTensors.ElementSize(type) : 0);
+        var elements = Math.Min(spec.GlobalElements, budget.Available / perElement);
+        using var pieces = budget.Take(elements, ScalarType.Float32);
+        using var typedPieces = converted ? budget.Take(elements, type) : null;
         var next = 0;
-        ModelInitializer.Stream(spec, growth.Seed, growth.To.Mup.QueryZeroInit, chunk, runs[^1].Global + runs[^1].Length, (start, piece) =>
+        ModelInitializer.Stream(spec, growth.Seed, growth.To.Mup.QueryZeroInit, pieces.Tensor, runs[^1].Global + runs[^1].Length, (start, piece) =>
         {
-            using var lease = budget.Hold(piece.NumberOfElements * perElement); // the piece (and its copy)
-            using var typed = piece.to(type);
+            using var typed = converted ? typedPieces!.Tensor.narrow(0, 0, piece.NumberOfElements) : piece.alias();
+            if (converted)
+                typed.copy_(piece);
             var end = start + piece.NumberOfElements;
             while (next < runs.Count && runs[next].Global + runs[next].Length <= start)
                 next++;

@@ -104,7 +104,7 @@ public sealed class SliceReader(CheckpointReader checkpoint, IShardBytes shards,
         if (total == 0)
             return;
         var element = SafeTensors.ElementSize(dtype);
-        using var lease = budget.Take(Math.Min(total, Math.Min(budget.Elements(dtype), (1L << 30) / element)), dtype);
+        using var lease = budget.Take(Math.Max(1, Math.Min(total, Math.Min(budget.Available, 1L << 30) / element)), dtype);
         var staging = lease.Tensor;
         var capacity = staging.NumberOfElements;
         var filled = new List<(long At, long From, long Elements)>();
