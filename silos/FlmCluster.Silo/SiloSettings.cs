@@ -121,6 +121,8 @@ public sealed record SiloSettings
             throw new ArgumentException("Flm:CollectiveTimeoutSeconds and Flm:WorkerWaitSeconds must be positive (finite) numbers of seconds");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
             throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
+        if (DataPlane == "nccl" && spec.Kind != "cuda")
+            throw new ArgumentException($"Flm:DataPlane (--data-plane) nccl needs CUDA GPUs (--devices cuda:N) and a CUDA build (-p:FlmDevice=cuda); this server has {Devices}: use socket");
         if (!double.IsFinite(DataSilenceSeconds) || DataSilenceSeconds < 3)
             throw new ArgumentException($"Flm:DataSilenceSeconds {DataSilenceSeconds} must be at least 3 (idle connections send a heartbeat every second)");
         if (DataBufferMiB is < 1 or > 65536)

@@ -52,3 +52,25 @@ public sealed class SocketCollectivesFactory(SocketDataPlane plane, DataEndpoint
         return new SocketCollectives(session.Rank, socket);
     }
 }
+
+/// <summary>
+/// Collectives over NCCL (<see cref="Nccl.NcclCollectives"/>) for CUDA builds, with the socket data plane carrying the
+/// unique ids that start NCCL's communicators. Refused on servers without CUDA devices. Untested until run on GPUs.
+/// </summary>
+public sealed class NcclCollectivesFactory(SocketCollectivesFactory sockets, FlmNodeOptions node) : ICollectivesFactory
+{
+    public const string TransportName = "nccl";
+
+    public string Name => TransportName;
+
+    public ICollectives Create(CollectivesSession session)
+    {
+        if (node.Devices.Kind != "cuda" || !TorchSharp.torch.cuda.is_available())
+            throw new ClusterRequestException($"the nccl data plane needs CUDA GPUs and a CUDA build (-p:FlmDevice=cuda); server {node.Node} has {node.Devices}");
+        var worker = session.RankWorkers[session.Rank];
+        var device = int.Parse(worker[(worker.IndexOf("/gpu", StringComparison.Ordinal) + 4)..], System.Globalization.CultureInfo.InvariantCulture);
+        var nccl = new Nccl.NcclCollectives(session.Rank, (SocketCollectives)sockets.Create(session), device, node.CollectiveTimeout);
+        session.Mailbox.Closing(session.JobId, session.Incarnation).Register(() => nccl.Abort("the worker left the job"));
+        return nccl;
+    }
+}

@@ -31,13 +31,17 @@ public sealed record FlmNodeOptions
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 
-    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans" or "socket".</summary>
+    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans", "socket" or "nccl".</summary>
     public string DataPlane { get; init; } = OrleansCollectivesFactory.TransportName;
 
     /// <summary>The data planes a silo can be configured with.</summary>
-    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName, SocketCollectivesFactory.TransportName];
+    public static IReadOnlyList<string> DataPlanes { get; } =
+        [OrleansCollectivesFactory.TransportName, SocketCollectivesFactory.TransportName, NcclCollectivesFactory.TransportName];
 
-    /// <summary>The socket data plane's port, addresses, TLS and patience (used when <see cref="DataPlane"/> is "socket").</summary>
+    /// <summary>
+    /// The socket data plane's port, addresses, TLS and patience (used when <see cref="DataPlane"/> is "socket", and by
+    /// "nccl" to hand NCCL's unique ids to the ranks).
+    /// </summary>
     public SocketDataPlaneOptions Sockets { get; init; } = new();
 }
 
@@ -57,20 +61,26 @@ public static class FlmSiloBuilderExtensions
             throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
+        if (options.DataPlane == NcclCollectivesFactory.TransportName && options.Devices.Kind != "cuda")
+            throw new ArgumentException($"data plane nccl needs CUDA GPUs and a CUDA build (-p:FlmDevice=cuda), but this server has {options.Devices}; use socket");
         var metadata = new Dictionary<string, string>
         {
             [NodeMetadata.Node] = options.Node,
             [NodeMetadata.Devices] = options.Devices.ToString(),
         };
-        if (options.DataPlane == SocketCollectivesFactory.TransportName)
+        if (options.DataPlane is SocketCollectivesFactory.TransportName or NcclCollectivesFactory.TransportName)
         {
             // Bound now, so that the port (any free one when Flm:DataPort is 0) goes into the metadata peers read.
             var plane = new SocketDataPlane(options.Sockets);
             metadata[NodeMetadata.DataEndpoint] = plane.Endpoint.ToString();
             silo.Services.AddSingleton(plane);
             silo.Services.AddSingleton<DataEndpoints>();
-            silo.Services.AddSingleton<ICollectivesFactory, SocketCollectivesFactory>();
+            silo.Services.AddSingleton<SocketCollectivesFactory>();
             silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, SocketDataPlaneLifecycle>();
+            if (options.DataPlane == NcclCollectivesFactory.TransportName)
+                silo.Services.AddSingleton<ICollectivesFactory, NcclCollectivesFactory>();
+            else
+                silo.Services.AddSingleton<ICollectivesFactory>(sp => sp.GetRequiredService<SocketCollectivesFactory>());
         }
         else
             silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
