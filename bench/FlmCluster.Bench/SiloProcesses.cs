@@ -20,24 +20,33 @@ public sealed class SiloProcesses : IAsyncDisposable
     /// <summary>Starts <paramref name="nodes"/> GPU nodes with <paramref name="gpus"/> devices each; <paramref name="settings"/> go to every silo.</summary>
     public static async Task<SiloProcesses> StartAsync(int nodes, int gpus, params string[] settings)
     {
-        var cluster = new SiloProcesses();
-        try
+        for (var attempt = 1; ; attempt++)
         {
-            await cluster.Start(nodes, gpus, settings);
+            var cluster = new SiloProcesses();
+            try
+            {
+                await cluster.Start(nodes, gpus, settings);
+                return cluster;
+            }
+            catch (PortTakenException) when (attempt < 3)
+            {
+                await cluster.DisposeAsync(); // a port found free was taken before its silo bound it: other ports
+            }
+            catch
+            {
+                await cluster.DisposeAsync();
+                throw;
+            }
         }
-        catch
-        {
-            await cluster.DisposeAsync();
-            throw;
-        }
-        return cluster;
     }
+
+    private sealed class PortTakenException(string message) : Exception(message);
 
     private async Task Start(int nodes, int gpus, string[] settings)
     {
         var specs = new List<(string Node, string Devices)> { ("control", "cpu:0") };
         specs.AddRange(Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")));
-        var ports = LocalCluster.FreePorts(2 * specs.Count);
+        var ports = LocalCluster.FreePorts(3 * specs.Count);
         var clusterId = $"bench-{Guid.NewGuid():N}"[..14];
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
         for (var i = 0; i < specs.Count; i++)
@@ -46,8 +55,8 @@ public sealed class SiloProcesses : IAsyncDisposable
             start.ArgumentList.Add("-c");
             start.ArgumentList.Add("exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
             start.ArgumentList.Add(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
-            foreach (var a in (string[])[silo, "--node", specs[i].Node, "--devices", specs[i].Devices, "--silo-port", $"{ports[2 * i]}",
-                "--gateway-port", $"{ports[2 * i + 1]}", "--primary-port", $"{ports[0]}", "--cluster-id", clusterId, "--torch-threads", "1",
+            foreach (var a in (string[])[silo, "--node", specs[i].Node, "--devices", specs[i].Devices, "--silo-port", $"{ports[3 * i]}",
+                "--gateway-port", $"{ports[3 * i + 1]}", "--data-port", $"{ports[3 * i + 2]}", "--primary-port", $"{ports[0]}", "--cluster-id", clusterId, "--torch-threads", "1",
                 "--storage-dir", Path.Combine(_home, "storage"), "--ready-file", Path.Combine(_home, $"{specs[i].Node}.ready"), .. settings])
                 start.ArgumentList.Add(a);
             start.Environment["FLM_SILO_LOG"] = Path.Combine(_home, $"{specs[i].Node}.log");
@@ -58,7 +67,12 @@ public sealed class SiloProcesses : IAsyncDisposable
             while (!File.Exists(Path.Combine(_home, $"{specs[i].Node}.ready")))
             {
                 if (_processes[i].HasExited || watch.Elapsed > TimeSpan.FromMinutes(3))
-                    throw new InvalidOperationException($"silo {specs[i].Node} did not start: {File.ReadAllText(Path.Combine(_home, $"{specs[i].Node}.log"))}");
+                {
+                    var log = File.ReadAllText(Path.Combine(_home, $"{specs[i].Node}.log"));
+                    if (log.Contains("Address already in use", StringComparison.Ordinal) || log.Contains("cannot be bound", StringComparison.Ordinal))
+                        throw new PortTakenException(log);
+                    throw new InvalidOperationException($"silo {specs[i].Node} did not start: {log}");
+                }
                 await Task.Delay(100);
             }
         Client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = [ports[1]], ClusterId = clusterId }, TimeSpan.FromSeconds(30));

@@ -319,6 +319,23 @@ public sealed class SocketDataPlaneTests : IDisposable
         Assert.Contains("rank 0 (n0/gpu0) left the job", ex.Message);
     }
 
+    [Theory]
+    [InlineData((object)new[] { "n0/gpu0", "n1/gpu0" })] // over TCP
+    [InlineData((object)new[] { "n0/gpu0", "n0/gpu1" })] // in memory
+    public void A_message_sent_before_its_sender_left_is_still_received(string[] workers)
+    {
+        var planes = Planes(workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
+        var sessions = Sessions(planes, workers);
+        using var sent = arange(1000, dtype: ScalarType.Float32);
+        new SocketCollectives(0, sessions[0]).Send(sent, 1, 3);
+        sessions[0].Leave("its probe is done");
+        using var received = zeros(1000);
+        new SocketCollectives(1, sessions[1]).Recv(received, 0, 3);
+        Assert.True(received.equal(sent).all().item<bool>());
+        // Anything asked for after that is an echo of the leaving.
+        Assert.Throws<CollectiveAbortedException>(() => new SocketCollectives(1, sessions[1]).Recv(received, 0, 4));
+    }
+
     [Fact]
     public void A_malformed_frame_fails_the_link_before_anything_is_allocated_for_it()
     {
@@ -364,7 +381,8 @@ public sealed class SocketDataPlaneTests : IDisposable
         var (otherCert, otherKey) = SelfSigned("someone-else");
         var stranger = Planes(1, new SocketDataPlaneOptions { TlsCertificate = otherCert, TlsKey = otherKey })[0];
         var mixed = new[] { stranger, planes[1] };
-        var refused = Sessions(mixed, ["n0/gpu0", "n1/gpu0"], job: "other");
+        // The accepting rank waits for a connection that never passes TLS: until its (short) timeout.
+        var refused = Sessions(mixed, ["n0/gpu0", "n1/gpu0"], job: "other", timeout: TimeSpan.FromSeconds(3));
         var ex = Assert.Throws<AggregateException>(() => AllReduce(refused, 10));
         Assert.Contains(ex.InnerExceptions, e => e is CollectiveTimeoutException && e.Message.Contains("the data connection to"));
     }

@@ -90,13 +90,14 @@ internal sealed unsafe class Inbox(string peer, long earlyLimit)
             throw new ArgumentException($"a receive of {shape.Length} bytes into {d.Length}");
         lock (_gate)
         {
-            ThrowIfFailed();
+            // A message that came before the link failed (the peer sent its last one and left) is still read.
             if (_early.TryDequeue(out var early))
             {
                 Match(tag, shape, early.Tag, early.Shape);
                 early.Destination = destination;
                 return early;
             }
+            ThrowIfFailed();
             var r = new Receive(tag, shape) { Destination = destination };
             if (destination is null)
             {

@@ -53,8 +53,12 @@ internal sealed unsafe class LinkSender
     private readonly Thread _thread;
     private static readonly Outgoing Heartbeat = new(0, default, false);
 
-    /// <summary>Point-to-point messages up to this size are written by the caller when the link is idle.</summary>
-    private const int InlineBytes = 64 << 10;
+    /// <summary>
+    /// Point-to-point messages up to this size are written by the caller, from its own tensor, when the link is
+    /// idle: the peer's receiver takes that much whether or not it was asked for yet, so the write cannot wait
+    /// on the peer's schedule.
+    /// </summary>
+    public const int InlineBytes = 1 << 20; // the least a receiver holds (Flm:DataBufferMiB ≥ 1)
 
     private const int SpareCopies = 4;
     private readonly Stack<byte[]> _spareCopies = new();
@@ -117,7 +121,7 @@ internal sealed unsafe class LinkSender
                 copy = _spareCopies.Pop();
         copy ??= GC.AllocateUninitializedArray<byte>(Math.Max(1, data.Length), pinned: true);
         data.Span.CopyTo(copy);
-        var message = Begin(tag, shape, inline: data.Length <= InlineBytes);
+        var message = Begin(tag, shape);
         message.Copy = copy;
         var at = Receive.Pin(copy);
         for (var k = 0; k < shape.Pieces; k++)

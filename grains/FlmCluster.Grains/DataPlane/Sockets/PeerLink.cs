@@ -94,17 +94,13 @@ internal sealed unsafe class SocketConnection(Socket socket, Stream stream, Time
     public void Write(uint tag, MessageShape shape, int piece, ReadOnlySpan<byte> data)
     {
         Wire.Write(_out, new Wire.Header(Wire.Kind.Data, tag, shape, piece, data.Length));
-        if (data.Length <= CombineBytes)
-        {
-            // Small pieces (pipeline activations) go out in one write with their header.
-            data.CopyTo(_out.AsSpan(Wire.HeaderBytes));
-            stream.Write(_out, 0, Wire.HeaderBytes + data.Length);
-        }
-        else
-        {
-            stream.Write(_out, 0, Wire.HeaderBytes);
-            stream.Write(data);
-        }
+        // The header goes out with the first bytes of the piece (all of a small one): a header alone would wake
+        // the receiver for 32 bytes.
+        var head = Math.Min(data.Length, CombineBytes);
+        data[..head].CopyTo(_out.AsSpan(Wire.HeaderBytes));
+        stream.Write(_out, 0, Wire.HeaderBytes + head);
+        if (head < data.Length)
+            stream.Write(data[head..]);
     }
 
     public void Heartbeat() => Signal(Wire.Kind.Heartbeat);

@@ -19,9 +19,10 @@ namespace FlmCluster.Grains.DataPlane.Sockets;
 /// <para>
 /// Collectives without arithmetic use the ring: an all-gather passes each member's chunk around it; a broadcast
 /// passes the root's tensor along it. Point-to-point messages (pipeline activations and gradients) go straight
-/// to the peer; a send copies its bytes out once, as the interface promises a buffered send, so two pipeline
-/// stages that both send before they receive never wait for each other. A failure of any link fails the whole
-/// session (see <see cref="SocketSession"/>).
+/// to the peer: up to <see cref="LinkSender.InlineBytes"/> written by the caller from the tensor (the peer's
+/// receiver always takes that much, asked for or not), larger ones copied out once and sent in the background,
+/// so two pipeline stages that both send before they receive never wait for each other. A failure of any link
+/// fails the whole session (see <see cref="SocketSession"/>).
 /// </para>
 /// </summary>
 public sealed unsafe class SocketCollectives(int rank, SocketSession session) : CollectivesBase(rank)
@@ -197,12 +198,24 @@ public sealed unsafe class SocketCollectives(int rank, SocketSession session) : 
 
     protected override void SendRaw(RawBuffer data, int destinationRank, int tag) =>
         Run($"send to rank {destinationRank} (tag {tag})", o =>
-            o.Link(destinationRank).Sender.SendCopy(PointToPointTag(tag), MessageShape.Whole(data.Length), data));
+        {
+            var link = o.Link(destinationRank);
+            var shape = MessageShape.Direct(data.Length);
+            if (data.Length > LinkSender.InlineBytes)
+            {
+                link.Sender.SendCopy(PointToPointTag(tag), shape, data); // copied out, sent while the caller goes on
+                return;
+            }
+            // Written by this thread straight from the tensor when the link is idle (the op waits until it has left).
+            var message = o.Send(link, PointToPointTag(tag), shape, inline: true);
+            for (var k = 0; k < shape.Pieces; k++)
+                message.Queue(k, Piece(data, shape, k));
+        });
 
     protected override void RecvRaw(RawBuffer data, int sourceRank, int tag) =>
         Run($"receive from rank {sourceRank} (tag {tag})", o =>
         {
-            var shape = MessageShape.Whole(data.Length);
+            var shape = MessageShape.Direct(data.Length);
             var incoming = o.Receive(o.Link(sourceRank), PointToPointTag(tag), shape, data);
             incoming.Wait(shape.Pieces - 1); // pieces land in order: once the last is here, all are
             for (var k = 0; k < shape.Pieces; k++)
@@ -272,9 +285,9 @@ public sealed unsafe class SocketCollectives(int rank, SocketSession session) : 
             return incoming;
         }
 
-        public Outbound Send(PeerLink link, uint tag, MessageShape shape)
+        public Outbound Send(PeerLink link, uint tag, MessageShape shape, bool inline = false)
         {
-            var outbound = new Outbound(link.Sender, link.Sender.Begin(tag, shape), what, session.Timeout);
+            var outbound = new Outbound(link.Sender, link.Sender.Begin(tag, shape, inline), what, session.Timeout);
             _sends.Add(outbound);
             return outbound;
         }

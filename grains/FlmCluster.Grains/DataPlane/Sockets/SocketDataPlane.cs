@@ -76,8 +76,24 @@ public sealed class SocketDataPlane : IDisposable
         return session;
     }
 
-    internal void Forget(SocketSession session) =>
-        _sessions.TryRemove(new KeyValuePair<(string, int, int), SocketSession>((session.JobId, session.Incarnation, session.Rank), session));
+    internal void Forget(SocketSession session)
+    {
+        var key = (session.JobId, session.Incarnation, session.Rank);
+        if (!_sessions.TryRemove(new KeyValuePair<(string, int, int), SocketSession>(key, session)))
+            return;
+        // Remembered for a while: a peer on this silo may still come for what this rank sent before it left.
+        var now = DateTime.UtcNow;
+        _left[key] = now;
+        foreach (var (old, at) in _left)
+            if (now - at > LeftMemory)
+                _left.TryRemove(old, out _);
+    }
+
+    private static readonly TimeSpan LeftMemory = TimeSpan.FromMinutes(10);
+    private readonly ConcurrentDictionary<(string Job, int Incarnation, int Rank), DateTime> _left = new();
+
+    /// <summary>Whether the rank's session of that incarnation was here and has ended.</summary>
+    internal bool HasLeft(string jobId, int incarnation, int rank) => _left.ContainsKey((jobId, incarnation, rank));
 
     /// <summary>Whether the rank already runs a newer incarnation of the job here.</summary>
     internal bool IsStale(string jobId, int incarnation, int rank) =>
@@ -91,7 +107,7 @@ public sealed class SocketDataPlane : IDisposable
         {
             if (_sessions.TryGetValue((jobId, incarnation, rank), out var session))
                 return session;
-            if (IsStale(jobId, incarnation, rank) || DateTime.UtcNow > deadline)
+            if (IsStale(jobId, incarnation, rank) || HasLeft(jobId, incarnation, rank) || DateTime.UtcNow > deadline)
                 return null;
             await Task.Delay(20, cancel);
         }

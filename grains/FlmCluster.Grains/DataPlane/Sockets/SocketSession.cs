@@ -74,15 +74,7 @@ public sealed class SocketSession
         var name = $"flm data {JobId}#{Incarnation} {Rank}>{peer}";
         PeerLink link;
         if (IsLocal(peer))
-        {
-            var other = _plane.FindAsync(JobId, Incarnation, peer, Timeout, CancellationToken.None).GetAwaiter().GetResult()
-                ?? throw (_plane.IsStale(JobId, Incarnation, peer)
-                    ? LinkFailure.Aborted($"{Describe(peer)} already runs a newer incarnation of job {JobId}")
-                    : LinkFailure.Lost($"{Describe(peer)} did not join job {JobId} on this silo within {Timeout.TotalSeconds:0}s")).ToException();
-            if (!other.Key.AsSpan().SequenceEqual(Key))
-                throw LinkFailure.Aborted($"{Describe(peer)} holds another session key of job {JobId}: the job is being rebuilt").ToException();
-            link = PeerLink.InProcess(peer, InboxFor(peer), other.InboxFor(Rank), Self, name, Describe(peer));
-        }
+            link = PeerLink.InProcess(peer, InboxFor(peer), LocalPeersInbox(peer), Self, name, Describe(peer));
         else
         {
             var connection = peer > Rank ? Dial(peer) : Accepted(peer);
@@ -98,6 +90,27 @@ public sealed class SocketSession
             _links[peer] = link;
         }
         return link;
+    }
+
+    /// <summary>
+    /// Where this rank's messages to a peer on this silo go: the peer's inbox for this rank. A peer that has
+    /// already left (having delivered what it sent here, which is still read) takes nothing more.
+    /// </summary>
+    private Inbox LocalPeersInbox(int peer)
+    {
+        if (_plane.HasLeft(JobId, Incarnation, peer))
+        {
+            var closed = new Inbox(Describe(peer), 0);
+            closed.Fail(LinkFailure.Aborted($"{Describe(peer)} left the job"));
+            return closed;
+        }
+        var other = _plane.FindAsync(JobId, Incarnation, peer, Timeout, CancellationToken.None).GetAwaiter().GetResult()
+            ?? throw (_plane.IsStale(JobId, Incarnation, peer)
+                ? LinkFailure.Aborted($"{Describe(peer)} already runs a newer incarnation of job {JobId}")
+                : LinkFailure.Lost($"{Describe(peer)} did not join job {JobId} on this silo within {Timeout.TotalSeconds:0}s")).ToException();
+        if (!other.Key.AsSpan().SequenceEqual(Key))
+            throw LinkFailure.Aborted($"{Describe(peer)} holds another session key of job {JobId}: the job is being rebuilt").ToException();
+        return other.InboxFor(Rank);
     }
 
     /// <summary>Connects to a higher rank's silo and proves this session's key.</summary>

@@ -21,6 +21,9 @@ public readonly record struct MessageShape(int Length, int Segment, int Piece)
 
     public static MessageShape Whole(int length) => For(length, length);
 
+    /// <summary>A message nobody works on piece by piece (point to point): pieces as large as allowed, so fewer hand-overs.</summary>
+    public static MessageShape Direct(int length) => new(length, length, Math.Clamp(length, 1, MaxPieceBytes));
+
     /// <summary>Whole segments in pieces of at most <see cref="MaxPieceBytes"/>; an empty message is one empty piece.</summary>
     public bool IsValid => Piece is > 0 and <= MaxPieceBytes && (Length == 0 ? Segment >= 0 : Segment > 0 && Length % Segment == 0);
 
