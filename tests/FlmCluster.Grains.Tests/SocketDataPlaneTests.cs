@@ -193,14 +193,7 @@ public sealed class SocketDataPlaneTests : IDisposable
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         socket.Connect(plane.Endpoint);
         var stream = new NetworkStream(socket, ownsSocket: true);
-        var challenge = new byte[Handshake.ChallengeBytes];
-        stream.ReadExactly(challenge);
-        var nonce = Handshake.ReadChallenge(challenge);
-        var (bytes, hello) = Handshake.WriteHello(job, incarnation, from, to, nonce, key);
-        stream.Write(bytes);
-        var answer = new byte[Handshake.AnswerBytes];
-        stream.ReadExactly(answer);
-        return (socket, stream, Handshake.ReadAnswer(answer, hello, nonce, key).Status);
+        return (socket, stream, Handshake.Dial(stream, job, incarnation, from, to, key).Status);
     }
 
     private static byte[] DataFrame(uint tag, int length)

@@ -110,6 +110,19 @@ internal static class Handshake
             span.Slice(jobLength + 12 + NonceBytes, ProofBytes).ToArray());
     }
 
+    /// <summary>The dialler's side on a connected stream: the acceptor's challenge, this hello, the acceptor's answer.</summary>
+    public static (Status Status, bool Authentic) Dial(Stream stream, string jobId, int incarnation, int from, int to, byte[] key)
+    {
+        var challenge = new byte[ChallengeBytes];
+        stream.ReadExactly(challenge);
+        var nonce = ReadChallenge(challenge);
+        var (bytes, hello) = WriteHello(jobId, incarnation, from, to, nonce, key);
+        stream.Write(bytes);
+        var answer = new byte[AnswerBytes];
+        stream.ReadExactly(answer);
+        return ReadAnswer(answer, hello, nonce, key);
+    }
+
     public static bool ProvesKey(Hello hello, byte[] acceptorNonce, byte[] key) =>
         CryptographicOperations.FixedTimeEquals(hello.Proof, Proof(key, "dial", acceptorNonce, hello));
 

@@ -135,14 +135,7 @@ public sealed class SocketSession
             stream = new NetworkStream(socket, ownsSocket: true);
             if (_plane.Tls is { } tls)
                 stream = tls.Client(stream, options.HandshakeTimeout);
-            var challenge = new byte[Handshake.ChallengeBytes];
-            stream.ReadExactly(challenge);
-            var nonce = Handshake.ReadChallenge(challenge);
-            var (bytes, hello) = Handshake.WriteHello(JobId, Incarnation, Rank, peer, nonce, Key);
-            stream.Write(bytes);
-            var answer = new byte[Handshake.AnswerBytes];
-            stream.ReadExactly(answer);
-            var (status, authentic) = Handshake.ReadAnswer(answer, hello, nonce, Key);
+            var (status, authentic) = Handshake.Dial(stream, JobId, Incarnation, Rank, peer, Key);
             var refusal = status switch
             {
                 Handshake.Status.Accepted when authentic => null,
