@@ -5,7 +5,7 @@ using FlmCluster.Tests.Process;
 namespace FlmCluster.Cli.Tests;
 
 /// <summary>The silo program refuses bad data-plane settings with one error line and exit code 2, before it starts.</summary>
-public sealed class SiloSettingsTests : IDisposable
+public sealed class DataPlaneSettingsTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("flm-silo-settings-").FullName;
 
