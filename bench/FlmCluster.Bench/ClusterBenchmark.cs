@@ -31,7 +31,7 @@ public static class ClusterBenchmark
 
     private static async Task<(LocalCluster, FlmClusterClient)> Start(int nodes, int gpus)
     {
-        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1);
+        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1, observe: false);
         var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
         return (cluster, client);
     }
@@ -124,7 +124,8 @@ public static class ClusterBenchmark
             }
             while (!status.State.IsFinal());
             // Steady state: the steps after the first, from the coordinator's per-step wall time.
-            clustered = status.Recent.Skip(1).Sum(p => p.Tokens) / status.Recent.Skip(1).Sum(p => p.StepMs / 1000);
+            var points = (await client.History(id, 1, 0)).Steps.Select(s => s.Point).ToList();
+            clustered = points.Sum(p => p.Tokens) / points.Sum(p => p.StepMs / 1000);
         }
         Console.WriteLine($"(c) 4 × 256 model, byte vocabulary, seq 256, global batch 16, layout dp=2 (one rank per silo on the cluster), {steps} steps, 1 torch thread per rank");
         Console.WriteLine();

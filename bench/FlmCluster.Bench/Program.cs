@@ -12,6 +12,8 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
     ["reshard"] = ReshardBenchmark.Run,
+    ["soak"] = a => SoakBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["telemetry"] = a => TelemetryBenchmark.Run(a).GetAwaiter().GetResult(),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

@@ -118,7 +118,7 @@ public sealed record ReplicaCommand(
     [property: Id(2)] long Step,
     [property: Id(3)] string Peer);
 
-/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it.</summary>
+/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it, with the whole replica's checksum.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaChunk")]
 public sealed record ReplicaChunk(
     [property: Id(0)] string JobId,
@@ -126,7 +126,8 @@ public sealed record ReplicaChunk(
     [property: Id(2)] long Step,
     [property: Id(3)] int Index,
     [property: Id(4)] int Count,
-    [property: Id(5)] byte[] Data);
+    [property: Id(5)] byte[] Data,
+    [property: Id(6)] string Checksum);
 
 /// <summary>Where a worker's replica stands: still being sent, held by its peer (Done), or failed (Error).</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaStatus")]
@@ -156,6 +157,7 @@ public sealed record ShardStatus(
     [property: Id(3)] string? Error);
 
 /// <summary>One training step as the coordinator plans it (idempotent by step number).</summary>
+/// <param name="TraceParent">The coordinator's step span (W3C traceparent), parent of the rank's span; null when not traced.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStep")]
 public sealed record WorkerStep(
     [property: Id(0)] string JobId,
@@ -163,9 +165,13 @@ public sealed record WorkerStep(
     [property: Id(2)] long Step,
     [property: Id(3)] long FirstSample,
     [property: Id(4)] double Lr,
-    [property: Id(5)] double MaskValue);
+    [property: Id(5)] double MaskValue,
+    [property: Id(6)] string? TraceParent = null);
 
 /// <summary>A worker's account of one step.</summary>
+/// <param name="CommMs">Time in collectives and sends (pipeline receives not included).</param>
+/// <param name="PipelineIdleMs">Time waiting in pipeline receives for the neighbouring stage.</param>
+/// <param name="PeakFlops">Peak FLOP/s of the worker's device (0: unknown), for MFU.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStepReport")]
 public sealed record WorkerStepReport(
     [property: Id(0)] long Step,
@@ -177,7 +183,9 @@ public sealed record WorkerStepReport(
     [property: Id(6)] bool Skipped,
     [property: Id(7)] double ElapsedMs,
     [property: Id(8)] double CommMs,
-    [property: Id(9)] long CommBytes);
+    [property: Id(9)] long CommBytes,
+    [property: Id(10)] double PipelineIdleMs = 0,
+    [property: Id(11)] double PeakFlops = 0);
 
 /// <summary>
 /// A piece of a tensor message between workers on different silos: raw bytes (never float[]), well under the
@@ -239,7 +247,55 @@ public sealed record StepPoint(
     [property: Id(6)] double Lr,
     [property: Id(7)] long Tokens,
     [property: Id(8)] bool Skipped,
-    [property: Id(9)] string Stage = "main");
+    [property: Id(9)] string Stage = "main",
+    [property: Id(10)] long FirstSample = 0);
+
+/// <summary>A batch of global samples the job skipped: they are never trained (a non-finite result or a loss spike).</summary>
+/// <param name="Step">The step that first read it.</param>
+[GenerateSerializer, Immutable, Alias("flm.SkippedWindow")]
+public sealed record SkippedWindow(
+    [property: Id(0)] long Step,
+    [property: Id(1)] long FirstSample,
+    [property: Id(2)] int Samples,
+    [property: Id(3)] string Reason);
+
+/// <summary>One rank's share of a committed step: wall time on its worker, split into compute, communication and pipeline idle.</summary>
+[GenerateSerializer, Immutable, Alias("flm.RankTime")]
+public sealed record RankTime(
+    [property: Id(0)] int Rank,
+    [property: Id(1)] string Worker,
+    [property: Id(2)] double StepMs,
+    [property: Id(3)] double ComputeMs,
+    [property: Id(4)] double CommunicationMs,
+    [property: Id(5)] double PipelineIdleMs);
+
+/// <summary>
+/// A committed step as the job's history keeps it: the step's metrics, its model FLOPs and MFU (null when a
+/// device's peak is unknown), and every rank's time.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.StepRecord")]
+public sealed record StepRecord(
+    [property: Id(0)] StepPoint Point,
+    [property: Id(1)] double ModelFlops,
+    [property: Id(2)] double? Mfu,
+    [property: Id(3)] string Layout,
+    [property: Id(4)] IReadOnlyList<RankTime> Ranks,
+    [property: Id(5)] DateTime At);
+
+/// <summary>
+/// A page of a job's history: committed steps from a step on (the latest record of each step, ascending) and
+/// events from an index on (0 = the job's first). <see cref="NextStep"/> and <see cref="NextEvent"/> continue it.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.JobHistory")]
+public sealed record JobHistory(
+    [property: Id(0)] IReadOnlyList<StepRecord> Steps,
+    [property: Id(1)] IReadOnlyList<JobEvent> Events,
+    [property: Id(2)] long NextStep,
+    [property: Id(3)] int NextEvent)
+{
+    /// <summary>Most records of either kind one read returns.</summary>
+    public const int MaxPage = 10_000;
+}
 
 /// <summary>Loss of one batch without training, summed over the tokens a rank reports.</summary>
 [GenerateSerializer, Immutable, Alias("flm.LossSum")]
@@ -294,7 +350,10 @@ public sealed record JobStatus(
     [property: Id(12)] string Stage,
     [property: Id(13)] string? CheckpointDir = null,
     [property: Id(14)] long? LastCheckpointStep = null,
-    [property: Id(15)] long? LastReplicaStep = null);
+    [property: Id(15)] long? LastReplicaStep = null,
+    [property: Id(16)] TimeAccount? Time = null,
+    [property: Id(17)] IReadOnlyList<SkippedWindow>? SkippedData = null,
+    [property: Id(18)] string? Coordinator = null);
 
 /// <summary>A GPU of the cluster and the job holding it.</summary>
 [GenerateSerializer, Immutable, Alias("flm.GpuInfo")]
@@ -351,3 +410,60 @@ public sealed record ProbeResult(
 public sealed record ClusterView(
     [property: Id(0)] bool AllocationAlive,
     [property: Id(1)] IReadOnlyList<int> FittingDp);
+
+/// <summary>
+/// Where a job's time went, in seconds: every second since it was submitted is in exactly one of these (docs/operations.md).
+/// The effective training time ratio (ETTR) is the productive share.
+/// </summary>
+/// <param name="Queued">Waiting for GPUs before its first start.</param>
+/// <param name="Startup">Building its ranks for the first time (from the seed, or the checkpoint it resumes).</param>
+/// <param name="Productive">Steps that count: committed and never rolled back.</param>
+/// <param name="Redone">Steps that were committed, then rolled back by a restore and trained again.</param>
+/// <param name="CheckpointStall">Steps waiting for snapshots to host memory, and for checkpoints at stage ends, grow-backs and the job's end.</param>
+/// <param name="Growth">Growth transitions: the loss before, the stage's checkpoint, growing every rank, the loss after.</param>
+/// <param name="Paused">Paused by request.</param>
+/// <param name="Overhead">The coordinator's own work between steps (polls, commits, scheduling).</param>
+[GenerateSerializer, Immutable, Alias("flm.TimeAccount")]
+public sealed record TimeAccount(
+    [property: Id(0)] double Queued,
+    [property: Id(1)] double Startup,
+    [property: Id(2)] double Productive,
+    [property: Id(3)] double Redone,
+    [property: Id(4)] double CheckpointStall,
+    [property: Id(5)] double Growth,
+    [property: Id(6)] double Paused,
+    [property: Id(7)] double Overhead,
+    [property: Id(8)] RecoveryTime Recovery)
+{
+    /// <summary>The sum of the components: the job's wall time as accounted.</summary>
+    public double Accounted => Queued + Startup + Productive + Redone + CheckpointStall + Growth + Paused + Overhead + Recovery.Total;
+
+    /// <summary>Effective training time ratio: the productive share of the time since the job started (queueing left out).</summary>
+    public double Ettr => Accounted - Queued > 0 ? Productive / (Accounted - Queued) : 0;
+}
+
+/// <summary>Recovery time by phase, in seconds, summed over a job's recoveries.</summary>
+/// <param name="Detect">From the failed operation's start (or a coordinator's last mark before it moved) until the failure surfaced.</param>
+/// <param name="Decide">Asking the cluster what it offers, probing workers, deciding.</param>
+/// <param name="Allocate">Getting replacement or fewer GPUs from the scheduler.</param>
+/// <param name="Rebuild">Workers building their model slices again.</param>
+/// <param name="Restore">Workers loading their state from the recovery point (replicas or a checkpoint).</param>
+/// <param name="FirstStep">The first step after a rebuild (warm-up included), until it commits.</param>
+/// <param name="Waiting">Waiting for servers to return or GPUs to free up.</param>
+[GenerateSerializer, Immutable, Alias("flm.RecoveryTime")]
+public sealed record RecoveryTime(
+    [property: Id(0)] double Detect,
+    [property: Id(1)] double Decide,
+    [property: Id(2)] double Allocate,
+    [property: Id(3)] double Rebuild,
+    [property: Id(4)] double Restore,
+    [property: Id(5)] double FirstStep,
+    [property: Id(6)] double Waiting,
+    [property: Id(7)] int Count)
+{
+    public double Total => Detect + Decide + Allocate + Rebuild + Restore + FirstStep + Waiting;
+}
+
+/// <summary>How long a worker took to build its rank: the model slice, and loading its state (0 when initialised from the seed).</summary>
+[GenerateSerializer, Immutable, Alias("flm.RankBuildReport")]
+public sealed record RankBuildReport([property: Id(0)] double BuildMs, [property: Id(1)] double RestoreMs);

@@ -83,3 +83,16 @@ public sealed class RankFailedException : Exception
     [Id(1)] public int Rank { get; init; }
     [Id(2)] public string CauseType { get; init; } = "";
 }
+
+/// <summary>
+/// A rank's device did not come back from its work (a hang) within the grace after its job was aborted: the
+/// worker abandoned it, and its GPU is out of service until its server restarts.
+/// </summary>
+[GenerateSerializer, Alias("flm.RankHungException")]
+public sealed class RankHungException : Exception
+{
+    public RankHungException() { }
+    public RankHungException(string worker, string message) : base(message) => Worker = worker;
+
+    [Id(0)] public string Worker { get; init; } = "";
+}

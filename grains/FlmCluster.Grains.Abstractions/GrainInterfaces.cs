@@ -5,9 +5,9 @@ namespace FlmCluster.Grains.Abstractions;
 /// <summary>One GPU of one server (key "node/gpuK"). Holds one rank of one job; no durable state.</summary>
 public interface IGpuWorkerGrain : IGrainWithStringKey
 {
-    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice.</summary>
+    /// <summary>Takes a rank of a job (idempotent for the same job and incarnation); builds the model slice and loads its state.</summary>
     [ResponseTimeout("00:10:00")]
-    Task Assign(WorkerAssignment assignment);
+    Task<RankBuildReport> Assign(WorkerAssignment assignment);
 
     /// <summary>Runs one step (idempotent: repeating the last step returns its report).</summary>
     [ResponseTimeout("01:00:00")]
@@ -86,6 +86,13 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     [AlwaysInterleave]
     Task<JobStatus> GetStatus();
 
+    /// <summary>
+    /// The job's durable history: committed steps numbered <paramref name="sinceStep"/> and later, events from
+    /// index <paramref name="sinceEvent"/>, at most <paramref name="max"/> (1 … <see cref="JobHistory.MaxPage"/>) of each.
+    /// </summary>
+    [AlwaysInterleave]
+    Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max);
+
     Task Cancel(string reason);
     Task Pause();
     Task Resume();
@@ -117,6 +124,9 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// it as the job's allocation; null when none fits (the job keeps its old allocation).
     /// </summary>
     Task<JobAllocation?> Reallocate(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);
+
+    /// <summary>Takes a job's GPUs out of service (hung device, straggler) until their server's silo restarts.</summary>
+    Task MarkUnusable(string jobId, IReadOnlyList<string> workers, string reason);
 
     /// <summary>Whether a job's servers are all active, and which of the data-parallel sizes its live GPUs plus free ones could hold now; allocates nothing.</summary>
     Task<ClusterView> Survey(string jobId, IReadOnlyList<int> dpChoices, int tp, int pp);

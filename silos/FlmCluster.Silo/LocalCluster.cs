@@ -8,7 +8,9 @@ namespace FlmCluster.Silo;
 
 /// <summary>
 /// A cluster of silos inside this process, on loopback with development clustering and file storage: the
-/// embedded default behind 'flm train', and a harness for benchmarks. Each silo is a full FlmCluster node.
+/// embedded default behind 'flm train', and a harness for benchmarks. Each silo is a full FlmCluster node. The
+/// first silo also serves the dashboard and carries the process's telemetry (instruments are process-wide);
+/// its exporters come from the same Flm__ environment variables a silo process reads (default: prometheus).
 /// </summary>
 public sealed class LocalCluster : IAsyncDisposable
 {
@@ -19,6 +21,9 @@ public sealed class LocalCluster : IAsyncDisposable
     public IReadOnlyList<int> GatewayPorts { get; }
     public string ClusterId { get; }
 
+    /// <summary>The dashboard's address (the first silo's web port); null when started without it.</summary>
+    public string? DashboardUrl { get; private set; }
+
     private LocalCluster(IReadOnlyList<int> gatewayPorts, string clusterId, string storage, bool ownsStorage)
     {
         GatewayPorts = gatewayPorts;
@@ -27,13 +32,18 @@ public sealed class LocalCluster : IAsyncDisposable
         _ownsStorage = ownsStorage;
     }
 
-    /// <summary>Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> CPU devices each, plus an optional control-plane node.</summary>
-    public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0)
+    /// <summary>
+    /// Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> CPU devices each, plus an
+    /// optional control-plane node; with <paramref name="observe"/>, the first serves the dashboard and exports telemetry.
+    /// </summary>
+    public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0,
+        bool observe = true)
     {
+        var environment = new ConfigurationBuilder().AddEnvironmentVariables().Build().GetSection("Flm").Get<SiloSettings>() ?? new SiloSettings();
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpusPerNode}")).ToList();
         if (controlNode)
             specs.Insert(0, ("control", "cpu:0"));
-        var ports = FreePorts(2 * specs.Count);
+        var ports = FreePorts(2 * specs.Count + 1);
         var ownsStorage = storageDir is null;
         var storage = storageDir ?? Directory.CreateTempSubdirectory("flm-embedded-").FullName;
         var clusterId = $"embedded-{Guid.NewGuid():N}"[..20];
@@ -42,6 +52,7 @@ public sealed class LocalCluster : IAsyncDisposable
         {
             for (var i = 0; i < specs.Count; i++)
             {
+                var web = observe && i == 0;
                 var settings = new SiloSettings
                 {
                     Node = specs[i].Item1,
@@ -52,14 +63,19 @@ public sealed class LocalCluster : IAsyncDisposable
                     ClusterId = clusterId,
                     StorageDir = storage,
                     TorchThreads = torchThreads,
+                    HttpPort = web ? ports[^1] : 0,
+                    Exporters = web ? environment.Exporters : "none",
+                    OtlpEndpoint = environment.OtlpEndpoint,
+                    OtlpProtocol = environment.OtlpProtocol,
+                    DeviceModel = environment.DeviceModel,
+                    PeakTflops = environment.PeakTflops,
                 };
                 settings.Validate();
-                var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Configuration = new ConfigurationManager() });
-                builder.Logging.SetMinimumLevel(LogLevel.Error);
-                builder.UseFlmSilo(settings);
-                var host = builder.Build();
+                var host = FlmSiloHost.Build(settings, telemetry: web, grainStatistics: observe, minimumLevel: LogLevel.Error);
                 await host.StartAsync();
                 cluster._silos.Add(host);
+                if (web)
+                    cluster.DashboardUrl = $"http://127.0.0.1:{settings.HttpPort}/";
             }
         }
         catch

@@ -52,8 +52,8 @@ public sealed class SocketDataPlaneEndToEndTests : IDisposable
     public async Task Jobs_across_silo_processes_over_sockets_give_the_in_process_engines_losses_bit_for_bit()
     {
         _flm.Environment["Flm__DataPlane"] = "socket";
-        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 26111);
-        await using var client = await Connect(26111);
+        _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 24111);
+        await using var client = await Connect(24111);
         // Tensor-parallel pairs inside a server, data-parallel across; pipeline stages across; a data-parallel group
         // of four whose chain reduces inside each server and crosses between them once.
         foreach (var layout in new[] { "dp=2,tp=2", "dp=2,pp=2,micro=2", "dp=4" })
@@ -73,8 +73,8 @@ public sealed class SocketDataPlaneEndToEndTests : IDisposable
         _flm.Environment["Flm__DataPlane"] = "socket";
         _flm.Environment["Flm__CollectiveTimeoutSeconds"] = "300";
         _flm.Environment["Flm__WorkerWaitSeconds"] = "3";
-        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 27111);
-        await using var client = await Connect(27111);
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 24211);
+        await using var client = await Connect(24211);
         var root = Path.Combine(_flm.Home, "ckpt");
         // Wide enough that a good part of each step is the gradients' exchange between the two servers.
         var job = Job("dp=2", steps: 16, "model.hidden=256", "model.heads=4", $"checkpoint.dir={root}", "checkpoint.interval=4");

@@ -79,6 +79,15 @@ public abstract class DataPlaneTests(string dataPlane) : ClusterTestClass(TimeSp
             Cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0").Probe(new ProbeRequest("p", 1, Workers, [], 1, false)));
         Assert.Contains("does not give rank 1", ex.Message);
     }
+
+    [Fact]
+    public async Task A_worker_refuses_replica_chunks_it_could_not_hold()
+    {
+        var worker = Cluster.Client.GetGrain<IGpuWorkerGrain>(Workers[1]);
+        await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, 1, new byte[TensorChunk.MaxBytes + 1], "x")));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, int.MaxValue, new byte[8], "x")));
+        Assert.Null(await worker.FetchReplica("j", 0, 1, 0));
+    }
 }
 
 public sealed class OrleansDataPlaneTests() : DataPlaneTests("orleans");

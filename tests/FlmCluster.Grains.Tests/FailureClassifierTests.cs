@@ -73,6 +73,11 @@ public sealed class FailureClassifierTests
         Assert.IsType<ClusterRequestException>(WorkerFailures.Translate(new InvalidCheckpointException("corrupt"), "n/gpu0", 0));
         var failed = Assert.IsType<RankFailedException>(WorkerFailures.Translate(new AggregateException(new ArgumentException("shape")), "n/gpu1", 3));
         Assert.Equal((3, "n/gpu1", "ArgumentException"), (failed.Rank, failed.Worker, failed.CauseType));
+        // Sends to two peers that both left: an echo, not the rank's own failure.
+        Assert.IsType<RankAbortedException>(WorkerFailures.Translate(
+            new AggregateException(new RankAbortedException("n/gpu1", "left"), new RankAbortedException("n/gpu2", "left")), "n/gpu0", 0));
+        Assert.IsType<PeerTimeoutException>(WorkerFailures.Translate(
+            new AggregateException(new Training.Parallel.CollectiveAbortedException("left"), new Training.Parallel.CollectiveTimeoutException("waited")), "n/gpu0", 0));
         var lost = new WorkerNotHoldingJobException("n/gpu0", "j", 1);
         Assert.Same(lost, WorkerFailures.Translate(lost, "n/gpu0", 0));
     }

@@ -50,6 +50,14 @@ public sealed class RecoveryPolicyTests
         { "the job's own error", Running, new Failure(FailureKind.UserError, "data path gone"), Back, Settings, new Fail("") },
         { "a rank's computation failed", Running, new Failure(FailureKind.Fatal, "shape mismatch"), Back, Settings, new Fail("") },
         { "state changed on storage", Running, new Failure(FailureKind.StateConflict, "etag"), Back, Settings, new Continue("") },
+        { "anomaly: replicas before the skipped batches", Running with { ReplicaStep = 45 }, new Failure(FailureKind.Anomaly, "spike", RewindTo: 48, AtStep: 49), Back, Settings,
+            new Restore(RecoverySource.Replicas, "") },
+        { "anomaly: replicas after the damage, a checkpoint before it", Running, new Failure(FailureKind.Anomaly, "spike", RewindTo: 48, AtStep: 49), Back, Settings,
+            new Restore(RecoverySource.Checkpoint, "") },
+        { "anomaly: no recovery point at all, replay from the seed", Running with { ReplicaStep = null, CheckpointStep = null }, new Failure(FailureKind.Anomaly, "nan", RewindTo: 49, AtStep: 49), Back, Settings,
+            new Restore(RecoverySource.Start, "") },
+        { "anomaly met again after as many rollbacks as allowed", Running with { Anomalies = 3 }, new Failure(FailureKind.Anomaly, "spike", RewindTo: 48, AtStep: 49), Back, Settings,
+            new Fail("") },
         { "review: shrunk job, GPUs free again", Running with { Dp = 1 }, null, Spare, Settings, new GrowBack(2, "") },
         { "review: shrunk job, nothing free", Running with { Dp = 1 }, null, OnlyFewer, Settings, new Continue("") },
         { "review: whole job", Running, null, Spare, Settings, new Continue("") },
@@ -92,5 +100,35 @@ public sealed class RecoveryPolicyTests
         var job = Running with { OutageSince = Now };
         Assert.IsType<Wait>(RecoveryPolicy.Decide(job, Lost, OnlyFewer, Settings, Now + Settings.Wait - TimeSpan.FromTicks(1)));
         Assert.IsType<Shrink>(RecoveryPolicy.Decide(job, Lost, OnlyFewer, Settings, Now + Settings.Wait));
+    }
+}
+
+/// <summary>Straggler statistics: each rank's median compute time against the other ranks' median, reported once per incarnation.</summary>
+public sealed class StragglerWatchTests
+{
+    private static IReadOnlyList<WorkerStepReport> Step(params double[] computeMs) =>
+        computeMs.Select((ms, rank) => new WorkerStepReport(0, rank, rank == 0, 1, 1, 1, false, ms + 50, 50, 0)).ToList();
+
+    [Fact]
+    public void A_rank_slower_than_the_others_by_the_factor_over_the_window_is_a_straggler_once()
+    {
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.5, StragglerWindow = 3 };
+        var watch = new StragglerWatch();
+        Assert.Empty(watch.Observe(1, Step(10, 10, 31, 10), config));
+        Assert.Empty(watch.Observe(1, Step(10, 11, 31, 10), config)); // not a full window yet
+        var found = Assert.Single(watch.Observe(1, Step(10, 10, 31, 9), config));
+        Assert.Equal((2, 31.0, 10.0), found);
+        Assert.Empty(watch.Observe(1, Step(10, 10, 31, 10), config)); // reported once
+        Assert.Empty(watch.Observe(2, Step(10, 10, 31, 10), config)); // a new incarnation starts over
+    }
+
+    [Fact]
+    public void With_two_ranks_the_slow_one_is_measured_against_the_other()
+    {
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 2, StragglerWindow = 2 };
+        var watch = new StragglerWatch();
+        watch.Observe(1, Step(20, 410), config);
+        Assert.Equal(1, Assert.Single(watch.Observe(1, Step(20, 410), config)).Rank);
+        Assert.Empty(new StragglerWatch().Observe(1, Step(20, 30), config with { StragglerWindow = 1 }));
     }
 }

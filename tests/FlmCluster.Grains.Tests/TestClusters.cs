@@ -11,16 +11,17 @@ namespace FlmCluster.Grains.Tests;
 public static class TestClusters
 {
     /// <summary>Starts a cluster: silo i is node "Silo_i" with <paramref name="devices"/>[i] CPU devices (0 = control plane only).</summary>
-    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), devices);
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(params int[] devices) => Start(TimeSpan.FromMinutes(5), null, devices);
 
-    /// <summary>As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks.</summary>
-    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, params int[] devices) =>
-        Start(workerWait, OrleansDataPlane, devices);
+    /// <summary>
+    /// As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks, and what else
+    /// every silo gets (e.g. a test's fault injection).
+    /// </summary>
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) =>
+        Start(workerWait, configure, "orleans", devices);
 
-    private const string OrleansDataPlane = "orleans";
-
-    /// <summary>As <see cref="Start(TimeSpan, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, string dataPlane, params int[] devices)
+    /// <summary>As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -33,11 +34,13 @@ public static class TestClusters
                 Devices = new DeviceSpec("cpu", devices[index]),
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
+                HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
                 DataPlane = dataPlane,
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();
+            configure?.Invoke(silo);
         });
         // Tests kill silos, and with them the gateway a request may be waiting on: give up on it sooner.
         builder.ConfigureClient(client => client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromSeconds(10)));
@@ -78,6 +81,17 @@ public static class TestClusters
         using var engine = LocalEngine.Create(job, data);
         return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
     }
+
+    /// <summary>Every committed step of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<StepPoint>> Steps(IGrainFactory grains, string jobId)
+    {
+        var history = await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage);
+        return history.Steps.Select(s => s.Point).ToList();
+    }
+
+    /// <summary>Every event of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<JobEvent>> Events(IGrainFactory grains, string jobId) =>
+        (await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage)).Events;
 
     /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
     public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)

@@ -17,6 +17,7 @@ public sealed class WorkerMailbox
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
     private readonly ConcurrentDictionary<string, CancellationTokenSource> _closing = new();
+    private readonly ConcurrentDictionary<(string JobId, int Incarnation), bool> _open = new();
 
     private const string LeftJob = "the worker left the job";
 
@@ -27,6 +28,14 @@ public sealed class WorkerMailbox
         _closed.TryRemove(prefix, out _);
         if (_closing.TryGetValue(prefix, out var closing) && closing.IsCancellationRequested)
             _closing.TryRemove(prefix, out _);
+        _open[(jobId, incarnation)] = true;
+    }
+
+    /// <summary>Leaves every job (the silo is stopping): collectives waiting here fail at once instead of holding up the shutdown.</summary>
+    public void CloseAll()
+    {
+        foreach (var (jobId, incarnation) in _open.Keys.ToList())
+            Close(jobId, incarnation);
     }
 
     public bool IsClosed(string jobId, int incarnation) => _closed.ContainsKey(Prefix(jobId, incarnation));
@@ -48,6 +57,7 @@ public sealed class WorkerMailbox
         _closed[prefix] = true;
         if (_closing.TryRemove(prefix, out var closing))
             closing.Cancel();
+        _open.TryRemove((jobId, incarnation), out _);
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))
                 message.Completion.TrySetException(new CollectiveAbortedException(LeftJob));
@@ -127,6 +137,13 @@ public sealed class WorkerMailbox
 public sealed class LocalWorkers
 {
     private readonly ConcurrentDictionary<string, WorkerMailbox> _mailboxes = new();
+
+    /// <summary>Every local worker leaves its jobs: the silo is stopping, and their peers must not wait for them.</summary>
+    public void LeaveAll()
+    {
+        foreach (var mailbox in _mailboxes.Values)
+            mailbox.CloseAll();
+    }
 
     public void Register(string worker, WorkerMailbox mailbox) => _mailboxes[worker] = mailbox;
     public void Unregister(string worker) => _mailboxes.TryRemove(worker, out _);

@@ -1,5 +1,6 @@
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.DataPlane.Sockets;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
@@ -26,7 +27,19 @@ public sealed record FlmNodeOptions
     /// How long a job waits for lost servers to come back (coordinators on this silo) before it continues on
     /// the GPUs that remain with fewer data-parallel replicas.
     /// </summary>
-    public TimeSpan WorkerWait { get; init; } = TimeSpan.FromMinutes(5);
+    public TimeSpan WorkerWait { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Replica memory this silo may hold for its workers, all jobs together (0: half the memory available to the process).</summary>
+    public long ReplicaBudgetBytes { get; init; }
+
+    /// <summary>The folders jobs may write checkpoints to and read data from on this server.</summary>
+    public FileRoots Roots { get; init; } = FileRoots.Default;
+
+    /// <summary>How long a worker's device is given to come back after an abort before it counts as hung.</summary>
+    public TimeSpan HangGrace { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Peak FLOP/s of one of this server's devices, for MFU (0: unknown, no MFU for jobs on it).</summary>
+    public double PeakFlops { get; init; }
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
@@ -92,14 +105,33 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton(options);
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
+        silo.Services.AddSingleton<SiloReplicas>();
+        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
+        silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
         return silo;
     }
 
-    /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
+    /// <summary>
+    /// Persisted grain state is plain JSON, without .NET type names: state reads back whatever type built a
+    /// collection (a collection expression makes a compiler-generated one that cannot be named), and no type
+    /// named in storage is ever instantiated (the state holds no polymorphic values). Every object read is a new
+    /// one: filling a default value in place would change an instance other state shares.
+    /// </summary>
+    public static void ConfigureStateJson(Orleans.Serialization.OrleansJsonSerializerOptions options)
+    {
+        options.JsonSerializerSettings.TypeNameHandling = Newtonsoft.Json.TypeNameHandling.None;
+        options.JsonSerializerSettings.ObjectCreationHandling = Newtonsoft.Json.ObjectCreationHandling.Replace;
+    }
+
+    /// <summary>
+    /// Durable grain storage and job histories in files under <paramref name="directory"/> (shared by every silo on
+    /// one machine).
+    /// </summary>
     public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
     {
-        silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Serialization.Serializer>()));
+        silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
+        silo.Services.AddSingleton<IJobHistoryStore>(new FileJobHistory(directory));
         return silo;
     }
 }
@@ -119,4 +151,18 @@ internal sealed class SocketDataPlaneLifecycle(SocketDataPlane plane, ILogger<So
                 plane.Dispose();
                 return Task.CompletedTask;
             });
+}
+
+/// <summary>
+/// When the silo stops, its workers leave their jobs first: a step in flight fails at once (its peers' collectives
+/// too, once the coordinator aborts them) instead of holding the shutdown until a timeout.
+/// </summary>
+internal sealed class WorkersLeaveOnStop(LocalWorkers workers) : ILifecycleParticipant<ISiloLifecycle>
+{
+    public void Participate(ISiloLifecycle lifecycle) =>
+        lifecycle.Subscribe(nameof(WorkersLeaveOnStop), ServiceLifecycleStage.Active, _ => Task.CompletedTask, _ =>
+        {
+            workers.LeaveAll();
+            return Task.CompletedTask;
+        });
 }

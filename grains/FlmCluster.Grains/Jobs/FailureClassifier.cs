@@ -31,12 +31,22 @@ public enum FailureKind
     /// <summary>This coordinator was activated on another silo in the middle of the job.</summary>
     CoordinatorRestarted,
 
+    /// <summary>A step's result must not be kept (non-finite, or a loss spike): roll back and skip its data.</summary>
+    Anomaly,
+
+    /// <summary>A rank's device hung, or a rank straggles: its GPU goes out of service and the rank is rebuilt elsewhere.</summary>
+    Hang,
+
+    /// <summary>The job's state could not be saved (the grain storage, e.g. Redis, is unreachable): nothing can be committed until it is back.</summary>
+    StorageUnavailable,
+
     /// <summary>A rank's own computation failed, or something unforeseen: the job fails with it.</summary>
     Fatal,
 }
 
-/// <summary>A classified failure: its kind and, for people, its message.</summary>
-public sealed record Failure(FailureKind Kind, string Message)
+/// <summary>A classified failure: its kind, for people its message, and for an anomaly the step to roll back to (at most).</summary>
+/// <param name="Workers">For a hang or a straggler: the workers whose GPUs go out of service.</param>
+public sealed record Failure(FailureKind Kind, string Message, long? RewindTo = null, long? AtStep = null, IReadOnlyList<string>? Workers = null)
 {
     public static Failure CoordinatorRestarted(string silo) => new(FailureKind.CoordinatorRestarted, $"coordinator activated on {silo}");
 }
@@ -52,7 +62,13 @@ public static class FailureClassifier
     public static Failure Classify(Exception ex)
     {
         var inner = Unwrap(ex);
-        return new Failure(KindOf(inner), inner.Message);
+        return inner switch
+        {
+            StepAnomalyException anomaly => new Failure(FailureKind.Anomaly, anomaly.Message, anomaly.RewindTo, anomaly.Windows.Max(w => w.Step)),
+            RankHungException hung => new Failure(FailureKind.Hang, hung.Message, Workers: [hung.Worker]),
+            StragglerException straggler => new Failure(FailureKind.Hang, straggler.Message, Workers: straggler.Workers),
+            _ => new Failure(KindOf(inner), inner.Message),
+        };
     }
 
     private static FailureKind KindOf(Exception ex) => ex switch
@@ -66,8 +82,28 @@ public static class FailureClassifier
         ReplicaUnavailableException => FailureKind.ReplicaUnavailable,
         ClusterRequestException or FlmUserException or InvalidCheckpointException => FailureKind.UserError,
         InconsistentStateException => FailureKind.StateConflict,
+        StateStorageException => FailureKind.StorageUnavailable,
         _ => FailureKind.Fatal,
     };
 
     private static Exception Unwrap(Exception ex) => ex is AggregateException { InnerExceptions.Count: > 0 } agg ? Unwrap(agg.InnerExceptions[0]) : ex;
+}
+
+/// <summary>
+/// A step's result was not committed (<see cref="FailureKind.Anomaly"/>): the job skips <see cref="Windows"/>
+/// and rolls back to a point at or before the first of them.
+/// </summary>
+public sealed class StepAnomalyException(string message, IReadOnlyList<SkippedWindow> windows) : Exception(message)
+{
+    public IReadOnlyList<SkippedWindow> Windows { get; } = windows;
+    public long RewindTo => Windows.Min(w => w.Step);
+}
+
+/// <summary>The job's state could not be written to grain storage (the provider failed; not a conflicting write).</summary>
+public sealed class StateStorageException(Exception inner) : Exception($"the job's state could not be saved: {inner.Message}", inner);
+
+/// <summary>Ranks that straggle, to be given other GPUs (recovery.replace_stragglers).</summary>
+public sealed class StragglerException(string message, IReadOnlyList<string> workers) : Exception(message)
+{
+    public IReadOnlyList<string> Workers { get; } = workers;
 }

@@ -1,4 +1,5 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
@@ -17,12 +18,13 @@ namespace FlmCluster.Grains.Jobs;
 /// a reminder wakes it after a restart, and on activation it continues from its committed state.
 /// </summary>
 [ControlPlanePlacement]
-public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindable
+public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindable, IJobTicks
 {
     public const string ClusterSchedulerKey = "cluster";
     private const string ReminderName = "keep-running";
 
     private readonly IPersistentState<JobState> _store;
+    private readonly IJobHistoryStore _history;
     private readonly IHostApplicationLifetime _lifetime;
     private readonly ILogger<JobCoordinatorGrain> _log;
     private readonly JobStateMachine _job;
@@ -35,21 +37,28 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
     private Recovery? _recovery;
     private IGrainTimer? _timer;
 
+    private readonly JobEnd _end;
+
+    /// <summary>In memory only: while the job's state cannot be saved, ticks back off until then.</summary>
+    private DateTimeOffset _retryAt;
+
     public JobCoordinatorGrain(
         [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
-        IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, TimeProvider time, ILogger<JobCoordinatorGrain> log)
+        IJobHistoryStore history, IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, TimeProvider time, ILogger<JobCoordinatorGrain> log)
     {
         _store = store;
+        _history = history;
         _lifetime = lifetime;
         _log = log;
         _serverWait = node.WorkerWait;
-        _job = new JobStateMachine(store, time, log, this.GetPrimaryKeyString());
+        _job = new JobStateMachine(store, history, time, log, this.GetPrimaryKeyString());
         _ranks = new RankCalls(_job, grains, log);
         _steps = new StepDriver(_job, _ranks, time);
         _points = new RecoveryPoints(_job, _ranks);
         _builder = new RankBuilder(_job, _ranks, _steps, time);
         _stages = new StageTransitions(_job, _points, _steps);
         Scheduler = grains.GetGrain<IClusterSchedulerGrain>(ClusterSchedulerKey);
+        _end = new JobEnd(_job, _ranks, Scheduler, log, this);
     }
 
     private IClusterSchedulerGrain Scheduler { get; }
@@ -61,6 +70,9 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         if (S.Phase is JobPhase.Starting or JobPhase.Running or JobPhase.Waiting)
         {
             // Taking over from an activation on a silo that died: this write makes a late write of that one fail.
+            // The time since that activation's last mark went to finding out it was gone.
+            S.Time.BeginRecovery();
+            _job.Spend(S.Time.Use, TimeUse.Detect);
             _job.Log("resumed", $"{Failure.CoordinatorRestarted(RuntimeIdentity).Message}; continuing from committed step {S.Cursor.NextStep}");
             await _job.Save();
             EnsureTimer();
@@ -82,34 +94,16 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         JobCursor from;
         try
         {
-            (rebuild, from) = FirstPoint();
-            if (_job.HasCheckpointDir)
-                foreach (var removed in CheckpointOwnership.Claim(_job.Job.Job.Checkpoint.Dir, _job.Run, S.Job!.Submission.OverwriteCheckpoints,
-                             S.Job.Submission.ResumeFrom is null ? null : from.NextStep))
-                    _job.Log("checkpoint-removed", $"{removed}: replaced by this run (--overwrite)");
+            (rebuild, from) = _points.StartingPoint();
         }
         catch (Exception ex) when (FailureClassifier.Classify(ex).Kind == FailureKind.UserError)
         {
-            await Finish(JobPhase.Failed, ex.Message);
+            await _end.Finish(JobPhase.Failed, ex.Message);
             return;
         }
         await _job.BecomeStarting(rebuild, from, "allocated", () => $"ranks 0-{allocation.RankWorkers.Count - 1} on {string.Join(", ", allocation.RankWorkers)}, {rebuild}", allocation);
         await this.RegisterOrUpdateReminder(ReminderName, TimeSpan.FromMinutes(1), TimeSpan.FromMinutes(1));
         EnsureTimer();
-    }
-
-    /// <summary>Where a job starts: its seed, or the checkpoint it resumes from (verified now; checked against the job at submit).</summary>
-    private (Rebuild, JobCursor) FirstPoint()
-    {
-        if (S.Job!.Submission.ResumeFrom is not { } resume)
-            return (Rebuild.Fresh, JobCursor.Start);
-        var reader = CheckpointStore.Resolve(resume, (dir, why) => _job.Log("checkpoint-rejected", $"{dir}: {why}"));
-        _job.Progress.CheckResume(reader);
-        var at = JobCursor.Of(reader.Manifest);
-        // A committed checkpoint of this step exists: the end of a stage grows from it instead of saving again.
-        S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
-        _job.Log("restoring", RecoveryPoints.Describe(reader));
-        return (Rebuild.FromCheckpoint(reader.Directory), at);
     }
 
     public Task<JobStatus> GetStatus()
@@ -121,13 +115,24 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         var checkpointDir = _job.HasCheckpointDir ? _job.Job.Job.Checkpoint.Dir : null;
         return Task.FromResult(new JobStatus(_job.JobId, accepted.Name, S.Phase, S.Cursor.NextStep, accepted.Steps, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}",
             _job.Ranks.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, accepted.Submission.Priority, accepted.SubmittedAt, _job.StageName,
-            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step));
+            checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account(), S.SkippedData.ToList(), RuntimeIdentity));
+    }
+
+    public Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max)
+    {
+        if (!_job.Exists)
+            throw new ClusterRequestException($"no job '{_job.JobId}'");
+        if (sinceStep < 0 || sinceEvent < 0)
+            throw new ClusterRequestException($"history of job {_job.JobId}: since step {sinceStep} and since event {sinceEvent} must not be negative");
+        if (max is < 1 or > JobHistory.MaxPage)
+            throw new ClusterRequestException($"history of job {_job.JobId}: a page holds 1 … {JobHistory.MaxPage} records (asked for {max})");
+        return _history.Read(_job.JobId, sinceStep, sinceEvent, max);
     }
 
     public async Task Cancel(string reason)
     {
         if (_job.Exists && !S.Phase.IsFinal())
-            await Finish(JobPhase.Cancelled, reason);
+            await _end.Finish(JobPhase.Cancelled, reason);
     }
 
     public async Task Pause()
@@ -181,10 +186,27 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         _timer = null;
     }
 
+    Task IJobTicks.StopTicking()
+    {
+        StopTimer();
+        return this.UnregisterReminderIfExists(ReminderName);
+    }
+
+    void IJobTicks.TickAgainAt(DateTimeOffset at)
+    {
+        _retryAt = at;
+        EnsureTimer();
+    }
+
     private async Task Tick(CancellationToken cancellationToken)
     {
-        if (S.Phase == JobPhase.Waiting && _job.Now < S.RetryAt)
+        if (_job.Now < _retryAt || (S.Phase == JobPhase.Waiting && _job.Now < S.RetryAt))
             return;
+        if (_end.Pending)
+        {
+            await _end.Report();
+            return;
+        }
         try
         {
             switch (S.Phase)
@@ -215,10 +237,18 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
             var failure = FailureClassifier.Classify(ex);
             if (failure.Kind == FailureKind.StateConflict)
                 await _job.Reload(); // the last write of an activation on a silo just declared dead: take its state
-            else if (failure.Kind == FailureKind.Fatal)
-                _log.LogError(ex, "Job {Job} failed at step {Step}", _job.JobId, S.Cursor.NextStep);
-            await Carry(await Recovery.Handle(failure));
+            else if (failure.Kind is FailureKind.Fatal or FailureKind.StorageUnavailable)
+                _log.LogError(ex, "Job {Job} at step {Step}: {Kind}", _job.JobId, S.Cursor.NextStep, failure.Kind);
+            var decision = await Recovery.Handle(failure);
+            if (failure.Kind == FailureKind.StorageUnavailable && decision is RecoveryDecision.Wait wait)
+            {
+                _retryAt = wait.RetryAt;
+                return;
+            }
+            await Carry(decision);
+            return;
         }
+        Recovery.StorageBack();
     }
 
     /// <summary>A step, a checkpoint in progress, a growth transition or grow-back, or the end of training.</summary>
@@ -229,8 +259,9 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         if (progress.Finished(S.Cursor))
         {
             // The job ends with a checkpoint of its final state when it has a checkpoint folder.
+            _job.Spend(TimeUse.CheckpointStall);
             if (!_job.HasCheckpointDir || await _points.CheckpointedNow())
-                await Finish(JobPhase.Completed, $"all {S.Cursor.NextStep} steps done; last loss {S.Recent.LastOrDefault()?.Loss:0.0000}");
+                await _end.Finish(JobPhase.Completed, $"all {S.Cursor.NextStep} steps done; last loss {S.Recent.LastOrDefault()?.Loss:0.0000}");
             return;
         }
         if (progress.AtStageEnd(S.Cursor))
@@ -242,25 +273,24 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
             return;
         await _steps.RunStep();
         if (S.Pending is null && progress.CheckpointDue(S.Cursor, S.SaveRequested))
+        {
+            _job.Spend(TimeUse.CheckpointStall);
             await _points.BeginCheckpoint();
+            _job.Spend(TimeUse.Overhead);
+        }
         if (progress.ReplicaDue(S.Cursor) && _points.CanReplicate)
+        {
+            _job.Spend(TimeUse.CheckpointStall);
             await _points.BeginReplica();
+            _job.Spend(TimeUse.Overhead);
+        }
     }
 
-    /// <summary>What is left of a recovery decision for the grain: ending a job the policy gave up on.</summary>
+    /// <summary>What is left of a recovery decision for the grain: ending a job the policy gave up on (saying what to resume from).</summary>
     private Task Carry(RecoveryDecision decision) =>
-        decision is RecoveryDecision.Fail fail ? Finish(JobPhase.Failed, fail.Reason) : Task.CompletedTask;
-
-    private async Task Finish(JobPhase final, string message)
-    {
-        StopTimer();
-        var held = S.Phase.HoldsGpus();
-        await _job.BecomeFinished(final, message);
-        if (held)
-            await _ranks.ReleaseAll();
-        await Scheduler.JobEnded(_job.JobId, final);
-        await this.UnregisterReminderIfExists(ReminderName);
-    }
+        decision is RecoveryDecision.Fail fail
+            ? _end.Finish(JobPhase.Failed, fail.Reason + (S.LastCheckpoint is { } last ? $"; resume it from {last.Directory} (flm submit --resume-from)" : ""))
+            : Task.CompletedTask;
 
     private static string Text(JobPhase phase) => phase.ToString().ToLowerInvariant();
 }

@@ -49,6 +49,15 @@ public sealed class JobState
     /// <summary>When the current outage began (workers lost and not yet rebuilt).</summary>
     [Id(17)] public DateTimeOffset? OutageSince { get; set; }
 
+    /// <summary>Batches of samples the job skips (never trained); a step that reaches one reads past it.</summary>
+    [Id(23)] public List<SkippedWindow> SkippedData { get; set; } = [];
+
+    /// <summary>Rollbacks for an anomaly, by the step it happened at.</summary>
+    [Id(24)] public Dictionary<long, int> Anomalies { get; set; } = [];
+
+    /// <summary>Where the job's time went.</summary>
+    [Id(22)] public TimeLedger Time { get; set; } = new();
+
     /// <summary>What kind of loss the current outage began with.</summary>
     [Id(21)] public FailureKind? OutageKind { get; set; }
 
@@ -68,6 +77,11 @@ public sealed record ReplicaPoint(
     [property: Id(2)] DateTime StartedAt)
 {
     public long Step => Cursor.NextStep;
+
+    /// <summary>A replica point where rank r's copy is kept by its own worker and by <paramref name="peers"/>[r].</summary>
+    public static ReplicaPoint Of(JobCursor at, IReadOnlyList<string> workers, IReadOnlyList<string> peers, DateTime startedAt) =>
+        // Plain lists: persisted state must read back as the types it was written with.
+        new(at, workers.Select((worker, rank) => (IReadOnlyList<string>)new List<string> { worker, peers[rank] }).ToList(), startedAt);
 }
 
 /// <summary>A checkpoint being written (or the last one committed): where training stood and its folder.</summary>

@@ -1,8 +1,11 @@
+using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.History;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
+using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;
@@ -19,11 +22,16 @@ namespace FlmCluster.Grains.Jobs;
 /// </code>
 /// It also gives the parts of the coordinator their view of the job: the job as it runs now (fitted onto fewer
 /// GPUs or as submitted), its progress rules, the workers of the current stage's ranks.
+/// Every committed step and every event also goes to the job's durable history (<see cref="IJobHistoryStore"/>),
+/// appended before the state is persisted; the state keeps only the latest ones (the windows that recovery reads).
 /// </summary>
-public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvider time, ILogger log, string jobId)
+public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistoryStore history, TimeProvider time, ILogger log, string jobId)
 {
     private const int RecentLimit = 200;
     private const int EventLimit = 200;
+
+    private readonly List<StepRecord> _unsavedSteps = [];
+    private readonly List<JobEvent> _unsavedEvents = [];
 
     private ResolvedJob? _submitted;
     private ResolvedJob? _job;
@@ -63,6 +71,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     {
         State.Job = job;
         State.Phase = JobPhase.Queued;
+        State.Time.Start(new DateTimeOffset(job.SubmittedAt, TimeSpan.Zero), TimeUse.Queued);
         Log("submitted", message);
         return Save();
     }
@@ -70,9 +79,13 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     /// <summary>
     /// Starting: the ranks are (re)built by a new incarnation, <paramref name="rebuild"/> says from what, training
     /// continues at <paramref name="from"/>; with <paramref name="moveTo"/>, on other GPUs in the layouts that fit them.
+    /// With <paramref name="rollBack"/>, steps after <paramref name="from"/> were trained and will be trained again.
     /// </summary>
-    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null)
+    public Task BecomeStarting(Rebuild rebuild, JobCursor from, string kind, Func<string> message, JobAllocation? moveTo = null, bool rollBack = false)
     {
+        State.Time.Spend(Now, State.Phase == JobPhase.Queued ? TimeUse.Startup : rebuild.Kind == RebuildKind.Growth ? TimeUse.Growth : TimeUse.Rebuild);
+        if (rollBack)
+            State.Time.RollBack(from.NextStep);
         if (moveTo is not null)
         {
             var fitted = Submitted.FitInto(moveTo.RankWorkers.Count)
@@ -101,6 +114,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     /// <summary>Running: every rank holds its state; steps go on.</summary>
     public Task BecomeRunning(string message)
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         State.Rebuild = null;
         State.OutageSince = null;
@@ -114,6 +128,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     public Task BecomeWaiting(DateTimeOffset retryAt, string message)
     {
         var first = State.Phase != JobPhase.Waiting;
+        State.Time.Spend(Now, TimeUse.Waiting);
         State.Phase = JobPhase.Waiting;
         State.RetryAt = retryAt;
         State.OutageSince ??= Now;
@@ -124,6 +139,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public Task BecomePaused()
     {
+        State.Time.Spend(Now, TimeUse.Paused);
         State.Phase = JobPhase.Paused;
         Log("paused", $"paused before step {State.Cursor.NextStep}");
         return Save();
@@ -131,6 +147,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public Task BecomeResumed()
     {
+        State.Time.Spend(Now, TimeUse.Overhead);
         State.Phase = JobPhase.Running;
         Log("resumed", $"resumed at step {State.Cursor.NextStep}");
         return Save();
@@ -141,6 +158,7 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     {
         if (!final.IsFinal())
             throw new ArgumentException($"{final} is not a final phase", nameof(final));
+        State.Time.Spend(Now, TimeUse.Ended);
         State.Phase = final;
         if (final == JobPhase.Failed)
             State.Error = message;
@@ -151,18 +169,48 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     }
 
     /// <summary>A step is committed: it counts once this is durable.</summary>
-    public Task CommitStep(JobCursor next, StepPoint point)
+    public Task CommitStep(JobCursor next, StepRecord record)
     {
         State.Cursor = next;
         State.RestoresWithoutProgress = 0;
-        State.Recent.Add(point);
+        _unsavedSteps.Add(record);
+        State.Recent.Add(record.Point);
         if (State.Recent.Count > RecentLimit)
             State.Recent.RemoveRange(0, State.Recent.Count - RecentLimit);
         return Save();
     }
 
-    /// <summary>Persists a change within the current phase (checkpoint and replica bookkeeping).</summary>
-    public Task Save() => store.WriteStateAsync();
+    /// <summary>
+    /// Charges the time since the last mark to what the job was doing (or to <paramref name="charge"/>) and
+    /// starts <paramref name="next"/>; returns the seconds charged.
+    /// </summary>
+    public double Spend(TimeUse next, TimeUse? charge = null) => State.Time.Spend(Now, next, charge);
+
+    /// <summary>
+    /// Persists a change within the current phase (checkpoint and replica bookkeeping), the job's history first. A
+    /// storage that cannot be reached is a <see cref="StateStorageException"/>; a conflicting write stays
+    /// <see cref="Orleans.Storage.InconsistentStateException"/>.
+    /// </summary>
+    public async Task Save()
+    {
+        try
+        {
+            if (_unsavedSteps.Count > 0 || _unsavedEvents.Count > 0)
+            {
+                await history.Append(JobId, _unsavedSteps, _unsavedEvents);
+                _unsavedSteps.Clear();
+                _unsavedEvents.Clear();
+            }
+            await store.WriteStateAsync();
+        }
+        catch (Exception ex) when (ex is not Orleans.Storage.InconsistentStateException && FindInconsistent(ex) is null)
+        {
+            throw new StateStorageException(ex);
+        }
+    }
+
+    private static Orleans.Storage.InconsistentStateException? FindInconsistent(Exception ex) =>
+        ex as Orleans.Storage.InconsistentStateException ?? (ex.InnerException is { } inner ? FindInconsistent(inner) : null);
 
     /// <summary>The state as storage holds it now (another activation of this job wrote it last).</summary>
     public async Task Reload()
@@ -175,7 +223,10 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public void Log(string kind, string message)
     {
-        State.Events.Add(new JobEvent(Now.UtcDateTime, kind, message));
+        var e = new JobEvent(Now.UtcDateTime, kind, message);
+        State.Events.Add(e);
+        _unsavedEvents.Add(e);
+        FlmTelemetry.Events.Add(1, new TagList { { FlmTelemetry.Tags.Job, JobId }, { FlmTelemetry.Tags.Event, kind } });
         if (State.Events.Count > EventLimit)
             State.Events.RemoveRange(0, State.Events.Count - EventLimit);
         log.LogInformation("Job {Job} {Kind}: {Message}", JobId, kind, message);

@@ -14,16 +14,26 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     /// stop (they would wait for the failed peer until the collective timeout) and the root cause is thrown — a
     /// lost worker first — not a peer's echo of it.
     /// </summary>
-    public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call)
+    /// <param name="deadline">When given: past it, the ranks are stopped as though one had failed (a hung one then fails as hung).</param>
+    public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call, TimeSpan? deadline = null)
     {
         var ranks = job.Ranks;
         var tasks = ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList();
         var pending = new List<Task<T>>(tasks);
+        var late = deadline is { } limit ? Task.Delay(limit) : null;
         while (pending.Count > 0)
         {
-            var done = await Task.WhenAny(pending);
-            pending.Remove(done);
-            if (done.IsCompletedSuccessfully)
+            var done = late is null ? await Task.WhenAny(pending) : await Task.WhenAny(pending.Append<Task>(late));
+            if (done == late)
+            {
+                log.LogWarning("Job {Job}: the step took longer than {Deadline} s; stopping its ranks", job.JobId, deadline!.Value.TotalSeconds);
+                await Abort(ranks, job.State.Incarnation);
+                late = null;
+                continue;
+            }
+            var finished = (Task<T>)done;
+            pending.Remove(finished);
+            if (finished.IsCompletedSuccessfully)
                 continue;
             await Abort(ranks, job.State.Incarnation);
             try
@@ -36,8 +46,8 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
             }
             var failures = tasks.Where(t => t.IsFaulted).Select(t => t.Exception!.InnerException!).ToList();
             if (failures.Count == 0)
-                await done; // cancelled
-            var root = RootCause.Of(failures, FailureClassifier.IsEcho, e => FailureClassifier.Classify(e).Kind is FailureKind.WorkerLost or FailureKind.WorkerReset);
+                await finished; // cancelled
+            var root = RootCause.Of(failures, FailureClassifier.IsEcho, e => FailureClassifier.Classify(e).Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.Hang);
             System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(root).Throw();
         }
         return tasks.Select(t => t.Result).ToArray();

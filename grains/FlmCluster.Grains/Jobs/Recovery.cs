@@ -14,6 +14,10 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     private static readonly TimeSpan ProbeTimeout = TimeSpan.FromSeconds(2);
 
     private DateTimeOffset _lastReview = DateTimeOffset.MinValue;
+    private DateTimeOffset? _storageDownSince;
+
+    /// <summary>The job's state was saved again: a storage outage is over.</summary>
+    public void StorageBack() => _storageDownSince = null;
 
     private JobState S => job.State;
 
@@ -23,6 +27,24 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     /// </summary>
     public async Task<RecoveryDecision> Handle(Failure failure)
     {
+        if (failure.Kind == FailureKind.StorageUnavailable)
+        {
+            // Nothing can be persisted now: decide in memory; a wait is the grain's to keep (it backs off).
+            _storageDownSince ??= job.Now;
+            return RecoveryPolicy.Decide(Snapshot(failure) with { StorageDownSince = _storageDownSince }, failure, new ClusterView(true, []), settings, job.Now);
+        }
+        if (failure.Kind == FailureKind.Hang)
+        {
+            // Its GPU goes out of service; from here it is a lost worker the cluster may replace.
+            await scheduler.MarkUnusable(job.JobId, failure.Workers ?? [], failure.Message);
+            failure = failure with { Kind = FailureKind.WorkerLost };
+        }
+        if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable or FailureKind.Anomaly)
+        {
+            // The step (or the coordinator's work) that failed was spent finding out: the recovery's detect phase.
+            S.Time.BeginRecovery();
+            job.Spend(TimeUse.Decide, S.Time.Use is TimeUse.Step or TimeUse.Overhead or TimeUse.CheckpointStall ? TimeUse.Detect : null);
+        }
         if (failure.Kind is FailureKind.WorkerLost or FailureKind.WorkerReset or FailureKind.ReplicaUnavailable && S.OutageSince is null)
         {
             S.OutageSince = job.Now;
@@ -41,8 +63,8 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         // restarted or it was a blip, and the ranks are rebuilt at once rather than after the suspicion wait.
         if (failure.Kind == FailureKind.WorkerLost && cluster.AllocationAlive && await ranks.AllAnswer(ProbeTimeout))
             failure = failure with { Kind = FailureKind.WorkerReset };
-        var decision = RecoveryPolicy.Decide(Snapshot(), failure, cluster, settings, job.Now);
-        return await Carry(decision);
+        var decision = RecoveryPolicy.Decide(Snapshot(failure), failure, cluster, settings, job.Now);
+        return await Carry(decision, failure.RewindTo);
     }
 
     /// <summary>While waiting: the servers may be back, or GPUs free.</summary>
@@ -59,14 +81,16 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             if (job.Job.WidestLayout.Dp >= job.Submitted.WidestLayout.Dp || job.Now - _lastReview < Max(settings.Wait, settings.RetryEvery))
                 return false;
             _lastReview = job.Now;
-            if (RecoveryPolicy.Decide(Snapshot(), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
+            if (RecoveryPolicy.Decide(Snapshot(null), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
                 return false;
             S.GrowBackDp = grow.Dp;
             job.Log("growing-back", $"{grow.Reason}; checkpointing step {job.Cursor.NextStep} to move there");
             await job.Save();
         }
+        job.Spend(TimeUse.CheckpointStall);
         if (!await points.CheckpointedNow())
             return true;
+        job.Spend(TimeUse.Allocate, TimeUse.CheckpointStall);
         var widest = job.Submitted.WidestLayout;
         var choices = job.Submitted.DataParallelChoices.Where(dp => dp > job.Job.WidestLayout.Dp).ToList();
         var allocation = await scheduler.Reallocate(job.JobId, choices, widest.Tp, widest.Pp);
@@ -83,7 +107,8 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         return true;
     }
 
-    private async Task<RecoveryDecision> Carry(RecoveryDecision decision)
+    /// <param name="rewindTo">The latest step the job may be rebuilt at (an anomaly's), or null for the newest.</param>
+    private async Task<RecoveryDecision> Carry(RecoveryDecision decision, long? rewindTo)
     {
         switch (decision)
         {
@@ -91,20 +116,21 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
                 await job.BecomeWaiting(wait.RetryAt, wait.Reason);
                 return decision;
             case RecoveryDecision.Restore restore:
-                return await Rebuild(decision, restore.From, "restoring", null);
+                return await Rebuild(decision, restore.From, rewindTo is null ? "restoring" : "rolled-back", null, rewindTo);
             case RecoveryDecision.Replace replace:
-                return await Move(decision, replace.Dp, replace.From, "replaced");
+                return await Move(decision, replace.Dp, replace.From, "replaced", rewindTo);
             case RecoveryDecision.Shrink shrink:
-                return await Move(decision, shrink.Dp, shrink.From, "shrunk");
+                return await Move(decision, shrink.Dp, shrink.From, "shrunk", rewindTo);
             default:
                 return decision; // Continue: nothing changes; Fail: the grain ends the job; GrowBack: not decided on failures
         }
     }
 
     /// <summary>Takes an allocation of <paramref name="dp"/> replicas (or waits when the scheduler has none after all) and rebuilds there.</summary>
-    private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind)
+    private async Task<RecoveryDecision> Move(RecoveryDecision decision, int dp, RecoverySource from, string kind, long? rewindTo)
     {
         var widest = job.Submitted.WidestLayout;
+        job.Spend(TimeUse.Allocate);
         var allocation = await scheduler.Reallocate(job.JobId, [dp], widest.Tp, widest.Pp);
         if (allocation is null)
         {
@@ -112,13 +138,13 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             await job.BecomeWaiting(wait.RetryAt, wait.Reason);
             return wait;
         }
-        return await Rebuild(decision, from, kind, allocation);
+        return await Rebuild(decision, from, kind, allocation, rewindTo);
     }
 
     /// <summary>Rebuilds every rank from a recovery point (on <paramref name="moveTo"/> when given): a new incarnation.</summary>
-    private async Task<RecoveryDecision> Rebuild(RecoveryDecision decision, RecoverySource from, string kind, JobAllocation? moveTo)
+    private async Task<RecoveryDecision> Rebuild(RecoveryDecision decision, RecoverySource from, string kind, JobAllocation? moveTo, long? rewindTo)
     {
-        if (PointOf(from) is not var (rebuild, at, source))
+        if (PointOf(from, rewindTo) is not var (rebuild, at, source))
             return new RecoveryDecision.Fail($"{decision.Reason}; no checkpoint of the job verifies");
         S.RestoresWithoutProgress++;
         points.DropInFlight();
@@ -127,12 +153,12 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             () => moveTo is null
                 ? $"{decision.Reason}; rebuilding the ranks in place {source}"
                 : $"{decision.Reason}: {before} → {Describe()}{(kind == "shrunk" ? "; global batch kept" : "")}; {source}",
-            moveTo);
+            moveTo, rollBack: true);
         return decision;
     }
 
     /// <summary>The rebuild from a recovery point, where it puts the job, and what it is, in words.</summary>
-    private (Rebuild Rebuild, JobCursor At, string Description)? PointOf(RecoverySource from)
+    private (Rebuild Rebuild, JobCursor At, string Description)? PointOf(RecoverySource from, long? atMost)
     {
         switch (from)
         {
@@ -144,7 +170,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
                 var grown = Abstractions.Rebuild.GrowFrom(S.LastCheckpoint!.Directory);
                 return (grown, job.Cursor, grown.ToString());
             case RecoverySource.Checkpoint:
-                if (points.NewestValidCheckpoint() is not { } reader)
+                if (points.NewestValidCheckpoint(atMost) is not { } reader)
                     return null;
                 var at = JobCursor.Of(reader.Manifest);
                 S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
@@ -154,7 +180,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         }
     }
 
-    private JobSnapshot Snapshot() => new(
+    private JobSnapshot Snapshot(Failure? failure) => new(
         job.Phase,
         S.Rebuild?.Kind,
         S.RestoresWithoutProgress,
@@ -162,9 +188,10 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         job.Submitted.WidestLayout.Dp,
         job.Cursor.NextStep,
         S.LastReplica?.Step,
-        points.NewestCheckpointStep(),
+        points.NewestCheckpointStep(failure?.RewindTo),
         job.HasCheckpointDir,
-        S.OutageSince);
+        S.OutageSince,
+        failure?.AtStep is { } step ? S.Anomalies.GetValueOrDefault(step) - 1 : 0);
 
     private Task<ClusterView> Survey()
     {

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
 
@@ -23,6 +24,31 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
     private ReplicaPoint? _replicaInFlight;
 
     private JobState S => job.State;
+
+    /// <summary>
+    /// Where a job starts: its seed, or the checkpoint it resumes from (verified now; checked against the job at
+    /// submit). Its checkpoint folder becomes its run's (another run's checkpoints there are deleted only when the
+    /// submission asked to overwrite them).
+    /// </summary>
+    public (Rebuild Rebuild, JobCursor At) StartingPoint()
+    {
+        var submission = S.Job!.Submission;
+        var (rebuild, at) = (Rebuild.Fresh, JobCursor.Start);
+        if (submission.ResumeFrom is { } resume)
+        {
+            var reader = CheckpointStore.Resolve(resume, (dir, why) => job.Log("checkpoint-rejected", $"{dir}: {why}"));
+            job.Progress.CheckResume(reader);
+            at = JobCursor.Of(reader.Manifest);
+            // A committed checkpoint of this step exists: the end of a stage grows from it instead of saving again.
+            S.LastCheckpoint = new PendingCheckpoint(at, reader.Directory, reader.Manifest.DataFingerprint, reader.Manifest.CreatedAt);
+            job.Log("restoring", Describe(reader));
+            rebuild = Rebuild.FromCheckpoint(reader.Directory);
+        }
+        if (job.HasCheckpointDir)
+            foreach (var removed in CheckpointOwnership.Claim(job.Job.Job.Checkpoint.Dir, job.Run, submission.OverwriteCheckpoints, submission.ResumeFrom is null ? null : at.NextStep))
+                job.Log("checkpoint-removed", $"{removed}: replaced by this run (--overwrite)");
+        return (rebuild, at);
+    }
 
     /// <summary>Commits or drops what is in flight once its pieces are done.</summary>
     public async Task Poll()
@@ -56,13 +82,16 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
                 throw new ClusterRequestException($"'{committed.Directory}' is a checkpoint of run {committed.Manifest.Run}, not of this job's run {job.Run.RunId}");
             S.LastCheckpoint = new PendingCheckpoint(at, committed.Directory, committed.Manifest.DataFingerprint, job.Now.UtcDateTime);
             S.SaveRequested = false;
+            S.Time.RecordPoint(at.NextStep);
             job.Log("checkpoint", $"step {at.NextStep} was already committed to {committed.Directory}; kept");
             await job.Save();
             return;
         }
         var command = new SaveCommand(job.JobId, S.Incarnation, at.NextStep, directory);
+        var began = job.Now;
         var fingerprints = await ranks.All((worker, _) => worker.BeginSave(command));
-        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], job.Now.UtcDateTime);
+        RecoveryTelemetry.CheckpointStall(job.JobId, job.Now - began);
+        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], began.UtcDateTime);
         S.SaveRequested = false;
         await job.Save();
     }
@@ -85,22 +114,26 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         var removed = job.Progress.Prune(job.Run);
         S.LastCheckpoint = pending;
         S.Pending = null;
+        S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.CheckpointCommitted(job.JobId, pending.Step, shards.Sum(s => s.Shard.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
         await job.Save();
     }
 
     /// <summary>Whether a replica can be taken now: none in flight, and the ranks span two servers or more.</summary>
-    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks) is not null;
+    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks, job.StageLayout) is not null;
 
     /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
     public async Task BeginReplica()
     {
         var workers = job.Ranks;
-        var peers = ReplicaPeers.For(workers)!;
+        var peers = ReplicaPeers.For(workers, job.StageLayout)!;
         var at = job.Cursor;
+        var began = job.Now;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
-        _replicaInFlight = new ReplicaPoint(at, workers.Select((worker, rank) => (IReadOnlyList<string>)[worker, peers[rank]]).ToList(), job.Now.UtcDateTime);
+        RecoveryTelemetry.ReplicaStall(job.JobId, job.Now - began);
+        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, began.UtcDateTime);
     }
 
     private async Task PollReplica()
@@ -116,10 +149,12 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         if (!statuses.All(s => s.Done))
             return;
         if (S.LastReplica is null)
-            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by its peer on the next server: " +
+            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by a peer on another server: " +
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
+        S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.ReplicaHeld(job.JobId, pending.Step, statuses.Sum(s => s.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
     }
@@ -131,21 +166,24 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
     /// The step of the newest checkpoint the job could restore from: its run's newest in its folder, or the last
     /// one it recorded (for a resumed job, the checkpoint it started from).
     /// </summary>
-    public long? NewestCheckpointStep()
+    public long? NewestCheckpointStep(long? atMost = null)
     {
-        var onDisk = job.HasCheckpointDir ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId)?.Step : null;
-        return new[] { onDisk, S.LastCheckpoint?.Step }.Max();
+        var limit = atMost ?? long.MaxValue;
+        var onDisk = job.HasCheckpointDir
+            ? CheckpointStore.List(job.Job.Job.Checkpoint.Dir).LastOrDefault(e => e.Valid && e.Run == job.Run.RunId && e.Step <= limit)?.Step
+            : null;
+        return new[] { onDisk, S.LastCheckpoint?.Step <= limit ? S.LastCheckpoint.Step : null }.Max();
     }
 
     /// <summary>
-    /// The newest of those checkpoints that verifies (manifest, sizes, checksums); bad ones are skipped and
-    /// logged. Null when none does.
+    /// The newest of those checkpoints (at or before <paramref name="atMost"/> when given) that verifies
+    /// (manifest, sizes, checksums); bad ones are skipped and logged. Null when none does.
     /// </summary>
-    public CheckpointReader? NewestValidCheckpoint()
+    public CheckpointReader? NewestValidCheckpoint(long? atMost = null)
     {
         void Rejected(string dir, string why) => job.Log("checkpoint-rejected", $"{dir}: {why}");
-        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId) : null;
-        if (S.LastCheckpoint is not { } last || (own is not null && own.Manifest.Step >= last.Step))
+        var own = job.HasCheckpointDir ? CheckpointStore.NewestValid(job.Job.Job.Checkpoint.Dir, Rejected, job.Run.RunId, atMost) : null;
+        if (S.LastCheckpoint is not { } last || last.Step > (atMost ?? long.MaxValue) || (own is not null && own.Manifest.Step >= last.Step))
             return own;
         try
         {

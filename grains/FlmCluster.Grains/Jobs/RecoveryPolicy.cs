@@ -52,6 +52,8 @@ public abstract record RecoveryDecision(string Reason)
 /// <param name="CheckpointStep">The step of the newest committed checkpoint (in the job's folder, or the one it resumes from), or null.</param>
 /// <param name="CanCheckpoint">The job has a checkpoint folder (a resize goes through a checkpoint).</param>
 /// <param name="OutageSince">When the current loss of workers began, or null.</param>
+/// <param name="Anomalies">For an anomaly: the rollbacks already done at its step.</param>
+/// <param name="StorageDownSince">When saving the job's state began to fail, or null.</param>
 public sealed record JobSnapshot(
     JobPhase Phase,
     RebuildKind? Rebuilding,
@@ -62,18 +64,24 @@ public sealed record JobSnapshot(
     long? ReplicaStep,
     long? CheckpointStep,
     bool CanCheckpoint,
-    DateTimeOffset? OutageSince);
+    DateTimeOffset? OutageSince,
+    int Anomalies = 0,
+    DateTimeOffset? StorageDownSince = null);
 
 /// <summary>A job's recovery settings: its own (recovery.*), with the server's wait where it gives none.</summary>
+/// <param name="SpikeLimit">Rollbacks at the same step before an anomaly fails the job.</param>
 /// <param name="Suspect">
 /// How long a worker that is out of reach while membership still counts its server active is given before its
 /// ranks are rebuilt in place: membership declares a crashed server dead well within it.
 /// </param>
-public sealed record RecoverySettings(TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery, TimeSpan Suspect)
+/// <param name="SpikeLimit">Rollbacks at the same step before an anomaly fails the job.</param>
+/// <param name="StorageWait">How long steps wait for the grain storage to come back before the job fails.</param>
+public sealed record RecoverySettings(
+    TimeSpan Wait, int RestoreLimit, bool Replace, bool Shrink, TimeSpan RetryEvery, TimeSpan Suspect, int SpikeLimit = 3, TimeSpan StorageWait = default)
 {
     public static RecoverySettings For(RecoveryConfig job, TimeSpan serverWait) =>
         new(job.WaitSeconds is { } seconds ? TimeSpan.FromSeconds(seconds) : serverWait, job.RestoreLimit, job.Replace, job.Shrink,
-            RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(30));
+            RetryEvery: TimeSpan.FromSeconds(1), Suspect: TimeSpan.FromSeconds(30), job.SpikeLimit, TimeSpan.FromSeconds(job.StorageWaitSeconds));
 }
 
 /// <summary>
@@ -95,8 +103,21 @@ public static class RecoveryPolicy
                 return new RecoveryDecision.Fail(failure.Message);
             case FailureKind.StateConflict:
                 return new RecoveryDecision.Continue("the job's state changed on storage; continuing from it");
+            case FailureKind.StorageUnavailable:
+                // Nothing can be committed: steps wait (they are repeated once it is back) for a while, then the job stops.
+                var down = now - (job.StorageDownSince ?? now);
+                return down < settings.StorageWait
+                    ? new RecoveryDecision.Wait(now + settings.RetryEvery, $"{failure.Message}; retrying for up to {settings.StorageWait.TotalSeconds:0} s")
+                    : new RecoveryDecision.Fail($"{failure.Message}, for more than {settings.StorageWait.TotalSeconds:0} s (recovery.storage_wait_seconds)");
             case FailureKind.CoordinatorRestarted:
                 return new RecoveryDecision.Continue($"{failure.Message}; continuing from committed step {job.NextStep}");
+            case FailureKind.Anomaly when job.Anomalies >= settings.SpikeLimit:
+                return new RecoveryDecision.Fail($"{failure.Message}; {job.Anomalies} rollbacks did not get past step {failure.AtStep} (recovery.spike_limit)");
+            case FailureKind.Anomaly:
+                // The ranks are fine: roll back in place to a point before the skipped batches.
+                return SourceFor(job, failure) is { } point
+                    ? new RecoveryDecision.Restore(point, failure.Message)
+                    : new RecoveryDecision.Fail($"{failure.Message}; no recovery point at or before step {failure.RewindTo} to roll back to");
         }
         if (job.RestoresWithoutProgress >= settings.RestoreLimit)
             return new RecoveryDecision.Fail($"{job.RestoresWithoutProgress} restores in a row without a committed step (recovery.restore_limit); last failure: {failure.Message}");
@@ -134,10 +155,11 @@ public static class RecoveryPolicy
     {
         if (job.Rebuilding == RebuildKind.Growth)
             return RecoverySource.StageCheckpoint;
-        if (failure.Kind != FailureKind.ReplicaUnavailable && job.ReplicaStep is { } replicas && replicas >= (job.CheckpointStep ?? -1))
+        if (failure.Kind != FailureKind.ReplicaUnavailable && job.ReplicaStep is { } replicas && replicas >= (job.CheckpointStep ?? -1)
+            && replicas <= (failure.RewindTo ?? long.MaxValue))
             return RecoverySource.Replicas;
         if (job.CheckpointStep is not null)
             return RecoverySource.Checkpoint;
-        return job.NextStep == 0 ? RecoverySource.Start : null;
+        return job.NextStep == 0 || failure.Kind == FailureKind.Anomaly ? RecoverySource.Start : null;
     }
 }

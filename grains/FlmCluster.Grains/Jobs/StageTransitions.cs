@@ -11,6 +11,7 @@ public sealed class StageTransitions(JobStateMachine job, RecoveryPoints points,
     /// <summary>One tick of the transition; steps wait until the workers grow.</summary>
     public async Task EndStage()
     {
+        job.Spend(TimeUse.Growth);
         if (job.State.Growth is null)
         {
             job.State.Growth = new GrowthTransition(await steps.EvaluateNextBatch(), job.Now.UtcDateTime);

@@ -19,11 +19,18 @@ public sealed class ScheduledJob
     [Id(3)] public List<string> RankWorkers { get; set; } = [];
 }
 
+/// <summary>A GPU taken out of service (its device hung, or it straggles): unusable until its server's silo restarts.</summary>
+[GenerateSerializer, Immutable, Alias("flm.UnusableGpu")]
+public sealed record UnusableGpu([property: Id(0)] string Silo, [property: Id(1)] string Reason, [property: Id(2)] DateTime Since);
+
 [GenerateSerializer, Alias("flm.SchedulerState")]
 public sealed class SchedulerState
 {
     [Id(0)] public Dictionary<string, ScheduledJob> Jobs { get; set; } = [];
     [Id(1)] public long NextSequence { get; set; }
+
+    /// <summary>GPUs out of service, by worker key, with the silo (generation) they were marked on.</summary>
+    [Id(2)] public Dictionary<string, UnusableGpu> Unusable { get; set; } = [];
 }
 
 /// <summary>
@@ -38,24 +45,47 @@ public sealed class ClusterSchedulerGrain(
     [PersistentState("scheduler", FlmSiloBuilderExtensions.StorageName)] IPersistentState<SchedulerState> store,
     IClusterMembershipService membership,
     NodeDirectory directory,
+    FlmNodeOptions node,
     IGrainFactory grains,
     TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;
+    private int _totalGpus;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        Publish();
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        FlmTelemetry.PublishScheduler(new SchedulerFigures(0, 0, 0, Published: false));
+        return Task.CompletedTask;
+    }
+
+    /// <summary>The queue and GPU figures the scheduler's gauges report.</summary>
+    private void Publish() => FlmTelemetry.PublishScheduler(new SchedulerFigures(
+        S.Jobs.Values.Count(j => j.Phase == JobPhase.Queued),
+        S.Jobs.Values.Where(j => j.Phase == JobPhase.Running).Sum(j => j.RankWorkers.Count),
+        _totalGpus));
 
     public async Task<string> Submit(JobSubmission submission)
     {
         ArgumentNullException.ThrowIfNull(submission);
+        using var activity = FlmTelemetry.Source.StartActivity("scheduler.submit");
+        var submittedAt = time.GetUtcNow().UtcDateTime; // the job's time is accounted from here
         var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
         var id = RunIdentity.NewId(JobNameOf(submission));
-        var job = SubmissionValidator.Validate(submission, id, nodes, time.GetUtcNow().UtcDateTime);
+        var job = SubmissionValidator.Validate(submission, id, nodes, node.Roots, submittedAt);
         await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
         S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(1);
+        activity?.SetTag(FlmTelemetry.Tags.Job, id);
+        Publish();
         log.LogInformation("Job {Job} queued ({World} GPUs, priority {Priority})", id, job.WorldSize, submission.Priority);
         await TrySchedule();
         return id;
@@ -100,7 +130,8 @@ public sealed class ClusterSchedulerGrain(
             var gpus = Enumerable.Range(0, spec.Count).Select(k =>
             {
                 var worker = $"{node}/gpu{k}";
-                return holders.TryGetValue(worker, out var h) ? new GpuInfo(worker, spec.TorchDevice(k), h.Job, h.Rank) : new GpuInfo(worker, spec.TorchDevice(k), null, -1);
+                var device = S.Unusable.TryGetValue(worker, out var mark) && mark.Silo == member.SiloAddress.ToString() ? $"{spec.TorchDevice(k)} (out of service: {mark.Reason})" : spec.TorchDevice(k);
+                return holders.TryGetValue(worker, out var h) ? new GpuInfo(worker, device, h.Job, h.Rank) : new GpuInfo(worker, device, null, -1);
             }).ToList();
             nodes.Add(new NodeInfo(node, member.SiloAddress.ToString(), status, gpus));
         }
@@ -114,8 +145,8 @@ public sealed class ClusterSchedulerGrain(
         if (job.Phase == JobPhase.Queued)
         {
             job.Phase = JobPhase.Cancelled;
-            FlmTelemetry.QueueLength.Add(-1);
             await store.WriteStateAsync();
+            Publish();
         }
         await grains.GetGrain<IJobCoordinatorGrain>(jobId!).Cancel("cancelled by the user");
         return true;
@@ -125,13 +156,10 @@ public sealed class ClusterSchedulerGrain(
     {
         if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase.IsFinal() || !final.IsFinal())
             return;
-        if (job.Phase == JobPhase.Running)
-            FlmTelemetry.AllocatedGpus.Add(-job.RankWorkers.Count);
-        else if (job.Phase == JobPhase.Queued)
-            FlmTelemetry.QueueLength.Add(-1);
         job.Phase = final;
         log.LogInformation("Job {Job} ended ({State}); its {Count} GPUs are free", jobId, final, job.RankWorkers.Count);
         await store.WriteStateAsync();
+        Publish();
         await TrySchedule();
     }
 
@@ -140,7 +168,7 @@ public sealed class ClusterSchedulerGrain(
         if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase != JobPhase.Running)
             return new ClusterView(false, []);
         var nodes = await ActiveNodes();
-        var alive = job.RankWorkers.All(w => nodes.ContainsKey(NodeMetadata.NodeOfWorker(w)));
+        var alive = job.RankWorkers.All(w => nodes.ContainsKey(NodeMetadata.NodeOfWorker(w)) && !S.Unusable.ContainsKey(w));
         var free = FreeFor(job, nodes);
         return new ClusterView(alive, dpChoices.Where(dp => GangAllocator.Allocate(free, dp, tp, pp) is not null).OrderDescending().ToList());
     }
@@ -155,20 +183,20 @@ public sealed class ClusterSchedulerGrain(
         {
             if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
                 continue;
-            FlmTelemetry.AllocatedGpus.Add(ranks.Count - job.RankWorkers.Count);
             log.LogInformation("Job {Job}: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
             job.RankWorkers = [.. ranks];
             await store.WriteStateAsync();
+            Publish();
             return new JobAllocation(ranks);
         }
         return null;
     }
 
-    /// <summary>Free GPUs of the job's device kind plus the job's own GPUs on servers that are alive.</summary>
+    /// <summary>Free GPUs of the job's device kind plus the job's own GPUs in service on servers that are alive.</summary>
     private Dictionary<string, IReadOnlyList<string>> FreeFor(ScheduledJob job, Dictionary<string, DeviceSpec> nodes)
     {
         var free = FreeGpus(nodes, job.Job.Device);
-        foreach (var worker in job.RankWorkers)
+        foreach (var worker in job.RankWorkers.Where(w => !S.Unusable.ContainsKey(w)))
         {
             var node = NodeMetadata.NodeOfWorker(worker);
             if (free.TryGetValue(node, out var gpus))
@@ -203,10 +231,12 @@ public sealed class ClusterSchedulerGrain(
         if (starts.Count == 0)
             return;
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(-starts.Count);
+        Publish();
         foreach (var (id, job) in starts)
         {
-            FlmTelemetry.AllocatedGpus.Add(job.RankWorkers.Count);
+            using var activity = FlmTelemetry.Source.StartActivity("scheduler.start");
+            activity?.SetTag(FlmTelemetry.Tags.Job, id);
+            activity?.SetTag("flm.gpus", job.RankWorkers.Count);
             await grains.GetGrain<IJobCoordinatorGrain>(id).Start(new JobAllocation(job.RankWorkers));
         }
     }
@@ -214,19 +244,55 @@ public sealed class ClusterSchedulerGrain(
     /// <summary>Active GPU servers and their devices.</summary>
     private async Task<Dictionary<string, DeviceSpec>> ActiveNodes()
     {
-        var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
-        var identities = await Task.WhenAll(active.Select(m => directory.Resolve(m.SiloAddress)));
-        return identities.OfType<NodeIdentity>().Where(n => n.Devices.Count > 0)
-            .GroupBy(n => n.Node).ToDictionary(g => g.Key, g => g.Last().Devices);
+        var silos = await ActiveSilos();
+        ForgetRestarted(silos);
+        var nodes = silos.ToDictionary(n => n.Key, n => n.Value.Devices);
+        _totalGpus = nodes.Values.Sum(d => d.Count);
+        return nodes;
     }
 
-    /// <summary>Per server of the device kind, its GPUs that no running job holds.</summary>
+    /// <summary>Active GPU servers: the silo each runs in and its devices.</summary>
+    private async Task<Dictionary<string, (string Silo, DeviceSpec Devices)>> ActiveSilos()
+    {
+        var active = membership.CurrentSnapshot.Members.Values.Where(m => m.Status == SiloStatus.Active).ToList();
+        var identities = await Task.WhenAll(active.Select(m => directory.Resolve(m.SiloAddress)));
+        return active.Zip(identities).Where(x => x.Second is { Devices.Count: > 0 })
+            .GroupBy(x => x.Second!.Node).ToDictionary(g => g.Key, g => (g.Last().First.SiloAddress.ToString(), g.Last().Second!.Devices));
+    }
+
+    /// <summary>Per server of the device kind, its GPUs that no running job holds and that are in service.</summary>
     private Dictionary<string, IReadOnlyList<string>> FreeGpus(Dictionary<string, DeviceSpec> nodes, string device)
     {
         var busy = S.Jobs.Values.Where(j => j.Phase == JobPhase.Running).SelectMany(j => j.RankWorkers).ToHashSet();
         return nodes.Where(n => n.Value.Kind == device).ToDictionary(
             n => n.Key,
-            n => (IReadOnlyList<string>)Enumerable.Range(0, n.Value.Count).Select(k => $"{n.Key}/gpu{k}").Where(w => !busy.Contains(w)).ToList());
+            n => (IReadOnlyList<string>)Enumerable.Range(0, n.Value.Count).Select(k => $"{n.Key}/gpu{k}").Where(w => !busy.Contains(w) && !S.Unusable.ContainsKey(w)).ToList());
+    }
+
+    /// <summary>
+    /// Takes GPUs out of service (a hung device, a straggler) until their server's silo restarts; the job that
+    /// reports them is then given others.
+    /// </summary>
+    public async Task MarkUnusable(string jobId, IReadOnlyList<string> workers, string reason)
+    {
+        var silos = await ActiveSilos();
+        foreach (var worker in workers.Distinct())
+        {
+            var node = NodeMetadata.NodeOfWorker(worker);
+            if (!silos.TryGetValue(node, out var silo))
+                continue; // its server is gone anyway
+            S.Unusable[worker] = new UnusableGpu(silo.Silo, reason, time.GetUtcNow().UtcDateTime);
+            log.LogWarning("GPU {Worker} out of service (job {Job}): {Reason}", worker, jobId, reason);
+        }
+        await store.WriteStateAsync();
+    }
+
+    /// <summary>Forgets the marks of GPUs whose server restarted (a new silo) since they were marked.</summary>
+    private void ForgetRestarted(Dictionary<string, (string Silo, DeviceSpec Devices)> silos)
+    {
+        foreach (var (worker, mark) in S.Unusable.ToList())
+            if (silos.TryGetValue(NodeMetadata.NodeOfWorker(worker), out var silo) && silo.Silo != mark.Silo)
+                S.Unusable.Remove(worker);
     }
 
     /// <summary>The name a submission's job gives itself (for its id); the validator checks the rest.</summary>

@@ -2,18 +2,18 @@ using System.Buffers.Binary;
 using System.Security.Cryptography;
 using System.Text;
 using Orleans.Runtime;
-using Orleans.Serialization;
 using Orleans.Storage;
 
 namespace FlmCluster.Grains.Storage;
 
 /// <summary>
 /// Durable grain state in files: one file per grain and state name, holding a version (the ETag) and the
-/// state in Orleans' binary serialization. A write goes to a temporary file, is fsynced and renamed over the
+/// state written by the silo's grain storage serializer — the one Redis grain storage uses too, so that local
+/// clusters and tests persist state exactly as production does. A write goes to a temporary file, is fsynced and renamed over the
 /// old one, so a reader (any silo on the machine) sees the old or the new state, never a torn one; a write
 /// whose ETag is stale fails with <see cref="InconsistentStateException"/>.
 /// </summary>
-public sealed class FileGrainStorage(string directory, Serializer serializer) : IGrainStorage
+public sealed class FileGrainStorage(string directory, IGrainStorageSerializer serializer) : IGrainStorage
 {
     private const uint Magic = 0x464C4D53; // "FLMS"
 
@@ -27,7 +27,7 @@ public sealed class FileGrainStorage(string directory, Serializer serializer) : 
             return Task.CompletedTask;
         }
         var (version, payload) = ReadFile(path);
-        grainState.State = serializer.Deserialize<T>(payload);
+        grainState.State = serializer.Deserialize<T>(BinaryData.FromBytes(payload));
         grainState.ETag = version.ToString(System.Globalization.CultureInfo.InvariantCulture);
         grainState.RecordExists = true;
         return Task.CompletedTask;
@@ -41,7 +41,7 @@ public sealed class FileGrainStorage(string directory, Serializer serializer) : 
         var expected = grainState.ETag is null ? 0L : long.Parse(grainState.ETag, System.Globalization.CultureInfo.InvariantCulture);
         if (current != expected)
             throw new InconsistentStateException($"state of {grainId} changed on disk (version {current}, expected {expected})", current.ToString(System.Globalization.CultureInfo.InvariantCulture), grainState.ETag ?? "");
-        var payload = serializer.SerializeToArray(grainState.State);
+        var payload = serializer.Serialize(grainState.State).ToArray();
         var next = current + 1;
         var tmp = $"{path}.{Guid.NewGuid():N}.tmp";
         using (var stream = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None))

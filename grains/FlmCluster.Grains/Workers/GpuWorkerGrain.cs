@@ -2,13 +2,14 @@ using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
-using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Concurrency;
+using Orleans.Dashboard;
 using Orleans.Placement;
 
 namespace FlmCluster.Grains.Workers;
@@ -22,21 +23,30 @@ namespace FlmCluster.Grains.Workers;
 /// </summary>
 [NodePinnedPlacement, Immovable, KeepAlive]
 public sealed class GpuWorkerGrain(
-    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, ICollectivesFactory collectives, IGrainFactory grains, ILogger<GpuWorkerGrain> log)
+    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
+    IEnumerable<IStepFaults> faults, ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
     private DeviceThread? _thread;
     private WorkerAssignment? _assignment;
     private RankTrainer? _trainer;
+    private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
+    private RankBuildReport? _built;
+
+    /// <summary>The device thread's current work, while there is some.</summary>
+    private Task? _busy;
+
+    /// <summary>Completed when the device thread was given up as hung.</summary>
+    private readonly TaskCompletionSource _hung = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _nextStep;
     private WorkerState _state = WorkerState.Idle;
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
     private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
-    private readonly ReplicaStore _replicas = new();
+    private ReplicaStore _replicas = null!;
 
     private string Key => this.GetPrimaryKeyString();
 
@@ -48,7 +58,9 @@ public sealed class GpuWorkerGrain(
             || !int.TryParse(key[(slash + 4)..], out var index) || index < 0 || index >= node.Devices.Count)
             throw new InvalidOperationException($"worker '{key}' does not exist on node {node.Node} ({node.Devices})");
         _thread = new DeviceThread(key);
+        _replicas = replicas.For(key);
         local.Register(key, _mailbox);
+        log.LogInformation("Worker {Worker} activated on {Silo}", key, RuntimeIdentity);
         return Task.CompletedTask;
     }
 
@@ -59,38 +71,52 @@ public sealed class GpuWorkerGrain(
         _thread?.Dispose();
     }
 
-    public async Task Assign(WorkerAssignment a)
+    public async Task<RankBuildReport> Assign(WorkerAssignment a)
     {
         // The same build again (a coordinator that moved): nothing to do. A rebuild of the same incarnation brings
         // another session key, which every rank must hold to connect, so the rank is built again.
         if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && current.SessionKey == a.SessionKey
             && !_mailbox.IsClosed(a.JobId, a.Incarnation))
-            return;
+            return _built ?? new RankBuildReport(0, 0);
         await DropJob();
         var whole = Parse(a);
         var job = whole.Stages[a.Stage].Job;
         var layout = ParallelLayout.FromConfig(job.Layout);
         if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
             throw new ClusterRequestException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+        // This server's own roots: a coordinator elsewhere may allow folders this server does not.
+        var outside = Scheduling.SubmissionValidator.RootsProblem(whole, node.Roots)
+            ?? (a.Rebuild.Checkpoint is { Length: > 0 } from ? node.Roots.CheckpointProblem(from, "the checkpoint to rebuild from") : null);
+        if (outside is not null)
+            throw new ClusterRequestException($"server {node.Node}: {outside}");
         if (DeviceSpec.KindOf(job.Train.Device) != node.Devices.Kind)
             throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
         job = job with { Train = job.Train with { Device = node.Devices.TorchDevice(gpu) } };
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
         _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
         var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, a.SessionKey));
+        var started = Stopwatch.GetTimestamp();
+        var restore = TimeSpan.Zero;
         try
         {
             var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
+            restore = Stopwatch.GetElapsedTime(started);
             _trainer = await OnDevice(a.Rank, () =>
             {
                 TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
+                foreach (var fault in faults)
+                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(Key, a.JobId, a.Rank, plan, rank);
                 try
                 {
+                    var loading = Stopwatch.GetTimestamp();
                     Rebuild(trainer, whole, a, data.Fingerprint, replica);
+                    restore += Stopwatch.GetElapsedTime(loading);
                 }
                 catch
                 {
@@ -108,11 +134,15 @@ public sealed class GpuWorkerGrain(
             throw;
         }
         _assignment = a;
+        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, _trainer);
         _nextStep = a.NextStep;
         _lastReport = null;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
+        var total = Stopwatch.GetElapsedTime(started);
+        _built = new RankBuildReport((total - restore).TotalMilliseconds, restore.TotalMilliseconds);
         log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
+        return _built;
     }
 
     /// <summary>The assignment's job, resolved; its stage and rebuild must make sense for it.</summary>
@@ -161,14 +191,10 @@ public sealed class GpuWorkerGrain(
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
             throw new RankFailedException(Key, a.Rank, "StepOutOfOrder", $"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
-        var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
-        FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
+        _telemetry!.Idle(Stopwatch.GetElapsedTime(_idleSince));
         _state = WorkerState.Training;
         _detail = $"step {step.Step}";
-        using var activity = FlmTelemetry.Source.StartActivity("worker.step");
-        activity?.SetTag("job", a.JobId);
-        activity?.SetTag("rank", a.Rank);
-        activity?.SetTag("step", step.Step);
+        using var activity = _telemetry.StartStep(step.Step, step.TraceParent);
         RankStepReport report;
         try
         {
@@ -183,11 +209,10 @@ public sealed class GpuWorkerGrain(
         _nextStep = step.Step + 1;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
-        FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
-        FlmTelemetry.WorkerBytes.Add(report.CommBytes, tags);
+        _telemetry.Stepped(report, activity);
         _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
-            report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
+            report.Skipped, report.Elapsed.TotalMilliseconds, (report.CommTime - report.PipelineWait).TotalMilliseconds, report.CommBytes,
+            report.PipelineWait.TotalMilliseconds, node.PeakFlops);
         return _lastReport;
     }
 
@@ -273,11 +298,12 @@ public sealed class GpuWorkerGrain(
             {
                 snapshot.Dispose();
             }
-            _replicas.Put(command.JobId, rank, command.Step, bytes);
+            var checksum = bytes.Checksum();
+            _replicas.Put(command.JobId, rank, command.Step, bytes, checksum);
             for (var i = 0; i < bytes.Chunks.Count; i++)
             {
                 stopped.ThrowIfCancellationRequested();
-                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i]));
+                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i], checksum));
             }
             return bytes.Length;
         }), stop);
@@ -294,6 +320,7 @@ public sealed class GpuWorkerGrain(
         return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task HoldReplica(ReplicaChunk chunk)
     {
         _replicas.Receive(chunk);
@@ -306,14 +333,18 @@ public sealed class GpuWorkerGrain(
         return Task.CompletedTask;
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
-    /// <summary>This rank's replica of a step: kept here, or fetched from the first holder that has it whole.</summary>
+    /// <summary>
+    /// This rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
+    /// match the checksum they were sent with (a holder with a damaged copy is passed over for the next).
+    /// </summary>
     private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)
     {
-        if (_replicas.Get(jobId, rank, source.Step) is { } own)
-            return own;
+        if (_replicas.Get(jobId, rank, source.Step) is { } own && own.Bytes.Checksum() == own.Checksum)
+            return own.Bytes;
         var holders = source.Holders[rank];
         var problems = new List<string>();
         foreach (var holder in holders.Where(h => h != Key))
@@ -330,8 +361,11 @@ public sealed class GpuWorkerGrain(
                 var chunks = new byte[first.Count][];
                 chunks[0] = first.Data;
                 for (var i = 1; i < first.Count; i++)
-                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new InvalidOperationException($"{holder} dropped it")).Data;
-                return new ChunkedBytes(chunks);
+                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new ReplicaUnavailableException(rank, source.Step, $"{holder} dropped it")).Data;
+                var bytes = new ChunkedBytes(chunks);
+                if (bytes.Checksum() == first.Checksum)
+                    return bytes;
+                problems.Add($"{holder}'s copy does not match its checksum");
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -344,8 +378,29 @@ public sealed class GpuWorkerGrain(
     public Task Abort(string jobId, int incarnation)
     {
         if (_assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation)
+        {
             _mailbox.Close(jobId, incarnation);
+            // A collective wakes at once; work that does not come back within the grace is a hung device.
+            if (_busy is { } busy)
+                _ = AbandonIfStuck(busy);
+        }
         return Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// Gives up a device thread whose work did not return within the grace after an abort: the call waiting on it
+    /// fails (<see cref="RankHungException"/>), the grain serves calls again, and the GPU refuses work until its
+    /// server restarts (the thread cannot be interrupted; it is left behind).
+    /// </summary>
+    private async Task AbandonIfStuck(Task work)
+    {
+        await Task.WhenAny(work, Task.Delay(node.HangGrace));
+        if (work.IsCompleted || _hung.Task.IsCompleted)
+            return;
+        _state = WorkerState.Failed;
+        _detail = $"device hung; out of service until the server restarts";
+        log.LogError("Worker {Worker}: its device did not come back within {Grace} s of an abort; abandoning it", Key, node.HangGrace.TotalSeconds);
+        _hung.TrySetResult();
     }
 
     public async Task Release(string jobId, int incarnation)
@@ -355,9 +410,18 @@ public sealed class GpuWorkerGrain(
             await DropJob();
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task Deliver(TensorChunk chunk)
     {
-        _mailbox.Put(chunk);
+        try
+        {
+            _mailbox.Put(chunk);
+        }
+        catch (Exception ex)
+        {
+            // A message for a job this worker left: the sender's collective is an echo of that (typed on the wire).
+            throw WorkerFailures.Translate(ex, Key, _assignment?.Rank ?? -1);
+        }
         return Task.CompletedTask;
     }
 
@@ -390,16 +454,30 @@ public sealed class GpuWorkerGrain(
             ? trainer
             : throw new WorkerNotHoldingJobException(Key, jobId, incarnation);
 
-    /// <summary>Runs a rank's work on the device thread; what it throws comes back as a typed failure.</summary>
+    /// <summary>
+    /// Runs a rank's work on the device thread; what it throws comes back as a typed failure, and a device given
+    /// up as hung fails the call at once.
+    /// </summary>
     private async Task<T> OnDevice<T>(int rank, Func<T> work)
     {
+        if (_hung.Task.IsCompleted)
+            throw new RankHungException(Key, $"the device of {Key} hung; it is out of service until its server restarts");
+        var task = _thread!.Run(work);
+        _busy = task;
         try
         {
-            return await _thread!.Run(work);
+            if (await Task.WhenAny(task, _hung.Task) != task)
+                throw new RankHungException(Key, $"the device of {Key} did not come back within {node.HangGrace.TotalSeconds:0} s of an abort (rank {rank})");
+            return await task;
         }
-        catch (Exception ex)
+        catch (Exception ex) when (ex is not RankHungException)
         {
             throw WorkerFailures.Translate(ex, Key, rank);
+        }
+        finally
+        {
+            if (_busy == task)
+                _busy = null;
         }
     }
 
@@ -426,9 +504,10 @@ public sealed class GpuWorkerGrain(
         }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
-        if (_trainer is { } trainer)
-            await _thread!.Run(trainer.Dispose);
+        if (_trainer is { } trainer && !_hung.Task.IsCompleted)
+            await _thread!.Run(trainer.Dispose); // a hung device's rank stays with its thread
         _trainer = null;
+        _telemetry = null;
         _assignment = null;
         _lastReport = null;
         _state = WorkerState.Idle;

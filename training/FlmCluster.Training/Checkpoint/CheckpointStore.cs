@@ -135,11 +135,11 @@ public static partial class CheckpointStore
     /// <summary>
     /// The newest checkpoint whose manifest, sizes and checksums are good; every newer one that is not is
     /// reported through <paramref name="rejected"/> with its reason. Null when there is none. With
-    /// <paramref name="run"/>, only that run's checkpoints count.
+    /// <paramref name="run"/>, only that run's checkpoints count; with <paramref name="atMost"/>, only those at or before that step.
     /// </summary>
-    public static CheckpointReader? NewestValid(string root, Action<string, string>? rejected = null, string? run = null)
+    public static CheckpointReader? NewestValid(string root, Action<string, string>? rejected = null, string? run = null, long? atMost = null)
     {
-        foreach (var entry in List(root).AsEnumerable().Reverse().Where(e => run is null || e.Run == run))
+        foreach (var entry in List(root).AsEnumerable().Reverse().Where(e => (run is null || e.Run == run) && e.Step <= (atMost ?? long.MaxValue)))
         {
             if (!entry.Valid)
             {

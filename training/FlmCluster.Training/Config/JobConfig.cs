@@ -46,6 +46,43 @@ public sealed record RecoveryConfig
 
     /// <summary>Continue with fewer data-parallel replicas once the wait is over and nothing can replace the lost ranks.</summary>
     public bool Shrink { get; init; } = true;
+
+    /// <summary>A step's loss above this multiple of the mean of the last <see cref="SpikeWindow"/> losses is a spike; 0 = off.</summary>
+    public double SpikeRatio { get; init; }
+
+    /// <summary>A step's loss more than this many standard deviations above the window's mean is a spike; 0 = off.</summary>
+    public double SpikeZ { get; init; }
+
+    /// <summary>Committed steps the spike statistics are taken over (at least half of them must exist).</summary>
+    public int SpikeWindow { get; init; } = 50;
+
+    /// <summary>
+    /// Batches skipped at a spike: its own and the ones before it (the update that did the damage came from an
+    /// earlier batch); the job rolls back to a recovery point before the first of them. A non-finite loss or
+    /// gradient skips its own batch only.
+    /// </summary>
+    public int SpikeSkip { get; init; } = 2;
+
+    /// <summary>Rollbacks at the same step before the job fails with the evidence.</summary>
+    public int SpikeLimit { get; init; } = 3;
+
+    /// <summary>How long steps wait for the cluster's storage (Redis) to come back before the job fails, resumable from its last checkpoint.</summary>
+    public double StorageWaitSeconds { get; init; } = 60;
+
+    /// <summary>A step taking this many times the recent median step time (and at least hang_min_seconds) is stopped as hung.</summary>
+    public double HangFactor { get; init; } = 10;
+
+    /// <summary>The least time a step is given before it counts as hung.</summary>
+    public double HangMinSeconds { get; init; } = 60;
+
+    /// <summary>A rank whose compute time is this many times the median rank's, over straggler_window steps, is a straggler; 0 = off.</summary>
+    public double StragglerFactor { get; init; } = 1.5;
+
+    /// <summary>Steps the straggler statistics use.</summary>
+    public int StragglerWindow { get; init; } = 20;
+
+    /// <summary>Take a straggler's GPU out of service and give its rank another, like a lost one (false: report it only).</summary>
+    public bool ReplaceStragglers { get; init; }
 }
 
 /// <summary>Checkpoint policy (docs/checkpoints.md).</summary>

@@ -69,6 +69,17 @@ public static class JobValidator
         Require(r.WaitSeconds is null || (double.IsFinite(r.WaitSeconds.Value) && r.WaitSeconds >= 0 && r.WaitSeconds <= 7 * 24 * 3600),
             $"recovery.wait_seconds must be between 0 and one week (got {r.WaitSeconds}); leave it out for the server's setting");
         Require(r.RestoreLimit is >= 1 and <= 1000, $"recovery.restore_limit must be between 1 and 1000 (got {r.RestoreLimit})");
+        Require(double.IsFinite(r.SpikeRatio) && (r.SpikeRatio == 0 || r.SpikeRatio > 1), $"recovery.spike_ratio must be 0 (off) or above 1 (got {r.SpikeRatio})");
+        Require(double.IsFinite(r.SpikeZ) && r.SpikeZ >= 0, $"recovery.spike_z must be 0 (off) or positive (got {r.SpikeZ})");
+        Require(r.SpikeWindow is >= 2 and <= 100_000, $"recovery.spike_window must be between 2 and 100000 steps (got {r.SpikeWindow})");
+        Require(r.SpikeSkip is >= 1 and <= 10_000, $"recovery.spike_skip must be between 1 and 10000 batches (got {r.SpikeSkip})");
+        Require(r.SpikeLimit is >= 1 and <= 100, $"recovery.spike_limit must be between 1 and 100 (got {r.SpikeLimit})");
+        Require(double.IsFinite(r.HangFactor) && r.HangFactor >= 2, $"recovery.hang_factor must be at least 2 (got {r.HangFactor})");
+        Require(double.IsFinite(r.HangMinSeconds) && r.HangMinSeconds is >= 1 and <= 24 * 3600, $"recovery.hang_min_seconds must be between 1 and one day (got {r.HangMinSeconds})");
+        Require(double.IsFinite(r.StragglerFactor) && (r.StragglerFactor == 0 || r.StragglerFactor > 1), $"recovery.straggler_factor must be 0 (off) or above 1 (got {r.StragglerFactor})");
+        Require(r.StragglerWindow is >= 2 and <= 100_000, $"recovery.straggler_window must be between 2 and 100000 steps (got {r.StragglerWindow})");
+        Require(double.IsFinite(r.StorageWaitSeconds) && r.StorageWaitSeconds is >= 1 and <= 7 * 24 * 3600,
+            $"recovery.storage_wait_seconds must be between 1 and one week (got {r.StorageWaitSeconds})");
         Require(job.Data.Paths.Count > 0, "data.paths is empty; give at least one text, JSONL or token file (or 'bundled')");
         Require(job.Data.Paths.All(p => !string.IsNullOrWhiteSpace(p)), "data.paths has an empty entry; give a text, JSONL or token file (or 'bundled')");
         var layout = ParallelLayout.FromConfig(job.Layout);

@@ -9,7 +9,8 @@ namespace FlmCluster.Training.Jobs;
 /// </summary>
 public sealed record JobCursor(long NextStep, long SamplesConsumed, long AdamStep, int Stage, long StageStartStep)
 {
-    public static JobCursor Start { get; } = new(0, 0, 0, 0, 0);
+    /// <summary>A job before its first step (a new instance each time: a deserializer may fill one in place).</summary>
+    public static JobCursor Start => new(0, 0, 0, 0, 0);
 
     /// <summary>Where a checkpoint left the job.</summary>
     public static JobCursor Of(CheckpointManifest manifest) =>

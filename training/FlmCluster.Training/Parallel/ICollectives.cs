@@ -49,18 +49,26 @@ public interface ICollectives
     void Barrier(ProcessGroup group);
 }
 
-/// <summary>Per-rank communication counters (not thread-safe: one device thread per rank).</summary>
+/// <summary>
+/// Per-rank communication counters (not thread-safe: one device thread per rank). Point-to-point receives are
+/// also counted apart: in a pipeline they are the time a stage waits for its neighbour (the bubble).
+/// </summary>
 public sealed class CommStats
 {
     public long Bytes { get; private set; }
     public long Operations { get; private set; }
     public TimeSpan Time { get; private set; }
 
-    public void Add(long bytes, TimeSpan time)
+    /// <summary>The part of <see cref="Time"/> spent in point-to-point receives.</summary>
+    public TimeSpan ReceiveTime { get; private set; }
+
+    public void Add(long bytes, TimeSpan time, bool receive = false)
     {
         Bytes += bytes;
         Operations++;
         Time += time;
+        if (receive)
+            ReceiveTime += time;
     }
 
     public (long Bytes, TimeSpan Time) Snapshot() => (Bytes, Time);

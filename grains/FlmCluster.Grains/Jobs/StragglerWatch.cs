@@ -1,0 +1,52 @@
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Config;
+
+namespace FlmCluster.Grains.Jobs;
+
+/// <summary>
+/// Per-rank compute time (a step's time on the device less its time in collectives, which is where the others
+/// wait for a slow one) over the last recovery.straggler_window steps. A rank whose median is more than
+/// recovery.straggler_factor times the median of the other ranks' is a straggler. In memory, for the current incarnation.
+/// </summary>
+public sealed class StragglerWatch
+{
+    private readonly Dictionary<int, Queue<double>> _compute = [];
+    private readonly HashSet<int> _reported = [];
+    private int _incarnation = -1;
+
+    /// <summary>
+    /// Adds a committed step's reports; returns the ranks newly found straggling (each once per incarnation) with
+    /// their median and the median rank's, in ms.
+    /// </summary>
+    public IReadOnlyList<(int Rank, double Median, double Typical)> Observe(int incarnation, IReadOnlyList<WorkerStepReport> reports, RecoveryConfig config)
+    {
+        if (incarnation != _incarnation)
+        {
+            _compute.Clear(); // other workers, or rebuilt ones: start over
+            _reported.Clear();
+            _incarnation = incarnation;
+        }
+        if (config.StragglerFactor <= 0)
+            return [];
+        foreach (var report in reports)
+        {
+            if (!_compute.TryGetValue(report.Rank, out var times))
+                _compute[report.Rank] = times = new Queue<double>();
+            times.Enqueue(Math.Max(0, report.ElapsedMs - report.CommMs));
+            while (times.Count > config.StragglerWindow)
+                times.Dequeue();
+        }
+        if (_compute.Count < 2 || _compute.Values.Any(t => t.Count < config.StragglerWindow))
+            return [];
+        // Each rank against the median of the others: with few ranks a straggler would pull the median up itself.
+        var medians = _compute.ToDictionary(kv => kv.Key, kv => Median(kv.Value));
+        return medians.Select(kv => (Rank: kv.Key, Median: kv.Value, Typical: Median(medians.Where(o => o.Key != kv.Key).Select(o => o.Value))))
+            .Where(r => r.Median > config.StragglerFactor * r.Typical && _reported.Add(r.Rank)).OrderBy(r => r.Rank).ToList();
+    }
+
+    private static double Median(IEnumerable<double> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count % 2 == 1 ? sorted[sorted.Count / 2] : (sorted[sorted.Count / 2 - 1] + sorted[sorted.Count / 2]) / 2;
+    }
+}
