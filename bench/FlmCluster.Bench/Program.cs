@@ -4,12 +4,14 @@ using FlmCluster.Bench;
 var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
     ["cluster"] = a => ClusterBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["dataplane"] = a => DataPlaneBenchmark.Run(a).GetAwaiter().GetResult(),
     ["train-step"] = TrainStepBenchmark.Run,
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
+    ["reshard"] = ReshardBenchmark.Run,
     ["soak"] = a => SoakBenchmark.Run(a).GetAwaiter().GetResult(),
     ["telemetry"] = a => TelemetryBenchmark.Run(a).GetAwaiter().GetResult(),
 };

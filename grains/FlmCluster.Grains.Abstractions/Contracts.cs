@@ -75,7 +75,8 @@ public sealed record Rebuild(
 /// <summary>
 /// What a worker must hold for a job: the job (resolved, as JSON), its rank, the rank table, where training
 /// stands and where the rank's state comes from. A job with growth stages holds one stage at a time (its shape
-/// and layout).
+/// and layout). <see cref="SessionKey"/> is the secret the ranks of this build prove to each other when their
+/// data plane connects (<see cref="SessionKeys"/>).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerAssignment")]
 public sealed record WorkerAssignment(
@@ -87,7 +88,18 @@ public sealed record WorkerAssignment(
     [property: Id(5)] long NextStep,
     [property: Id(6)] long SamplesConsumed,
     [property: Id(7)] int Stage,
-    [property: Id(8)] Rebuild Rebuild);
+    [property: Id(8)] Rebuild Rebuild,
+    [property: Id(9)] string SessionKey = "");
+
+/// <summary>Session keys of the data plane: 32 random bytes as 64 lowercase hex digits, one per build of a job's ranks.</summary>
+public static class SessionKeys
+{
+    public static string New() => Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+
+    /// <summary>The key's bytes; null when the text is not a session key.</summary>
+    public static byte[]? Parse(string text) =>
+        text.Length == 64 && text.All(char.IsAsciiHexDigitLower) ? Convert.FromHexString(text) : null;
+}
 
 /// <summary>
 /// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
@@ -361,7 +373,7 @@ public sealed record ClusterInventory([property: Id(0)] IReadOnlyList<NodeInfo> 
 
 
 /// <summary>One collective of a data-plane probe (like nccl-tests): kind, size, element type, root.</summary>
-/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring) or barrier.</param>
+/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring), ping-pong (rank 0 ↔ rank 1) or barrier.</param>
 /// <param name="Elements">Elements per rank (all-gather: of the input; reduce-scatter: of the output).</param>
 /// <param name="DType">f32, f64, bf16 or i64.</param>
 [GenerateSerializer, Immutable, Alias("flm.ProbeOp")]
@@ -380,7 +392,8 @@ public sealed record ProbeRequest(
     [property: Id(2)] IReadOnlyList<string> RankWorkers,
     [property: Id(3)] IReadOnlyList<ProbeOp> Ops,
     [property: Id(4)] ulong Seed,
-    [property: Id(5)] bool ReturnOutputs);
+    [property: Id(5)] bool ReturnOutputs,
+    [property: Id(6)] string SessionKey = "");
 
 /// <summary>Per op: the output bytes of the last repeat (when asked) and the time of all repeats.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ProbeResult")]

@@ -115,6 +115,7 @@ public static class FlmSiloHost
                 Roots = s.Roots,
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
+                Sockets = s.DataPlaneOptions,
                 PeakFlops = s.PeakFlops,
             });
             // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port),

@@ -86,7 +86,8 @@ public sealed class LocalCluster : IAsyncDisposable
         return cluster;
     }
 
-    private static List<int> FreePorts(int count)
+    /// <summary>Ports nothing listens on right now (taken by the OS for a moment, then freed).</summary>
+    public static List<int> FreePorts(int count)
     {
         var listeners = Enumerable.Range(0, count).Select(_ => new TcpListener(IPAddress.Loopback, 0)).ToList();
         listeners.ForEach(l => l.Start());

@@ -8,16 +8,17 @@ configuration.SetBasePath(AppContext.BaseDirectory)
     .AddJsonFile("appsettings.json", optional: true)
     .AddEnvironmentVariables()
     .AddCommandLine(args, SiloSettings.Switches);
-SiloSettings settings;
+IHost host;
 try
 {
-    settings = SiloSettings.From(configuration);
+    // Settings are checked, and the data port bound while the host is built, before the silo starts.
+    host = FlmSiloHost.Build(SiloSettings.From(configuration), configuration);
 }
 catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or FormatException)
 {
     Console.Error.WriteLine($"error: {ex.Message}");
     return 2;
 }
-using var host = FlmSiloHost.Build(settings, configuration);
-await host.RunAsync();
+using (host)
+    await host.RunAsync();
 return 0;

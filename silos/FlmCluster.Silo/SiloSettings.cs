@@ -1,5 +1,6 @@
 using System.Net;
 using FlmCluster.Grains;
+using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Configuration;
 
@@ -55,6 +56,21 @@ public sealed record SiloSettings
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
     public string DataPlane { get; init; } = FlmNodeOptions.DataPlanes[0];
 
+    /// <summary>The socket data plane's port (0: any free port, published in the silo's metadata).</summary>
+    public int DataPort { get; init; }
+
+    /// <summary>PEM certificate and private key: TLS on every data connection (mutual); empty: plain TCP.</summary>
+    public string DataTlsCertificate { get; init; } = "";
+    public string DataTlsKey { get; init; } = "";
+
+    /// <summary>PEM certificate of the authority peers' data certificates must chain to (empty: peers present the same certificate).</summary>
+    public string DataTlsCa { get; init; } = "";
+
+    /// <summary>A data connection silent this long (idle ones send a heartbeat every second) has lost its peer.</summary>
+    public double DataSilenceSeconds { get; init; } = 10;
+
+    /// <summary>The most MiB of one peer's tensors a worker keeps before it asks for them; beyond, the peer waits.</summary>
+    public int DataBufferMiB { get; init; } = 64;
     /// <summary>The silo's web port: the dashboard, the Orleans dashboard and the Prometheus scrape endpoint (0: none).</summary>
     public int HttpPort { get; init; } = 8080;
 
@@ -99,6 +115,10 @@ public sealed record SiloSettings
         ["--ready-file"] = "Flm:ReadyFile",
         ["--torch-threads"] = "Flm:TorchThreads",
         ["--data-plane"] = "Flm:DataPlane",
+        ["--data-port"] = "Flm:DataPort",
+        ["--data-tls-cert"] = "Flm:DataTlsCertificate",
+        ["--data-tls-key"] = "Flm:DataTlsKey",
+        ["--data-tls-ca"] = "Flm:DataTlsCa",
         ["--checkpoint-roots"] = "Flm:CheckpointRoots",
         ["--data-roots"] = "Flm:DataRoots",
         ["--http-port"] = "Flm:HttpPort",
@@ -137,6 +157,8 @@ public sealed record SiloSettings
         foreach (var (name, port) in new[] { ("SiloPort", SiloPort), ("GatewayPort", GatewayPort), ("PrimarySiloPort", PrimarySiloPort) })
             if (port is <= 0 or > 65535)
                 throw new ArgumentException($"Flm:{name} {port} is not a TCP port");
+        if (DataPort is < 0 or > 65535)
+            throw new ArgumentException($"Flm:DataPort (--data-port) {DataPort} is not a TCP port (0: any free port)");
         if (HttpPort is < 0 or > 65535)
             throw new ArgumentException($"Flm:HttpPort (--http-port) {HttpPort} is not a TCP port (0 for no web endpoints)");
         ValidateTelemetry();
@@ -154,7 +176,33 @@ public sealed record SiloSettings
             throw new ArgumentException($"Flm:ReplicaBudgetBytes {ReplicaBudgetBytes} is negative: give a number of bytes, or 0 for half the memory available to the silo");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
             throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
+        if (DataPlane == "nccl" && spec.Kind != "cuda")
+            throw new ArgumentException($"Flm:DataPlane (--data-plane) nccl needs CUDA GPUs (--devices cuda:N) and a CUDA build (-p:FlmDevice=cuda); this server has {Devices}: use socket");
+        if (!double.IsFinite(DataSilenceSeconds) || DataSilenceSeconds < 3)
+            throw new ArgumentException($"Flm:DataSilenceSeconds {DataSilenceSeconds} must be at least 3 (idle connections send a heartbeat every second)");
+        if (DataBufferMiB is < 1 or > 65536)
+            throw new ArgumentException($"Flm:DataBufferMiB {DataBufferMiB} must be 1 … 65536");
+        if ((DataTlsCertificate.Length > 0) != (DataTlsKey.Length > 0))
+            throw new ArgumentException("Flm:DataTlsCertificate (--data-tls-cert) and Flm:DataTlsKey (--data-tls-key) go together: give both PEM files for TLS, or neither");
+        foreach (var (name, file) in new[] { ("DataTlsCertificate", DataTlsCertificate), ("DataTlsKey", DataTlsKey), ("DataTlsCa", DataTlsCa) })
+            if (file.Length > 0 && !File.Exists(file))
+                throw new ArgumentException($"Flm:{name} '{file}' does not exist");
+        if (DataTlsCa.Length > 0 && DataTlsCertificate.Length == 0)
+            throw new ArgumentException("Flm:DataTlsCa is set without Flm:DataTlsCertificate; TLS on the data plane needs this silo's certificate and key");
     }
+
+    /// <summary>The socket data plane of this silo: it listens where the silo does and is reached at the advertised address.</summary>
+    public SocketDataPlaneOptions DataPlaneOptions => new()
+    {
+        ListenAddress = Clustering == "redis" ? IPAddress.Any : IPAddress.Loopback,
+        AdvertisedAddress = Advertised,
+        Port = DataPort,
+        TlsCertificate = DataTlsCertificate,
+        TlsKey = DataTlsKey,
+        TlsCa = DataTlsCa,
+        Silence = TimeSpan.FromSeconds(DataSilenceSeconds),
+        PeerBufferBytes = (long)DataBufferMiB << 20,
+    };
 
     private void ValidateTelemetry()
     {

@@ -24,12 +24,7 @@ public sealed class CheckpointJobTests() : ClusterTestClass(2, 2, 0)
         Checkpoint = new CheckpointConfig { Dir = Path.Combine(_checkpoints, dir), Interval = interval, KeepLast = 10 },
     };
 
-    private static List<double> LocalLosses(JobConfig job)
-    {
-        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
-        using var engine = LocalEngine.Create(job with { Checkpoint = new CheckpointConfig() }, data);
-        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
-    }
+    private static List<double> LocalLosses(JobConfig job) => TestClusters.LocalLosses(job with { Checkpoint = new CheckpointConfig() });
 
     [Fact]
     public async Task A_cluster_checkpoint_resumes_in_another_layout_and_continues_the_same_training()

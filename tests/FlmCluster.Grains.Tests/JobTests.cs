@@ -9,13 +9,6 @@ namespace FlmCluster.Grains.Tests;
 [Collection("Cluster jobs")]
 public sealed class JobTests() : ClusterTestClass(2, 2, 0)
 {
-    private static List<double> LocalLosses(JobConfig job)
-    {
-        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
-        using var engine = LocalEngine.Create(job, data);
-        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
-    }
-
     [Theory]
     [InlineData(2, 2, 1, 1)]
     [InlineData(2, 1, 2, 2)]
@@ -28,7 +21,7 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         Assert.Equal(5, status.Step);
         // Ranks are spread over both servers, TP groups inside one.
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
-        var expected = LocalLosses(job);
+        var expected = TestClusters.LocalLosses(job);
         // The Orleans data plane reduces in the same member order as the in-process one: identical numbers.
         Assert.Equal(expected, (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
     }
@@ -99,7 +92,7 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         // Every step exactly once, with the numbers of an uninterrupted run, in the job's durable history, which the
         // coordinator on the other silo continued.
         Assert.Equal(Enumerable.Range(0, 60).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
-        Assert.Equal(LocalLosses(job), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
+        Assert.Equal(TestClusters.LocalLosses(job), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
     }
 
     [Fact]

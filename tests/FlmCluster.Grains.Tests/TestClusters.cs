@@ -1,6 +1,7 @@
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
+using FlmCluster.Training.Engine;
 using Orleans.Hosting;
 using Orleans.TestingHost;
 
@@ -16,7 +17,11 @@ public static class TestClusters
     /// As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks, and what else
     /// every silo gets (e.g. a test's fault injection).
     /// </summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) =>
+        Start(workerWait, configure, "orleans", devices);
+
+    /// <summary>As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -31,6 +36,7 @@ public static class TestClusters
                 WorkerWait = workerWait,
                 HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
+                DataPlane = dataPlane,
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();
@@ -67,6 +73,14 @@ public static class TestClusters
     });
 
     public static JobSubmission Submission(JobConfig job, int priority = 0) => new(JobConfigLoader.ToJson(job), priority);
+
+    /// <summary>The losses of the job's steps on the in-process engine (ranks as threads of this process).</summary>
+    public static List<double> LocalLosses(JobConfig job)
+    {
+        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        using var engine = LocalEngine.Create(job, data);
+        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
+    }
 
     /// <summary>Every committed step of a job, from its durable history (the status keeps only the latest few).</summary>
     public static async Task<IReadOnlyList<StepPoint>> Steps(IGrainFactory grains, string jobId)

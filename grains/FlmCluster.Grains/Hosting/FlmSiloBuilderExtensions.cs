@@ -1,10 +1,12 @@
 using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Orleans.Runtime.Hosting;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -42,11 +44,18 @@ public sealed record FlmNodeOptions
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 
-    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans".</summary>
+    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans", "socket" or "nccl".</summary>
     public string DataPlane { get; init; } = OrleansCollectivesFactory.TransportName;
 
     /// <summary>The data planes a silo can be configured with.</summary>
-    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName];
+    public static IReadOnlyList<string> DataPlanes { get; } =
+        [OrleansCollectivesFactory.TransportName, SocketCollectivesFactory.TransportName, NcclCollectivesFactory.TransportName];
+
+    /// <summary>
+    /// The socket data plane's port, addresses, TLS and patience (used when <see cref="DataPlane"/> is "socket", and by
+    /// "nccl" to hand NCCL's unique ids to the ranks).
+    /// </summary>
+    public SocketDataPlaneOptions Sockets { get; init; } = new();
 }
 
 public static class FlmSiloBuilderExtensions
@@ -65,11 +74,30 @@ public static class FlmSiloBuilderExtensions
             throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
-        silo.UseSiloMetadata(new Dictionary<string, string>
+        if (options.DataPlane == NcclCollectivesFactory.TransportName && options.Devices.Kind != "cuda")
+            throw new ArgumentException($"data plane nccl needs CUDA GPUs and a CUDA build (-p:FlmDevice=cuda), but this server has {options.Devices}; use socket");
+        var metadata = new Dictionary<string, string>
         {
             [NodeMetadata.Node] = options.Node,
             [NodeMetadata.Devices] = options.Devices.ToString(),
-        });
+        };
+        if (options.DataPlane is SocketCollectivesFactory.TransportName or NcclCollectivesFactory.TransportName)
+        {
+            // Bound now, so that the port (any free one when Flm:DataPort is 0) goes into the metadata peers read.
+            var plane = new SocketDataPlane(options.Sockets);
+            metadata[NodeMetadata.DataEndpoint] = plane.Endpoint.ToString();
+            silo.Services.AddSingleton(plane);
+            silo.Services.AddSingleton<DataEndpoints>();
+            silo.Services.AddSingleton<SocketCollectivesFactory>();
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, SocketDataPlaneLifecycle>();
+            if (options.DataPlane == NcclCollectivesFactory.TransportName)
+                silo.Services.AddSingleton<ICollectivesFactory, NcclCollectivesFactory>();
+            else
+                silo.Services.AddSingleton<ICollectivesFactory>(sp => sp.GetRequiredService<SocketCollectivesFactory>());
+        }
+        else
+            silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        silo.UseSiloMetadata(metadata);
         silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
         silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
         silo.AddPlacementDirector<SiloPinnedPlacementStrategy, SiloPinnedPlacementDirector>();
@@ -78,7 +106,6 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<SiloReplicas>();
-        silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
@@ -107,6 +134,23 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<IJobHistoryStore>(new FileJobHistory(directory));
         return silo;
     }
+}
+
+/// <summary>Accepts data connections while the silo runs; when it stops, the port closes and the ranks' sessions end.</summary>
+internal sealed class SocketDataPlaneLifecycle(SocketDataPlane plane, ILogger<SocketDataPlane> log) : ILifecycleParticipant<ISiloLifecycle>
+{
+    public void Participate(ISiloLifecycle lifecycle) =>
+        lifecycle.Subscribe(nameof(SocketDataPlane), ServiceLifecycleStage.RuntimeInitialize,
+            _ =>
+            {
+                plane.Start(log);
+                return Task.CompletedTask;
+            },
+            _ =>
+            {
+                plane.Dispose();
+                return Task.CompletedTask;
+            });
 }
 
 /// <summary>

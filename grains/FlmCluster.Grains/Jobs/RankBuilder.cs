@@ -20,8 +20,9 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         var workers = job.Ranks;
         var json = job.Job.ToJson();
         var at = job.Cursor;
+        var key = SessionKeys.New(); // data-plane connections of this build prove it to each other
         var reports = await ranks.All((worker, rank) => worker.Assign(
-            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild)));
+            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild, key)));
         if (job.State.Time.Use == TimeUse.Rebuild)
         {
             // Ranks rebuild in parallel: the slowest rank's loading is the restore share of the rebuild.

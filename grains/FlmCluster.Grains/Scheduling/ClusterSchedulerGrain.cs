@@ -123,7 +123,7 @@ public sealed class ClusterSchedulerGrain(
         {
             if (identity is null)
                 continue;
-            var (node, spec) = identity;
+            var (node, spec, _) = identity;
             var status = member.Status.ToString().ToLowerInvariant();
             if (member.Status == SiloStatus.Dead && !holders.Keys.Any(w => NodeMetadata.NodeOfWorker(w) == node))
                 continue;

@@ -73,7 +73,10 @@ public sealed class GpuWorkerGrain(
 
     public async Task<RankBuildReport> Assign(WorkerAssignment a)
     {
-        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
+        // The same build again (a coordinator that moved): nothing to do. A rebuild of the same incarnation brings
+        // another session key, which every rank must hold to connect, so the rank is built again.
+        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && current.SessionKey == a.SessionKey
+            && !_mailbox.IsClosed(a.JobId, a.Incarnation))
             return _built ?? new RankBuildReport(0, 0);
         await DropJob();
         var whole = Parse(a);
@@ -95,7 +98,7 @@ public sealed class GpuWorkerGrain(
         _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
-        var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox));
+        var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, a.SessionKey));
         var started = Stopwatch.GetTimestamp();
         var restore = TimeSpan.Zero;
         try
@@ -435,7 +438,7 @@ public sealed class GpuWorkerGrain(
         _state = WorkerState.Probing;
         try
         {
-            var comm = collectives.Create(new CollectivesSession(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox));
+            var comm = collectives.Create(new CollectivesSession(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox, request.SessionKey));
             var silo = RuntimeIdentity;
             return await OnDevice(request.Rank, () => ProbeRunner.Run(request, comm, silo));
         }

@@ -115,6 +115,12 @@ public sealed record CheckpointConfig
     /// copies, losing at most this many steps; a different layout needs a persistent checkpoint.
     /// </summary>
     public long MemoryInterval { get; init; }
+
+    /// <summary>
+    /// MiB of temporary host memory a rank may use to load its slices from a checkpoint saved under another layout,
+    /// or to grow them into the next stage, whatever the size of the model's tensors.
+    /// </summary>
+    public int ReshardBudgetMiB { get; init; } = 256;
 }
 
 public sealed record DataConfig

@@ -59,6 +59,7 @@ public static class JobValidator
         Require(c.Interval >= 0, $"checkpoint.interval must not be negative (got {c.Interval})");
         Require(c.KeepLast >= 1, $"checkpoint.keep_last must be at least 1 (got {c.KeepLast})");
         Require(c.MemoryInterval >= 0, $"checkpoint.memory_interval must not be negative (got {c.MemoryInterval})");
+        Require(c.ReshardBudgetMiB is >= 1 and <= 1 << 20, $"checkpoint.reshard_budget_mib must be 1 … {1 << 20} (got {c.ReshardBudgetMiB})");
         Require(c.KeepEvery >= 0, $"checkpoint.keep_every must not be negative (got {c.KeepEvery})");
         Require((Int128)c.KeepEvery * c.Interval <= long.MaxValue,
             $"checkpoint.keep_every × checkpoint.interval = {c.KeepEvery} × {c.Interval} overflows a step number; give smaller values");

@@ -12,7 +12,7 @@ public enum ReduceOp
 /// Collective communication among the ranks of a job. Every member of a group calls the same operations
 /// in the same order. Tensors travel as raw bytes; reductions run in group-rank order, so every member gets
 /// bit-identical results. Operations block the calling (device) thread until complete. Implementations:
-/// in-process (threads, shared memory) and Orleans messaging between silos; NCCL would be a third.
+/// in-process (threads, shared memory); between silos, Orleans messages, sockets, or NCCL on GPU builds.
 /// </summary>
 public interface ICollectives
 {
