@@ -27,6 +27,7 @@ public sealed class OtlpReceiver : IDisposable
     private readonly List<ReceivedSpan> _spans = [];
     private readonly List<ReceivedLog> _logs = [];
     private readonly Task _serving;
+    private int _exports;
 
     public int Port { get; }
     public string Endpoint => $"http://127.0.0.1:{Port}";
@@ -73,6 +74,16 @@ public sealed class OtlpReceiver : IDisposable
             {
                 return;
             }
+            // Each export is answered on its own task: several silos export at once, and one that waits behind
+            // another past the exporter's timeout would drop its batch.
+            _ = Task.Run(() => Receive(context));
+        }
+    }
+
+    private async Task Receive(HttpListenerContext context)
+    {
+        try
+        {
             using var body = new MemoryStream();
             await context.Request.InputStream.CopyToAsync(body);
             if (context.Request.Url!.AbsolutePath == "/v1/traces")
@@ -87,11 +98,19 @@ public sealed class OtlpReceiver : IDisposable
                 lock (_logs)
                     _logs.AddRange(logs);
             }
+            Interlocked.Increment(ref _exports);
             context.Response.StatusCode = 200;
             context.Response.ContentType = "application/x-protobuf";
             context.Response.Close();
         }
+        catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or IOException)
+        {
+            // the exporter gave up on this request or the receiver is closing
+        }
     }
+
+    /// <summary>Export requests answered so far (traces, logs and metrics).</summary>
+    public int Exports => Volatile.Read(ref _exports);
 
     private static List<ReceivedSpan> ReadTraces(byte[] request)
     {

@@ -173,10 +173,14 @@ public sealed class TelemetryEndToEndTests : IDisposable
             var spans = _otlp.Spans.Where(s => s.Attributes.TryGetValue("flm.job", out var j) && (string)j == job).ToList();
             steps = spans.Where(s => s.Name == "job.step").ToList();
             ranks = spans.Where(s => s.Name == "rank.step").ToList();
-            if ((steps.Count >= Steps && ranks.Count >= Steps * Ranks) || watch.Elapsed > TimeSpan.FromSeconds(60))
+            if ((steps.Count >= Steps && ranks.Count >= Steps * Ranks) || watch.Elapsed > TimeSpan.FromSeconds(120))
                 break;
             Thread.Sleep(250); // the exporter sends in batches every few seconds
         }
+        var all = _otlp.Spans;
+        Assert.True(steps.Count == Steps, $"{steps.Count} job.step spans of {job} after {watch.Elapsed.TotalSeconds:F0} s; "
+            + $"{_otlp.Exports} exports received, {all.Count} spans in all: "
+            + string.Join(", ", all.GroupBy(s => s.Name).Select(g => $"{g.Key} ×{g.Count()}")));
         Assert.Equal(Enumerable.Range(0, Steps).Select(i => (long)i), steps.Select(s => s.Long("flm.step")).Order());
         foreach (var step in steps)
         {
