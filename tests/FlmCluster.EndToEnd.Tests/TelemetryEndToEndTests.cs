@@ -95,6 +95,11 @@ public sealed class TelemetryEndToEndTests : IDisposable
         Assert.Equal(history[^1].GetProperty("loss").GetDouble(), loss.Value);
         var mfu = Assert.Single(samples, s => s.Name == "flm_job_mfu");
         Assert.Equal(history[^1].GetProperty("mfu").GetDouble(), mfu.Value);
+        // Where the job's time went, as of its last committed step: every use one series, ETTR their productive share.
+        var time = samples.Where(s => s.Name == "flm_job_time_seconds").ToDictionary(s => s["flm_use"]!, s => s.Value);
+        Assert.Equal(["checkpoint_stall", "growth", "overhead", "paused", "productive", "queued", "recovery", "redone", "startup"], time.Keys.Order());
+        var ettr = Assert.Single(samples, s => s.Name == "flm_job_ettr").Value;
+        Assert.Equal(time["productive"] / (time.Values.Sum() - time["queued"]), ettr, 1e-9);
 
         for (var rank = 0; rank < Ranks; rank++)
         {
