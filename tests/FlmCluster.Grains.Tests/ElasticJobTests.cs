@@ -48,13 +48,7 @@ public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2)
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
 
         // Every step once, in order, and the same training as one uninterrupted run (rounding aside).
-        Assert.Equal(Enumerable.Range(0, steps).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
-        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
-        using var engine = LocalEngine.Create(job with { Checkpoint = new CheckpointConfig() }, data);
-        var expected = Enumerable.Range(0, steps).Select(_ => engine.RunStep().Loss).ToList();
-        Assert.Equal(expected, (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss), new Tolerance(1e-12));
-        var final = CheckpointReader.Open(CheckpointStore.DirectoryFor(_checkpoints, steps)).Manifest;
-        Assert.Equal((long)steps * job.Train.GlobalBatch, final.SamplesConsumed);
+        var final = await AssertUninterruptedTraining(job, status.JobId);
         Assert.Equal(4, final.Layout.Dp);
         Assert.Equal(4, (await Scheduler.GetInventory()).TotalGpus);
     }
@@ -87,14 +81,26 @@ public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2)
         Assert.DoesNotContain(events, e => e.Kind == "checkpoint" && e.Message.StartsWith($"step {from} ", StringComparison.Ordinal));
         Assert.Equal("dp=2,tp=1,pp=1", status.Layout);
 
-        // Every step once, in order, the same training as one uninterrupted run (fp64 rounding aside: dp=2 sums
-        // each rank's two micro-batches before the all-reduce, dp=4 does not), and the samples of all of them.
-        Assert.Equal(Enumerable.Range(0, steps).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
+        // Every step once, in order, and the same training as one uninterrupted run (rounding aside).
+        await AssertUninterruptedTraining(job, status.JobId);
+    }
+
+    /// <summary>
+    /// The job committed every step once, in order, with the losses of one uninterrupted in-process run to 1e-12
+    /// (fp64: another data-parallel size sums a rank's micro-batches before the all-reduce, which rounds
+    /// differently), and its final checkpoint counts the samples of every step. Returns that checkpoint's manifest.
+    /// </summary>
+    private async Task<CheckpointManifest> AssertUninterruptedTraining(JobConfig job, string id)
+    {
+        var steps = job.Train.Steps;
+        var committed = await TestClusters.Steps(Cluster.Client, id);
+        Assert.Equal(Enumerable.Range(0, (int)steps).Select(i => (long)i), committed.Select(p => p.Step));
         using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         using var engine = LocalEngine.Create(job with { Checkpoint = new CheckpointConfig() }, data);
-        var expected = Enumerable.Range(0, steps).Select(_ => engine.RunStep().Loss).ToList();
-        Assert.Equal(expected, (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss), new Tolerance(1e-12));
+        var expected = Enumerable.Range(0, (int)steps).Select(_ => engine.RunStep().Loss).ToList();
+        Assert.Equal(expected, committed.Select(p => p.Loss), new Tolerance(1e-12));
         var final = CheckpointReader.Open(CheckpointStore.DirectoryFor(_checkpoints, steps)).Manifest;
-        Assert.Equal((long)steps * job.Train.GlobalBatch, final.SamplesConsumed);
+        Assert.Equal(steps * job.Train.GlobalBatch, final.SamplesConsumed);
+        return final;
     }
 }
