@@ -70,6 +70,24 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         return false;
     }
 
+    /// <summary>Begins the checkpoint and the replica the committed step is due for; steps wait only for the snapshots.</summary>
+    public async Task BeginDue()
+    {
+        var progress = job.Progress;
+        if (S.Pending is null && progress.CheckpointDue(job.Cursor, S.SaveRequested))
+        {
+            job.Spend(TimeUse.CheckpointStall);
+            await BeginCheckpoint();
+            job.Spend(TimeUse.Overhead);
+        }
+        if (progress.ReplicaDue(job.Cursor) && CanReplicate)
+        {
+            job.Spend(TimeUse.CheckpointStall);
+            await BeginReplica();
+            job.Spend(TimeUse.Overhead);
+        }
+    }
+
     /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
     public async Task BeginCheckpoint()
     {
