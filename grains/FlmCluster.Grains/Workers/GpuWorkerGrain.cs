@@ -106,7 +106,9 @@ public sealed class GpuWorkerGrain(
             var replicas = a.Rebuild.Kind == RebuildKind.Replicas ? ReplicaCheckpoint(a.JobId, a.Rebuild.Replicas!) : null;
             _trainer = await OnDevice(a.Rank, () =>
             {
-                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
+                // Threads per rank from the server's device count, not from the workers active so far: a count that
+                // changed with activation order would change how libtorch splits its reductions, and so the rounding.
+                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, node.Devices.Count));
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
                 foreach (var fault in faults)
