@@ -74,8 +74,7 @@ public sealed record ClusterProfile
 public sealed class InvalidClusterProfileException(string message) : Exception(message);
 
 /// <summary>
-/// A silo process of a local cluster, with the arguments it was started with (to start it again) and its ready
-/// file; HttpPort serves its dashboards and /metrics (0: none).
+/// A silo process of a local cluster, with the arguments it was started with (to start it again); HttpPort serves
+/// its dashboards, /metrics and the health endpoints 'flm cluster up' waits on (0: none).
 /// </summary>
-public sealed record SiloProcess(string Node, int Pid, int SiloPort, int GatewayPort, string Log, IReadOnlyList<string>? Args = null, string? ReadyFile = null,
-    int HttpPort = 0);
+public sealed record SiloProcess(string Node, int Pid, int SiloPort, int GatewayPort, string Log, IReadOnlyList<string>? Args = null, int HttpPort = 0);

@@ -2,6 +2,7 @@ using System.Net;
 using FlmCluster.Grains;
 using FlmCluster.Grains.History;
 using FlmCluster.Silo.Dashboard;
+using FlmCluster.Silo.Health;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Configuration;
@@ -17,7 +18,8 @@ namespace FlmCluster.Silo;
 /// <summary>
 /// Configures a host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0). A silo with a
 /// web port (Flm:HttpPort) is a web application that also serves the dashboard (/), the Orleans dashboard
-/// (/orleans) and, with the prometheus exporter, the scrape endpoint (/metrics).
+/// (/orleans), the health endpoints (/health/live, /health/ready) and, with the prometheus exporter, the scrape
+/// endpoint (/metrics).
 /// </summary>
 public static class FlmSiloHost
 {
@@ -46,6 +48,7 @@ public static class FlmSiloHost
             });
             web.Services.AddRouting();
             web.Services.AddFlmDashboard();
+            web.Services.AddSiloHealth(s);
             builder = web;
         }
         else
@@ -64,6 +67,7 @@ public static class FlmSiloHost
             return ((HostApplicationBuilder)builder).Build();
         var app = web.Build();
         app.MapFlmDashboard();
+        app.MapSiloHealth();
         if (grainStatistics)
             app.MapOrleansDashboard(OrleansDashboardPath);
         if (telemetry && s.ExporterList.Contains("prometheus"))

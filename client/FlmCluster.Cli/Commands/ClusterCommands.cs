@@ -106,7 +106,6 @@ public static partial class ClusterCommands
             throw new FlmUserException($"a cluster is already up (profile {profilePath}); run 'flm cluster down' first");
         var home = Path.GetFullPath(dir ?? Path.Combine(Path.GetDirectoryName(profilePath)!, "cluster"));
         Directory.CreateDirectory(Path.Combine(home, "logs"));
-        Directory.CreateDirectory(Path.Combine(home, "ready"));
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
         specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
@@ -116,17 +115,15 @@ public static partial class ClusterCommands
         {
             var (node, devices) = specs[i];
             var log = Path.Combine(home, "logs", $"{node}.log");
-            var ready = Path.Combine(home, "ready", node);
-            File.Delete(ready);
             List<string> args =
             [
                 silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
-                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"), "--ready-file", ready,
+                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"),
                 "--http-port", $"{WebPort(basePort, i)}",
             ];
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready, WebPort(basePort, i)));
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
         {
@@ -140,16 +137,11 @@ public static partial class ClusterCommands
         var watch = Stopwatch.StartNew();
         foreach (var s in started)
         {
-            while (!File.Exists(Path.Combine(home, "ready", s.Node)))
+            if (await WaitReady(s, watch, timeout) is { } problem)
             {
-                if (!IsAlive(s.Pid) || watch.Elapsed > timeout)
-                {
-                    var tail = File.Exists(s.Log) ? string.Join(" | ", File.ReadLines(s.Log).TakeLast(3)) : "";
-                    StopAll(started);
-                    File.Delete(profilePath);
-                    throw new FlmUserException($"silo {s.Node} did not become active{(IsAlive(s.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {s.Log})");
-                }
-                await Task.Delay(200);
+                StopAll(started);
+                File.Delete(profilePath);
+                throw new FlmUserException(problem);
             }
         }
         // Ready when the scheduler sees every GPU server.
@@ -183,19 +175,14 @@ public static partial class ClusterCommands
             ?? throw new FlmUserException($"the local cluster has no node '{node}'; its nodes are {string.Join(", ", profile.Silos.Select(s => s.Node))}");
         if (IsAlive(silo.Pid))
             throw new FlmUserException($"node {node} is running (pid {silo.Pid}); stop it first");
-        if (silo.Args is not { Count: > 0 } args || silo.ReadyFile is not { } ready)
+        if (silo.Args is not { Count: > 0 } args || silo.HttpPort == 0)
             throw new FlmUserException($"the profile does not say how node {node} was started; start the cluster again with 'flm cluster up'");
-        File.Delete(ready);
         var restarted = silo with { Pid = StartDetached(args, silo.Log, append: true) };
         profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
         profile.Save(profilePath);
         var watch = Stopwatch.StartNew();
-        while (!File.Exists(ready))
-        {
-            if (!IsAlive(restarted.Pid) || watch.Elapsed > timeout)
-                throw new FlmUserException($"silo {node} did not become active{(IsAlive(restarted.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}; see {silo.Log}");
-            await Task.Delay(100);
-        }
+        if (await WaitReady(restarted, watch, timeout) is { } problem)
+            throw new FlmUserException(problem);
         Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
         return CliRunner.Ok;
     }
@@ -212,6 +199,35 @@ public static partial class ClusterCommands
         File.Delete(profilePath);
         Console.WriteLine($"stopped {profile.Silos.Count} silo(s)");
         return CliRunner.Ok;
+    }
+
+    /// <summary>
+    /// Waits until a silo's readiness endpoint answers 200 (an active member, its devices and storage there); the
+    /// problem when it exits or the time is up first, else null.
+    /// </summary>
+    private static async Task<string?> WaitReady(SiloProcess silo, Stopwatch watch, TimeSpan timeout)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var ready = $"http://127.0.0.1:{silo.HttpPort}/health/ready";
+        while (true)
+        {
+            try
+            {
+                using var response = await http.GetAsync(ready);
+                if (response.IsSuccessStatusCode)
+                    return null;
+            }
+            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
+            {
+                // not listening yet
+            }
+            if (!IsAlive(silo.Pid) || watch.Elapsed > timeout)
+            {
+                var tail = File.Exists(silo.Log) ? string.Join(" | ", File.ReadLines(silo.Log).TakeLast(3)) : "";
+                return $"silo {silo.Node} did not become ready{(IsAlive(silo.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {silo.Log}, readiness {ready})";
+            }
+            await Task.Delay(200);
+        }
     }
 
     private static int StartDetached(IReadOnlyList<string> args, string log, bool append = false)
