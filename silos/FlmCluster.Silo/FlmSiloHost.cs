@@ -1,5 +1,6 @@
 using System.Net;
 using FlmCluster.Grains;
+using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.History;
 using FlmCluster.Silo.Dashboard;
 using FlmCluster.Silo.Health;
@@ -41,10 +42,10 @@ public static class FlmSiloHost
             web = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
             web.WebHost.UseKestrelCore().ConfigureKestrel(k =>
             {
-                if (s.Clustering == "redis")
-                    k.ListenAnyIP(s.HttpPort);
-                else
+                if (s.LoopbackOnly)
                     k.Listen(IPAddress.Loopback, s.HttpPort);
+                else
+                    k.ListenAnyIP(s.HttpPort);
             });
             web.Services.AddRouting();
             web.Services.AddFlmDashboard();
@@ -94,7 +95,7 @@ public static class FlmSiloHost
             });
             if (s.Clustering == "redis")
             {
-                silo.ConfigureEndpoints(s.Advertised, s.SiloPort, s.GatewayPort, listenOnAnyHostAddress: true);
+                silo.ConfigureEndpoints(s.Advertised, s.SiloPort, s.GatewayPort, listenOnAnyHostAddress: !s.LoopbackOnly);
                 silo.UseRedisClustering(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.AddRedisGrainStorage(FlmSiloBuilderExtensions.StorageName, o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.UseRedisReminderService(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
@@ -121,7 +122,11 @@ public static class FlmSiloHost
                 DataPlane = s.DataPlane,
                 Sockets = s.DataPlaneOptions,
                 PeakFlops = s.PeakFlops,
+                Access = s.LoadAccess(),
             });
+            if (s.Secure)
+                silo.UseClusterTls(ClusterCertificates.LoadWithKey(s.TlsCertificate, s.TlsKey, "Flm:TlsCertificate"), ClusterCertificates.LoadAuthority(s.TlsCa, "Flm:TlsCa"));
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => new SecurityModeLog(s, sp.GetRequiredService<ILoggerFactory>().CreateLogger("FlmCluster.Silo")));
             // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port),
             // every 5 s rather than every second: training servers' CPUs are for training (docs/benchmarks.md).
             if (grainStatistics)

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
-using System.Text;
 using FlmCluster.Grains.Abstractions;
 
 namespace FlmCluster.Grains.Security;
@@ -50,40 +49,19 @@ public sealed class ClientAuthenticator(AccessOptions access)
         try
         {
             using var presented = X509CertificateLoader.LoadCertificate(Convert.FromBase64String(certificate));
-            if (!CertificateFiles.ChainsTo(presented, access.ClientAuthority))
+            if (!ClusterCertificates.ChainsTo(presented, access.ClientAuthority))
                 return null;
-            var role = CertificateFiles.UnitOf(presented) switch
+            var role = ClusterCertificates.UnitOf(presented) switch
             {
                 "operator" => ClientRole.Operator,
                 "viewer" => ClientRole.Viewer,
                 _ => (ClientRole?)null,
             };
-            return role is not null && Verify(presented, Encoding.UTF8.GetBytes(proof), Convert.FromBase64String(signature)) ? role : null;
+            return role is not null && ClusterCertificates.Verify(presented, proof, Convert.FromBase64String(signature)) ? role : null;
         }
         catch (Exception ex) when (ex is FormatException or CryptographicException)
         {
             return null;
         }
-    }
-
-    private static bool Verify(X509Certificate2 certificate, byte[] data, byte[] signature)
-    {
-        using var ecdsa = certificate.GetECDsaPublicKey();
-        if (ecdsa is not null)
-            return ecdsa.VerifyData(data, signature, HashAlgorithmName.SHA256);
-        using var rsa = certificate.GetRSAPublicKey();
-        return rsa is not null && rsa.VerifyData(data, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
-    }
-
-    /// <summary>The signature a client sends with <paramref name="certificate"/> (which must hold its key) for <paramref name="statement"/>.</summary>
-    public static byte[] Sign(X509Certificate2 certificate, string statement)
-    {
-        var data = Encoding.UTF8.GetBytes(statement);
-        using var ecdsa = certificate.GetECDsaPrivateKey();
-        if (ecdsa is not null)
-            return ecdsa.SignData(data, HashAlgorithmName.SHA256);
-        using var rsa = certificate.GetRSAPrivateKey()
-            ?? throw new ArgumentException($"the client certificate {certificate.Subject} has no ECDSA or RSA private key");
-        return rsa.SignData(data, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
     }
 }

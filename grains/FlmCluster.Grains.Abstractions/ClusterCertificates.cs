@@ -1,14 +1,16 @@
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
+using System.Text;
 
-namespace FlmCluster.Grains.Security;
+namespace FlmCluster.Grains.Abstractions;
 
 /// <summary>
 /// Certificates from files (PEM certificate and key, or a PKCS#12 file holding both) and the cluster's own
 /// authority: a certificate is trusted when it chains to that authority, and its organizational unit names what it
-/// is (silo, operator, viewer). Problems are <see cref="ArgumentException"/>s naming the file.
+/// is (silo, operator, viewer). Clients sign a statement with their certificate's key to show they hold it.
+/// Problems loading files are <see cref="ArgumentException"/>s naming the file.
 /// </summary>
-public static class CertificateFiles
+public static class ClusterCertificates
 {
     public const string SiloUnit = "silo";
 
@@ -63,5 +65,28 @@ public static class CertificateFiles
             if (name.GetSingleElementType().Value == "2.5.4.11")
                 return (name.GetSingleElementValue() ?? "").ToLowerInvariant();
         return "";
+    }
+
+    /// <summary>The signature of <paramref name="statement"/> with <paramref name="certificate"/>'s private key (ECDSA or RSA, SHA-256).</summary>
+    public static byte[] Sign(X509Certificate2 certificate, string statement)
+    {
+        var data = Encoding.UTF8.GetBytes(statement);
+        using var ecdsa = certificate.GetECDsaPrivateKey();
+        if (ecdsa is not null)
+            return ecdsa.SignData(data, HashAlgorithmName.SHA256);
+        using var rsa = certificate.GetRSAPrivateKey()
+            ?? throw new ArgumentException($"the client certificate {certificate.Subject} has no ECDSA or RSA private key");
+        return rsa.SignData(data, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+    }
+
+    /// <summary>Whether <paramref name="signature"/> is <paramref name="certificate"/>'s over <paramref name="statement"/>.</summary>
+    public static bool Verify(X509Certificate2 certificate, string statement, byte[] signature)
+    {
+        var data = Encoding.UTF8.GetBytes(statement);
+        using var ecdsa = certificate.GetECDsaPublicKey();
+        if (ecdsa is not null)
+            return ecdsa.VerifyData(data, signature, HashAlgorithmName.SHA256);
+        using var rsa = certificate.GetRSAPublicKey();
+        return rsa is not null && rsa.VerifyData(data, signature, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
     }
 }
