@@ -21,6 +21,14 @@ public static class CallRules
         m.GetCustomAttribute<ClientAccessAttribute>() is { } access ? access.Role
         : m.DeclaringType?.Namespace?.StartsWith("FlmCluster", StringComparison.Ordinal) == true ? null
         : ClientRole.Operator);
+
+    /// <summary>
+    /// Orleans' own plumbing that reaches a grain as a call without passing the caller's outgoing filters: a grain's
+    /// timer ticks (messages a grain sends itself, made on its silo only) and the cancellation of a caller's own request.
+    /// </summary>
+    private static readonly HashSet<string> Plumbing = ["Orleans.Runtime.IGrainTimerInvoker", "Orleans.Runtime.IGrainCallCancellationExtension"];
+
+    public static bool IsRuntimePlumbing(MethodInfo interfaceMethod) => Plumbing.Contains(interfaceMethod.DeclaringType?.FullName ?? "");
 }
 
 /// <summary>Every call a silo makes carries the cluster key (calls to clients never do).</summary>
@@ -39,7 +47,7 @@ internal sealed class InternalCallMarker(AccessOptions access) : IOutgoingGrainC
 /// <summary>
 /// Lets a call in when a silo made it (it carries the cluster key) or when the client's role allows the method;
 /// refuses the rest with <see cref="AccessDeniedException"/>, logged and counted (flm.access.refused). Orleans'
-/// system targets (membership, directory, the manifest clients read) are Orleans' own protocol and pass.
+/// system targets (membership, directory, the manifest clients read) and its plumbing (timer ticks) pass.
 /// </summary>
 internal sealed partial class AccessFilter(AccessOptions access, ClientAuthenticator authenticator, ILogger<AccessFilter> log) : IIncomingGrainCallFilter
 {
@@ -47,7 +55,7 @@ internal sealed partial class AccessFilter(AccessOptions access, ClientAuthentic
 
     public async Task Invoke(IIncomingGrainCallContext context)
     {
-        if (context.TargetId.IsSystemTarget() || FromSilo())
+        if (context.TargetId.IsSystemTarget() || CallRules.IsRuntimePlumbing(context.InterfaceMethod) || FromSilo())
         {
             await context.Invoke();
             return;
