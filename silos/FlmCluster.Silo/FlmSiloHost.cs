@@ -100,6 +100,8 @@ public static class FlmSiloHost
                 silo.AddRedisGrainStorage(FlmSiloBuilderExtensions.StorageName, o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.UseRedisReminderService(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.Services.AddSingleton<IJobHistoryStore>(sp => new RedisJobHistory(ConfigurationOptions.Parse(s.Redis), s.ServiceId));
+                if (s.Kubernetes)
+                    silo.UseKubernetesHosting();
             }
             else
             {

@@ -102,6 +102,12 @@ public sealed record SiloSettings
 
     public bool Secure => TlsCertificate.Length > 0;
 
+    /// <summary>
+    /// Running as a Kubernetes pod: Orleans' Kubernetes hosting takes the pod's name, namespace and address
+    /// (POD_NAME, POD_NAMESPACE, POD_IP) and removes the silos of deleted pods from the membership.
+    /// </summary>
+    public bool Kubernetes { get; init; }
+
     /// <summary>Whether the silo, its gateway, data and web ports listen on loopback only.</summary>
     public bool LoopbackOnly => Listen switch { "loopback" => true, "any" => false, _ => !Secure };
     /// <summary>The silo's web port: the dashboard, the Orleans dashboard and the Prometheus scrape endpoint (0: none).</summary>
@@ -162,6 +168,7 @@ public sealed record SiloSettings
         ["--operator-tokens"] = "Flm:OperatorTokens",
         ["--viewer-tokens"] = "Flm:ViewerTokens",
         ["--listen"] = "Flm:Listen",
+        ["--kubernetes"] = "Flm:Kubernetes",
         ["--http-port"] = "Flm:HttpPort",
         ["--exporters"] = "Flm:Exporters",
         ["--otlp-endpoint"] = "Flm:OtlpEndpoint",
@@ -249,6 +256,8 @@ public sealed record SiloSettings
 
     private void ValidateSecurity()
     {
+        if (Kubernetes && Clustering != "redis")
+            throw new ArgumentException("Flm:Kubernetes needs Redis clustering (Flm:Clustering redis): pods come and go, the membership table must outlive them");
         if (Listen is not ("" or "loopback" or "any"))
             throw new ArgumentException($"Flm:Listen (--listen) '{Listen}' is not loopback or any");
         if (LoopbackOnly && !string.IsNullOrWhiteSpace(AdvertisedAddress) && IPAddress.TryParse(AdvertisedAddress, out var advertised) && !IPAddress.IsLoopback(advertised))
