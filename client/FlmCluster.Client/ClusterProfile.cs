@@ -7,7 +7,8 @@ namespace FlmCluster.Client;
 /// membership, the cluster and service ids, and for a secure cluster its authority and this client's credentials
 /// (files: a token, or a certificate and key; secrets never go on a command line). Stored by 'flm cluster up' in a
 /// profile file; the environment variables FLM_CLUSTER_REDIS and FLM_CLUSTER_GATEWAYS (comma-separated ports)
-/// override where it is, FLM_TLS_CA, FLM_TOKEN_FILE, FLM_CLIENT_CERT and FLM_CLIENT_KEY the credentials.
+/// override where it is, FLM_CLUSTER_ID its cluster id, FLM_TLS_CA, FLM_TOKEN_FILE, FLM_CLIENT_CERT and
+/// FLM_CLIENT_KEY the credentials.
 /// </summary>
 public sealed record ClusterProfile
 {
@@ -48,17 +49,18 @@ public sealed record ClusterProfile
             : !string.IsNullOrWhiteSpace(gateways) ? new ClusterProfile { GatewayPorts = gateways.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(ParsePort).ToList() }
             : File.Exists(path) ? Load(path)
             : null;
-        return profile?.WithCredentialsFromEnvironment();
+        return profile?.WithEnvironment();
     }
 
-    /// <summary>The profile with the credential files the environment names instead of its own.</summary>
-    private ClusterProfile WithCredentialsFromEnvironment()
+    /// <summary>The profile with the cluster id and credential files the environment names instead of its own.</summary>
+    private ClusterProfile WithEnvironment()
     {
         static string? Env(string name) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } value ? value : null;
         var token = Env("FLM_TOKEN_FILE");
         var certificate = Env("FLM_CLIENT_CERT");
         return this with
         {
+            ClusterId = Env("FLM_CLUSTER_ID") ?? ClusterId,
             TlsCa = Env("FLM_TLS_CA") ?? TlsCa,
             // One kind of credential at a time: a token from the environment replaces the profile's certificate, and the other way round.
             TokenFile = token ?? (certificate is null ? TokenFile : ""),
