@@ -31,11 +31,12 @@ public sealed class FlmClusterClient : IAsyncDisposable
     public static async Task<FlmClusterClient> ConnectAsync(ClusterProfile profile, TimeSpan? timeout = null)
     {
         var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        // Credential files are bad input, reported before anything is tried.
+        var credentials = ClientCredentials.From(profile);
+        var authority = profile.TlsCa.Length == 0 ? null : LoadAuthority(profile.TlsCa);
         // Nothing listening at all fails at once; the retries below are for a cluster that is there but busy.
         if (!await AnyListening(Endpoints(profile)))
             throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()} (nothing listens there); start one with 'flm cluster up' or check the connection settings");
-        var credentials = ClientCredentials.From(profile);
-        var authority = profile.TlsCa.Length == 0 ? null : LoadAuthority(profile.TlsCa);
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
         builder.Logging.SetMinimumLevel(LogLevel.Critical);
         builder.UseOrleansClient(client =>
