@@ -81,6 +81,8 @@ internal sealed class DevicesCheck(FlmNodeOptions node) : IHealthCheck
 /// <summary>Ready when the Redis that holds membership, grain state and reminders answers a ping.</summary>
 internal sealed class RedisCheck(ConfigurationOptions options) : IHealthCheck, IDisposable
 {
+    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(3);
+
     private readonly Lazy<Task<ConnectionMultiplexer>> _redis = new(() =>
     {
         var retrying = options.Clone();
@@ -92,10 +94,10 @@ internal sealed class RedisCheck(ConfigurationOptions options) : IHealthCheck, I
     {
         try
         {
-            var latency = await (await _redis.Value).GetDatabase().PingAsync();
+            var latency = await (await _redis.Value).GetDatabase().PingAsync().WaitAsync(Patience, cancellationToken);
             return HealthCheckResult.Healthy($"Redis answered in {latency.TotalMilliseconds:0.0} ms");
         }
-        catch (RedisException ex)
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
             return HealthCheckResult.Unhealthy($"Redis does not answer: {ex.Message}");
         }
