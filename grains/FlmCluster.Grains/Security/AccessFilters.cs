@@ -47,7 +47,8 @@ internal sealed class InternalCallMarker(AccessOptions access) : IOutgoingGrainC
 /// <summary>
 /// Lets a call in when a silo made it (it carries the cluster key) or when the client's role allows the method;
 /// refuses the rest with <see cref="AccessDeniedException"/>, logged and counted (flm.access.refused). Orleans'
-/// system targets (membership, directory, the manifest clients read) and its plumbing (timer ticks) pass.
+/// system targets (membership, directory, the manifest clients read …) and its plumbing (timer ticks) pass: they
+/// are Orleans' own protocol, which clients speak too, so the filter governs grain methods only.
 /// </summary>
 internal sealed partial class AccessFilter(AccessOptions access, ClientAuthenticator authenticator, ILogger<AccessFilter> log) : IIncomingGrainCallFilter
 {
