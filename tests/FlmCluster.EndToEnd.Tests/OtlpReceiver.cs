@@ -26,7 +26,8 @@ public sealed class OtlpReceiver : IDisposable
     private readonly HttpListener _listener = new();
     private readonly List<ReceivedSpan> _spans = [];
     private readonly List<ReceivedLog> _logs = [];
-    private readonly Task _serving;
+    private readonly Thread _serving;
+    private int _exports;
 
     public int Port { get; }
     public string Endpoint => $"http://127.0.0.1:{Port}";
@@ -39,7 +40,8 @@ public sealed class OtlpReceiver : IDisposable
         probe.Stop();
         _listener.Prefixes.Add($"http://127.0.0.1:{Port}/");
         _listener.Start();
-        _serving = Task.Run(Serve);
+        _serving = new Thread(Serve) { IsBackground = true, Name = "otlp-receiver" };
+        _serving.Start();
     }
 
     public IReadOnlyList<ReceivedSpan> Spans
@@ -60,21 +62,33 @@ public sealed class OtlpReceiver : IDisposable
         }
     }
 
-    private async Task Serve()
+    /// <summary>
+    /// Answers exports on a thread of its own, one at a time (each takes microseconds): the test's thread pool is
+    /// busy waiting on processes, and an export left waiting past the exporter's timeout would be dropped.
+    /// </summary>
+    private void Serve()
     {
         while (_listener.IsListening)
         {
             HttpListenerContext context;
             try
             {
-                context = await _listener.GetContextAsync();
+                context = _listener.GetContext();
             }
-            catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException)
+            catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or InvalidOperationException)
             {
                 return;
             }
+            Receive(context);
+        }
+    }
+
+    private void Receive(HttpListenerContext context)
+    {
+        try
+        {
             using var body = new MemoryStream();
-            await context.Request.InputStream.CopyToAsync(body);
+            context.Request.InputStream.CopyTo(body);
             if (context.Request.Url!.AbsolutePath == "/v1/traces")
             {
                 var spans = ReadTraces(body.ToArray());
@@ -87,11 +101,19 @@ public sealed class OtlpReceiver : IDisposable
                 lock (_logs)
                     _logs.AddRange(logs);
             }
+            Interlocked.Increment(ref _exports);
             context.Response.StatusCode = 200;
             context.Response.ContentType = "application/x-protobuf";
             context.Response.Close();
         }
+        catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException or IOException)
+        {
+            // the exporter gave up on this request or the receiver is closing
+        }
     }
+
+    /// <summary>Export requests answered so far (traces, logs and metrics).</summary>
+    public int Exports => Volatile.Read(ref _exports);
 
     private static List<ReceivedSpan> ReadTraces(byte[] request)
     {
@@ -218,6 +240,6 @@ public sealed class OtlpReceiver : IDisposable
     {
         _listener.Stop();
         _listener.Close();
-        _serving.Wait(TimeSpan.FromSeconds(5));
+        _serving.Join(TimeSpan.FromSeconds(5));
     }
 }

@@ -45,7 +45,7 @@ public sealed class GpuWorkerGrain(
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
-    private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
+    private (long Step, Task<(long Bytes, WrittenShard Shard)> Send, CancellationTokenSource Stop)? _replica;
     private ReplicaStore _replicas = null!;
 
     private string Key => this.GetPrimaryKeyString();
@@ -103,11 +103,12 @@ public sealed class GpuWorkerGrain(
         var restore = TimeSpan.Zero;
         try
         {
-            var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
-            restore = Stopwatch.GetElapsedTime(started);
+            var replicas = a.Rebuild.Kind == RebuildKind.Replicas ? ReplicaCheckpoint(a.JobId, a.Rebuild.Replicas!) : null;
             _trainer = await OnDevice(a.Rank, () =>
             {
-                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
+                // Threads per rank from the server's device count, not from the workers active so far: a count that
+                // changed with activation order would change how libtorch splits its reductions, and so the rounding.
+                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, node.Devices.Count));
                 var data = datasets.For(job);
                 var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
                 foreach (var fault in faults)
@@ -115,7 +116,7 @@ public sealed class GpuWorkerGrain(
                 try
                 {
                     var loading = Stopwatch.GetTimestamp();
-                    Rebuild(trainer, whole, a, data.Fingerprint, replica);
+                    Rebuild(trainer, whole, a, data.Fingerprint, replicas);
                     restore += Stopwatch.GetElapsedTime(loading);
                 }
                 catch
@@ -165,7 +166,7 @@ public sealed class GpuWorkerGrain(
     }
 
     /// <summary>Loads the rank's state from where the assignment says (on the device thread).</summary>
-    private static void Rebuild(RankTrainer trainer, ResolvedJob job, WorkerAssignment a, string dataFingerprint, ChunkedBytes? replica)
+    private static void Rebuild(RankTrainer trainer, ResolvedJob job, WorkerAssignment a, string dataFingerprint, CheckpointReader? replicas)
     {
         switch (a.Rebuild.Kind)
         {
@@ -178,7 +179,8 @@ public sealed class GpuWorkerGrain(
                 CheckpointRestore.Load(trainer, reader);
                 break;
             case RebuildKind.Replicas:
-                RankReplica.Restore(trainer, replica!);
+                new JobProgress(job).CheckResume(replicas!, dataFingerprint, stepsLeft: false);
+                CheckpointRestore.Load(trainer, replicas!);
                 break;
         }
     }
@@ -283,16 +285,17 @@ public sealed class GpuWorkerGrain(
                 log.LogWarning("Worker {Worker}: the previous replica failed: {Message}", Key, ex.Message);
             }
         }
-        var snapshot = await OnDevice(rank, () => RankSnapshot.Capture(trainer, allParameters: true));
+        var snapshot = await OnDevice(rank, () => RankSnapshot.Capture(trainer));
         var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
         var stop = new CancellationTokenSource();
         var stopped = stop.Token;
         _replica = (command.Step, Task.Run(async () =>
         {
             ChunkedBytes bytes;
+            WrittenShard shard;
             try
             {
-                bytes = RankReplica.Serialize(snapshot, command.Step, TensorChunk.MaxBytes);
+                (bytes, shard) = ShardWriter.Serialize(snapshot, TensorChunk.MaxBytes);
             }
             finally
             {
@@ -305,7 +308,7 @@ public sealed class GpuWorkerGrain(
                 stopped.ThrowIfCancellationRequested();
                 await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i], checksum));
             }
-            return bytes.Length;
+            return (bytes.Length, shard);
         }), stop);
     }
 
@@ -317,7 +320,8 @@ public sealed class GpuWorkerGrain(
             return Task.FromResult(new ReplicaStatus(step, false, 0, null));
         if (replica.Send.IsFaulted)
             return Task.FromResult(new ReplicaStatus(step, false, 0, replica.Send.Exception!.InnerException!.Message));
-        return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
+        var (bytes, shard) = replica.Send.Result;
+        return Task.FromResult(new ReplicaStatus(step, true, bytes, null, System.Text.Json.JsonSerializer.Serialize(shard, CheckpointManifest.Json), _trainer!.DataFingerprint));
     }
 
     [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
@@ -338,7 +342,32 @@ public sealed class GpuWorkerGrain(
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
     /// <summary>
-    /// This rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
+    /// The in-memory replicas of a step as a checkpoint: the manifest the coordinator made of their shards, each
+    /// shard fetched when a slice of this rank first needs it. The fetches run on the device thread, which may
+    /// wait for grain calls (the holders answer replica fetches whatever else they are doing).
+    /// </summary>
+    private CheckpointReader ReplicaCheckpoint(string jobId, ReplicaSource source)
+    {
+        var name = $"the in-memory replicas of step {source.Step}";
+        CheckpointManifest manifest;
+        try
+        {
+            manifest = System.Text.Json.JsonSerializer.Deserialize<CheckpointManifest>(source.ManifestJson, CheckpointManifest.Json)
+                ?? throw new InvalidCheckpointException($"{name}: no manifest");
+        }
+        catch (System.Text.Json.JsonException ex)
+        {
+            throw new ClusterRequestException($"{name}: unreadable manifest ({ex.Message})");
+        }
+        var ranks = manifest.Shards.ToDictionary(s => s.File, s => s.Rank);
+        var shards = new FetchedShards(file => ranks.TryGetValue(file, out var rank) && rank < source.Holders.Count
+            ? FindReplica(jobId, rank, source).GetAwaiter().GetResult()
+            : throw new InvalidCheckpointException($"{name} have no shard {file}"));
+        return CheckpointReader.InMemory(name, manifest, shards);
+    }
+
+    /// <summary>
+    /// A rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
     /// match the checksum they were sent with (a holder with a damaged copy is passed over for the next).
     /// </summary>
     private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)
