@@ -29,10 +29,26 @@ public static class ClusterBenchmark
         return 0;
     }
 
-    private static async Task<(LocalCluster, FlmClusterClient)> Start(int nodes, int gpus)
+    /// <summary>A local cluster of this process's silos and a client of it; <paramref name="secure"/>: secure mode with these credentials, the client an operator.</summary>
+    internal static async Task<(LocalCluster, FlmClusterClient)> Start(int nodes, int gpus, CredentialFiles? secure = null)
     {
-        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1, observe: false);
-        var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
+        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1, observe: false, configure: secure is null ? null : s => s with
+        {
+            TlsCertificate = secure.SiloCertificate,
+            TlsKey = secure.SiloKey,
+            TlsCa = secure.Authority,
+            ClusterKeyFile = secure.ClusterKey,
+            OperatorTokens = secure.OperatorToken,
+            ViewerTokens = secure.ViewerToken,
+            Listen = "loopback",
+        });
+        var client = await FlmClusterClient.ConnectAsync(new ClusterProfile
+        {
+            GatewayPorts = cluster.GatewayPorts,
+            ClusterId = cluster.ClusterId,
+            TlsCa = secure?.Authority ?? "",
+            TokenFile = secure?.OperatorToken ?? "",
+        });
         return (cluster, client);
     }
 
@@ -46,23 +62,33 @@ public static class ClusterBenchmark
         await using (cluster)
         await using (client)
         {
-            foreach (var perSilo in new[] { 1, 4, 16 })
+            foreach (var perSilo in FanOutWidths)
             {
-                var workers = Enumerable.Range(0, 4).SelectMany(n => Enumerable.Range(0, perSilo).Select(g => $"node{n}/gpu{g}")).ToList();
-                var grains = workers.Select(w => client.Grains.GetGrain<IGpuWorkerGrain>(w)).ToList();
-                var times = new List<double>();
-                for (var round = 0; round < rounds + 20; round++)
-                {
-                    var id = $"empty-{perSilo}-{round}";
-                    var watch = Stopwatch.StartNew();
-                    await Task.WhenAll(grains.Select((g, rank) => g.Probe(new ProbeRequest(id, rank, workers, [], 1, false))));
-                    if (round >= 20)
-                        times.Add(watch.Elapsed.TotalMilliseconds);
-                }
-                times.Sort();
-                Console.WriteLine($"| {workers.Count} | 4 | {Stats.Median(times):0.00} | {times[(int)(times.Count * 0.9)]:0.00} |");
+                var times = await FanOut(client, perSilo, rounds);
+                Console.WriteLine($"| {4 * perSilo} | 4 | {Stats.Median(times):0.00} | {times[(int)(times.Count * 0.9)]:0.00} |");
             }
         }
+    }
+
+    /// <summary>Workers per silo of the fan-out on 4 silos: 4, 16 and 64 workers.</summary>
+    internal static readonly int[] FanOutWidths = [1, 4, 16];
+
+    /// <summary>The times (ms, sorted) of <paramref name="rounds"/> empty steps to <paramref name="perSilo"/> workers on each of 4 silos, after 20 warm-up.</summary>
+    internal static async Task<List<double>> FanOut(FlmClusterClient client, int perSilo, int rounds)
+    {
+        var workers = Enumerable.Range(0, 4).SelectMany(n => Enumerable.Range(0, perSilo).Select(g => $"node{n}/gpu{g}")).ToList();
+        var grains = workers.Select(w => client.Grains.GetGrain<IGpuWorkerGrain>(w)).ToList();
+        var times = new List<double>();
+        for (var round = 0; round < rounds + 20; round++)
+        {
+            var id = $"empty-{perSilo}-{round}-{Guid.NewGuid():N}";
+            var watch = Stopwatch.StartNew();
+            await Task.WhenAll(grains.Select((g, rank) => g.Probe(new ProbeRequest(id, rank, workers, [], 1, false))));
+            if (round >= 20)
+                times.Add(watch.Elapsed.TotalMilliseconds);
+        }
+        times.Sort();
+        return times;
     }
 
     private static async Task Bandwidth(int mib, int repeats)
@@ -72,13 +98,7 @@ public static class ClusterBenchmark
         double allReduce;
         await using (cluster)
         await using (client)
-        {
-            string[] workers = ["node0/gpu0", "node1/gpu0"];
-            ProbeOp[] ops = [new("all-reduce", bytes / 4, "f32", 0, repeats)];
-            await Probe(client, workers, [new("all-reduce", 1 << 20)]); // warm-up
-            var results = await Probe(client, workers, ops);
-            allReduce = bytes * repeats / (results.Max(r => r.Milliseconds[0]) / 1000) / 1e9;
-        }
+            allReduce = await AllReduce(client, bytes, repeats);
         var tcp = LoopbackTcp.Stream(bytes * repeats);
         Console.WriteLine($"(b) all-reduce of {mib} MiB between two silos (ranks on different silos: every byte crosses by grain calls in 4 MiB chunks), {repeats} repeats");
         Console.WriteLine();
@@ -88,6 +108,15 @@ public static class ClusterBenchmark
         Console.WriteLine($"| all-reduce algorithm bandwidth (bytes per rank ÷ time) | {allReduce:0.00} |");
         Console.WriteLine($"| all-reduce bus bandwidth (× 2(n−1)/n = × 1 for n = 2) | {allReduce:0.00} |");
         Console.WriteLine($"| bus / TCP | {allReduce / tcp:0.00} |");
+    }
+
+    /// <summary>Algorithm bandwidth (GB/s) of an all-reduce of <paramref name="bytes"/> between node0/gpu0 and node1/gpu0, after a 4 MiB warm-up.</summary>
+    internal static async Task<double> AllReduce(FlmClusterClient client, long bytes, int repeats)
+    {
+        string[] workers = ["node0/gpu0", "node1/gpu0"];
+        await Probe(client, workers, [new("all-reduce", 1 << 20)]); // warm-up
+        var results = await Probe(client, workers, [new("all-reduce", bytes / 4, "f32", 0, repeats)]);
+        return bytes * repeats / (results.Max(r => r.Milliseconds[0]) / 1000) / 1e9;
     }
 
     private static Task<ProbeResult[]> Probe(FlmClusterClient client, string[] workers, ProbeOp[] ops)

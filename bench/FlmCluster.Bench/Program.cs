@@ -5,6 +5,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
     ["cluster"] = a => ClusterBenchmark.Run(a).GetAwaiter().GetResult(),
     ["dataplane"] = a => DataPlaneBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["security"] = a => SecurityBenchmark.Run(a).GetAwaiter().GetResult(),
     ["train-step"] = TrainStepBenchmark.Run,
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,

@@ -11,7 +11,7 @@ namespace FlmCluster.Cli;
 /// <summary>
 /// Parses and runs a command with the CLI's exit-code contract: 0 success, 1 failure while running,
 /// 2 bad input (one "error: …" line, nothing started or written), 69 no cluster reachable (EX_UNAVAILABLE),
-/// 130 interrupted.
+/// 77 refused by the cluster: no or wrong credentials, or a viewer's for an operator's command (EX_NOPERM), 130 interrupted.
 /// </summary>
 public static class CliRunner
 {
@@ -19,12 +19,13 @@ public static class CliRunner
     public const int Failed = 1;
     public const int BadInput = 2;
     public const int Unavailable = 69;
+    public const int NoPermission = 77;
     public const int Interrupted = 130;
 
     /// <summary>The exit codes as 'flm --help' lists them.</summary>
     public const string ExitCodes =
         "Exit codes: 0 success, 1 failure while running, 2 bad input (one 'error:' line, nothing started or written), " +
-        "69 no cluster reachable, 130 interrupted.";
+        "69 no cluster reachable, 77 refused by the cluster (credentials or role), 130 interrupted.";
 
     public static int Run(RootCommand root, string[] args)
     {
@@ -47,6 +48,10 @@ public static class CliRunner
         catch (Exception ex) when (Unwrap(ex) is ClusterUnavailableException)
         {
             return Report(Unwrap(ex).Message, Unavailable);
+        }
+        catch (Exception ex) when (Unwrap(ex) is AccessDeniedException)
+        {
+            return Report(Unwrap(ex).Message, NoPermission);
         }
         catch (Exception ex) when (Unwrap(ex) is OperationCanceledException)
         {

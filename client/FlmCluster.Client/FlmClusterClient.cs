@@ -4,6 +4,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Orleans.Configuration;
+using Orleans.Hosting;
 using StackExchange.Redis;
 
 namespace FlmCluster.Client;
@@ -30,6 +31,9 @@ public sealed class FlmClusterClient : IAsyncDisposable
     public static async Task<FlmClusterClient> ConnectAsync(ClusterProfile profile, TimeSpan? timeout = null)
     {
         var deadline = DateTime.UtcNow + (timeout ?? TimeSpan.FromSeconds(10));
+        // Credential files are bad input, reported before anything is tried.
+        var credentials = ClientCredentials.From(profile);
+        var authority = profile.TlsCa.Length == 0 ? null : LoadAuthority(profile.TlsCa);
         // Nothing listening at all fails at once; the retries below are for a cluster that is there but busy.
         if (!await AnyListening(Endpoints(profile)))
             throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()} (nothing listens there); start one with 'flm cluster up' or check the connection settings");
@@ -46,6 +50,15 @@ public sealed class FlmClusterClient : IAsyncDisposable
                 client.UseRedisClustering(o => o.ConfigurationOptions = ConfigurationOptions.Parse(profile.Redis));
             else
                 client.UseStaticClustering(profile.GatewayPorts.Select(p => new IPEndPoint(IPAddress.Loopback, p)).ToArray());
+            if (authority is not null)
+                client.UseTls(o => o.RemoteCertificateValidation = (presented, _, _) =>
+                    ClusterCertificates.ChainsTo(presented, authority) && ClusterCertificates.UnitOf(presented) == ClusterCertificates.SiloUnit);
+            if (credentials.Any)
+                client.AddOutgoingGrainCallFilter(async call =>
+                {
+                    credentials.Stamp();
+                    await call.Invoke();
+                });
             client.UseConnectionRetryFilter(async (_, ct) =>
             {
                 if (DateTime.UtcNow >= deadline)
@@ -62,9 +75,22 @@ public sealed class FlmClusterClient : IAsyncDisposable
         catch (Exception ex)
         {
             host.Dispose();
-            throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()}; start one with 'flm cluster up' or check the connection settings", ex);
+            throw new ClusterUnavailableException($"no FlmCluster answered at {profile.Describe()}; start one with 'flm cluster up' or check the connection settings"
+                + (authority is null ? " (a secure cluster also needs its authority: FLM_TLS_CA)" : $" (TLS with the authority {profile.TlsCa})"), ex);
         }
         return new FlmClusterClient(host, profile);
+    }
+
+    private static System.Security.Cryptography.X509Certificates.X509Certificate2 LoadAuthority(string path)
+    {
+        try
+        {
+            return ClusterCertificates.LoadAuthority(path, "FLM_TLS_CA");
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidClusterProfileException($"{ex.Message} (FLM_TLS_CA or the profile's tls_ca)");
+        }
     }
 
     /// <summary>Where a client connects first: the gateways, or the Redis servers that hold the membership.</summary>

@@ -2,6 +2,8 @@ using Orleans.Concurrency;
 
 namespace FlmCluster.Grains.Abstractions;
 
+// Methods clients may call carry [ClientAccess] with the least role; the rest are internal to the cluster.
+
 /// <summary>One GPU of one server (key "node/gpuK"). Holds one rank of one job; no durable state.</summary>
 public interface IGpuWorkerGrain : IGrainWithStringKey
 {
@@ -67,10 +69,12 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     Task Deliver(TensorChunk chunk);
 
     [AlwaysInterleave]
+    [ClientAccess(ClientRole.Viewer)]
     Task<WorkerStatus> GetStatus();
 
-    /// <summary>Runs data-plane collectives with the other workers of the probe (an idle worker only).</summary>
+    /// <summary>Runs data-plane collectives with the other workers of the probe (an idle worker only): a diagnostic of the interconnect for operators.</summary>
     [ResponseTimeout("00:10:00")]
+    [ClientAccess(ClientRole.Operator)]
     Task<ProbeResult> Probe(ProbeRequest request);
 }
 
@@ -84,6 +88,7 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     Task Start(JobAllocation allocation);
 
     [AlwaysInterleave]
+    [ClientAccess(ClientRole.Viewer)]
     Task<JobStatus> GetStatus();
 
     /// <summary>
@@ -91,13 +96,20 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     /// index <paramref name="sinceEvent"/>, at most <paramref name="max"/> (1 … <see cref="JobHistory.MaxPage"/>) of each.
     /// </summary>
     [AlwaysInterleave]
+    [ClientAccess(ClientRole.Viewer)]
     Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max);
 
+    /// <summary>Stops the job (from the scheduler, which is what clients ask to cancel).</summary>
     Task Cancel(string reason);
+
+    [ClientAccess(ClientRole.Operator)]
     Task Pause();
+
+    [ClientAccess(ClientRole.Operator)]
     Task Resume();
 
     /// <summary>Takes a checkpoint at the next step boundary (the job needs checkpoint.dir).</summary>
+    [ClientAccess(ClientRole.Operator)]
     Task SaveCheckpoint();
 }
 
@@ -109,13 +121,17 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// its checkpoint folder's owner), queues it and returns its id; refuses anything invalid with
     /// <see cref="ClusterRequestException"/> before anything is recorded.
     /// </summary>
+    [ClientAccess(ClientRole.Operator)]
     Task<string> Submit(JobSubmission submission);
 
+    [ClientAccess(ClientRole.Viewer)]
     Task<IReadOnlyList<JobStatus>> ListJobs();
 
+    [ClientAccess(ClientRole.Viewer)]
     Task<ClusterInventory> GetInventory();
 
     /// <summary>Cancels a queued or running job; false when the id is unknown.</summary>
+    [ClientAccess(ClientRole.Operator)]
     Task<bool> Cancel(string jobId);
 
     /// <summary>

@@ -1,7 +1,9 @@
 using System.Net;
 using FlmCluster.Grains;
+using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.History;
 using FlmCluster.Silo.Dashboard;
+using FlmCluster.Silo.Health;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Configuration;
@@ -17,7 +19,8 @@ namespace FlmCluster.Silo;
 /// <summary>
 /// Configures a host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0). A silo with a
 /// web port (Flm:HttpPort) is a web application that also serves the dashboard (/), the Orleans dashboard
-/// (/orleans) and, with the prometheus exporter, the scrape endpoint (/metrics).
+/// (/orleans), the health endpoints (/health/live, /health/ready) and, with the prometheus exporter, the scrape
+/// endpoint (/metrics).
 /// </summary>
 public static class FlmSiloHost
 {
@@ -39,13 +42,14 @@ public static class FlmSiloHost
             web = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
             web.WebHost.UseKestrelCore().ConfigureKestrel(k =>
             {
-                if (s.Clustering == "redis")
-                    k.ListenAnyIP(s.HttpPort);
-                else
+                if (s.LoopbackOnly)
                     k.Listen(IPAddress.Loopback, s.HttpPort);
+                else
+                    k.ListenAnyIP(s.HttpPort);
             });
             web.Services.AddRouting();
             web.Services.AddFlmDashboard();
+            web.Services.AddSiloHealth(s);
             builder = web;
         }
         else
@@ -64,6 +68,7 @@ public static class FlmSiloHost
             return ((HostApplicationBuilder)builder).Build();
         var app = web.Build();
         app.MapFlmDashboard();
+        app.MapSiloHealth();
         if (grainStatistics)
             app.MapOrleansDashboard(OrleansDashboardPath);
         if (telemetry && s.ExporterList.Contains("prometheus"))
@@ -90,11 +95,13 @@ public static class FlmSiloHost
             });
             if (s.Clustering == "redis")
             {
-                silo.ConfigureEndpoints(s.Advertised, s.SiloPort, s.GatewayPort, listenOnAnyHostAddress: true);
+                silo.ConfigureEndpoints(s.Advertised, s.SiloPort, s.GatewayPort, listenOnAnyHostAddress: !s.LoopbackOnly);
                 silo.UseRedisClustering(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.AddRedisGrainStorage(FlmSiloBuilderExtensions.StorageName, o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.UseRedisReminderService(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.Services.AddSingleton<IJobHistoryStore>(sp => new RedisJobHistory(ConfigurationOptions.Parse(s.Redis), s.ServiceId));
+                if (s.Kubernetes)
+                    silo.UseKubernetesHosting();
             }
             else
             {
@@ -117,7 +124,11 @@ public static class FlmSiloHost
                 DataPlane = s.DataPlane,
                 Sockets = s.DataPlaneOptions,
                 PeakFlops = s.PeakFlops,
+                Access = s.LoadAccess(),
             });
+            if (s.Secure)
+                silo.UseClusterTls(ClusterCertificates.LoadWithKey(s.TlsCertificate, s.TlsKey, "Flm:TlsCertificate"), ClusterCertificates.LoadAuthority(s.TlsCa, "Flm:TlsCa"));
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(sp => new SecurityModeLog(s, sp.GetRequiredService<ILoggerFactory>().CreateLogger("FlmCluster.Silo")));
             // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port),
             // every 5 s rather than every second: training servers' CPUs are for training (docs/benchmarks.md).
             if (grainStatistics)

@@ -34,10 +34,11 @@ public sealed class LocalCluster : IAsyncDisposable
 
     /// <summary>
     /// Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> CPU devices each, plus an
-    /// optional control-plane node; with <paramref name="observe"/>, the first serves the dashboard and exports telemetry.
+    /// optional control-plane node; with <paramref name="observe"/>, the first serves the dashboard and exports telemetry;
+    /// <paramref name="configure"/> changes every silo's settings before they are checked (e.g. secure mode).
     /// </summary>
     public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0,
-        bool observe = true)
+        bool observe = true, Func<SiloSettings, SiloSettings>? configure = null)
     {
         var environment = new ConfigurationBuilder().AddEnvironmentVariables().Build().GetSection("Flm").Get<SiloSettings>() ?? new SiloSettings();
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpusPerNode}")).ToList();
@@ -70,6 +71,7 @@ public sealed class LocalCluster : IAsyncDisposable
                     DeviceModel = environment.DeviceModel,
                     PeakTflops = environment.PeakTflops,
                 };
+                settings = configure?.Invoke(settings) ?? settings;
                 settings.Validate();
                 var host = FlmSiloHost.Build(settings, telemetry: web, grainStatistics: observe, minimumLevel: LogLevel.Error);
                 await host.StartAsync();

@@ -1,6 +1,8 @@
 using System.Net;
 using FlmCluster.Grains;
+using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane.Sockets;
+using FlmCluster.Grains.Security;
 using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Configuration;
 
@@ -22,7 +24,7 @@ public sealed record SiloSettings
     public int GatewayPort { get; init; } = 30000;
     public int PrimarySiloPort { get; init; } = 11111;
 
-    /// <summary>Address other silos reach this one at (default: loopback for localhost clustering, else this host's address).</summary>
+    /// <summary>Address other silos reach this one at (default: loopback when listening on loopback only, else this host's address).</summary>
     public string AdvertisedAddress { get; init; } = "";
     public string ClusterId { get; init; } = "flm";
     public string ServiceId { get; init; } = "flmcluster";
@@ -71,6 +73,43 @@ public sealed record SiloSettings
 
     /// <summary>The most MiB of one peer's tensors a worker keeps before it asks for them; beyond, the peer waits.</summary>
     public int DataBufferMiB { get; init; } = 64;
+
+    /// <summary>
+    /// This silo's certificate (PEM, with <see cref="TlsKey"/>; or a .pfx holding both): secure mode, with mutual TLS
+    /// between silos, TLS for clients and client authentication. Empty: open mode (development).
+    /// </summary>
+    public string TlsCertificate { get; init; } = "";
+    public string TlsKey { get; init; } = "";
+
+    /// <summary>The cluster's certificate authority: silos' certificates (OU=silo) chain to it, and by default clients' certificates.</summary>
+    public string TlsCa { get; init; } = "";
+
+    /// <summary>The authority clients' certificates (OU=operator or OU=viewer) must chain to (empty: <see cref="TlsCa"/>).</summary>
+    public string ClientCa { get; init; } = "";
+
+    /// <summary>A file holding the cluster key, a secret every silo of the cluster shares (secure mode).</summary>
+    public string ClusterKeyFile { get; init; } = "";
+
+    /// <summary>Files of client tokens, one per line: operators, viewers (secure mode; either may be empty).</summary>
+    public string OperatorTokens { get; init; } = "";
+    public string ViewerTokens { get; init; } = "";
+
+    /// <summary>
+    /// Where the silo's ports listen: <c>loopback</c> or <c>any</c> (all interfaces). Default: any in secure mode,
+    /// loopback in open mode (an open silo reachable from the network would take anyone's jobs).
+    /// </summary>
+    public string Listen { get; init; } = "";
+
+    public bool Secure => TlsCertificate.Length > 0;
+
+    /// <summary>
+    /// Running as a Kubernetes pod: Orleans' Kubernetes hosting takes the pod's name, namespace and address
+    /// (POD_NAME, POD_NAMESPACE, POD_IP) and removes the silos of deleted pods from the membership.
+    /// </summary>
+    public bool Kubernetes { get; init; }
+
+    /// <summary>Whether the silo, its gateway, data and web ports listen on loopback only.</summary>
+    public bool LoopbackOnly => Listen switch { "loopback" => true, "any" => false, _ => !Secure };
     /// <summary>The silo's web port: the dashboard, the Orleans dashboard and the Prometheus scrape endpoint (0: none).</summary>
     public int HttpPort { get; init; } = 8080;
 
@@ -121,6 +160,15 @@ public sealed record SiloSettings
         ["--data-tls-ca"] = "Flm:DataTlsCa",
         ["--checkpoint-roots"] = "Flm:CheckpointRoots",
         ["--data-roots"] = "Flm:DataRoots",
+        ["--tls-cert"] = "Flm:TlsCertificate",
+        ["--tls-key"] = "Flm:TlsKey",
+        ["--tls-ca"] = "Flm:TlsCa",
+        ["--client-ca"] = "Flm:ClientCa",
+        ["--cluster-key"] = "Flm:ClusterKeyFile",
+        ["--operator-tokens"] = "Flm:OperatorTokens",
+        ["--viewer-tokens"] = "Flm:ViewerTokens",
+        ["--listen"] = "Flm:Listen",
+        ["--kubernetes"] = "Flm:Kubernetes",
         ["--http-port"] = "Flm:HttpPort",
         ["--exporters"] = "Flm:Exporters",
         ["--otlp-endpoint"] = "Flm:OtlpEndpoint",
@@ -138,7 +186,7 @@ public sealed record SiloSettings
     public DeviceSpec DeviceSpec => FlmCluster.Grains.DeviceSpec.Parse(Devices);
 
     public IPAddress Advertised => string.IsNullOrWhiteSpace(AdvertisedAddress)
-        ? (Clustering == "localhost" ? IPAddress.Loopback : Dns.GetHostAddresses(Dns.GetHostName()).First(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork))
+        ? (LoopbackOnly ? IPAddress.Loopback : Dns.GetHostAddresses(Dns.GetHostName()).First(a => a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork))
         : IPAddress.Parse(AdvertisedAddress);
 
     /// <summary>Throws <see cref="ArgumentException"/> with one line naming the setting and the fix.</summary>
@@ -189,20 +237,54 @@ public sealed record SiloSettings
                 throw new ArgumentException($"Flm:{name} '{file}' does not exist");
         if (DataTlsCa.Length > 0 && DataTlsCertificate.Length == 0)
             throw new ArgumentException("Flm:DataTlsCa is set without Flm:DataTlsCertificate; TLS on the data plane needs this silo's certificate and key");
+        ValidateSecurity();
     }
 
     /// <summary>The socket data plane of this silo: it listens where the silo does and is reached at the advertised address.</summary>
     public SocketDataPlaneOptions DataPlaneOptions => new()
     {
-        ListenAddress = Clustering == "redis" ? IPAddress.Any : IPAddress.Loopback,
+        ListenAddress = LoopbackOnly ? IPAddress.Loopback : IPAddress.Any,
         AdvertisedAddress = Advertised,
         Port = DataPort,
-        TlsCertificate = DataTlsCertificate,
-        TlsKey = DataTlsKey,
-        TlsCa = DataTlsCa,
+        // A secure silo's data connections use its certificate unless the data plane has its own.
+        TlsCertificate = DataTlsCertificate.Length > 0 || !Secure ? DataTlsCertificate : TlsCertificate,
+        TlsKey = DataTlsCertificate.Length > 0 || !Secure ? DataTlsKey : TlsKey,
+        TlsCa = DataTlsCertificate.Length > 0 || !Secure ? DataTlsCa : TlsCa,
         Silence = TimeSpan.FromSeconds(DataSilenceSeconds),
         PeerBufferBytes = (long)DataBufferMiB << 20,
     };
+
+    private void ValidateSecurity()
+    {
+        if (Kubernetes && Clustering != "redis")
+            throw new ArgumentException("Flm:Kubernetes needs Redis clustering (Flm:Clustering redis): pods come and go, the membership table must outlive them");
+        if (Listen is not ("" or "loopback" or "any"))
+            throw new ArgumentException($"Flm:Listen (--listen) '{Listen}' is not loopback or any");
+        if (LoopbackOnly && !string.IsNullOrWhiteSpace(AdvertisedAddress) && IPAddress.TryParse(AdvertisedAddress, out var advertised) && !IPAddress.IsLoopback(advertised))
+            throw new ArgumentException($"Flm:AdvertisedAddress {AdvertisedAddress} is not a loopback address, but the silo listens on loopback only; give Flm:Listen=any (and, for a network, secure mode: Flm:TlsCertificate)");
+        var secureOnly = new[] { ("TlsKey", TlsKey), ("TlsCa", TlsCa), ("ClientCa", ClientCa), ("ClusterKeyFile", ClusterKeyFile), ("OperatorTokens", OperatorTokens), ("ViewerTokens", ViewerTokens) };
+        if (!Secure)
+        {
+            if (secureOnly.FirstOrDefault(f => f.Item2.Length > 0) is { Item1.Length: > 0 } stray)
+                throw new ArgumentException($"Flm:{stray.Item1} is set without Flm:TlsCertificate (--tls-cert); secure mode needs this silo's certificate");
+            return;
+        }
+        if (TlsKey.Length == 0 && !ClusterCertificates.IsPkcs12(TlsCertificate))
+            throw new ArgumentException("Flm:TlsKey (--tls-key) must name the private key of Flm:TlsCertificate (PEM), or give a .pfx holding both");
+        if (TlsCa.Length == 0)
+            throw new ArgumentException("Flm:TlsCa (--tls-ca) must name the cluster's certificate authority in secure mode (silos trust each other through it)");
+        if (ClusterKeyFile.Length == 0)
+            throw new ArgumentException("Flm:ClusterKeyFile (--cluster-key) must name the file of the cluster key in secure mode ('flm cluster credentials' makes one)");
+        foreach (var (name, file) in secureOnly.Prepend(("TlsCertificate", TlsCertificate)))
+            if (file.Length > 0 && !File.Exists(file))
+                throw new ArgumentException($"Flm:{name} '{file}' does not exist");
+    }
+
+    /// <summary>The access rules of this silo: from its files in secure mode, else open (null).</summary>
+    public AccessOptions? LoadAccess() => Secure
+        ? AccessOptions.FromFiles(ServiceId, ClusterKeyFile, OperatorTokens, ViewerTokens,
+            ClusterCertificates.LoadAuthority(ClientCa.Length > 0 ? ClientCa : TlsCa, ClientCa.Length > 0 ? "Flm:ClientCa" : "Flm:TlsCa"))
+        : null;
 
     private void ValidateTelemetry()
     {

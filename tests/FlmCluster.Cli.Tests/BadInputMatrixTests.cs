@@ -288,6 +288,12 @@ public sealed partial class BadInputMatrixTests : IDisposable
         new("cluster up with a zero timeout", ["cluster", "up", "--timeout", "0"], "--timeout must be positive"),
         new("cluster up --dir under a file", ["cluster", "up", "--dir", "file/cluster"], "--dir 'file/cluster' cannot be created") { Prepare = f => f.WriteFile("file", "x") },
         new("cluster down with nothing up", ["cluster", "down"], "no local cluster is up"),
+        new("cluster credentials for zero days", ["cluster", "credentials", "--dir", "creds", "--days", "0"], "--days 0 must be 1 … 3650") { Outputs = ["creds"] },
+        new("cluster credentials into a folder that holds them", ["cluster", "credentials", "--dir", "creds"], "holds a cluster's credentials already")
+        {
+            Prepare = f => f.WriteFile("creds/ca.pem", "x"),
+        },
+        new("cluster credentials without a folder", ["cluster", "credentials"], "Option '--dir' is required"),
         new("submit of a growth job without checkpoint.dir", ["submit", "--config", "tiny-growth"], "set checkpoint.dir to a folder every server reaches"),
 
         // no cluster: exit 69
@@ -319,6 +325,19 @@ public sealed partial class BadInputMatrixTests : IDisposable
         new("jobs with a malformed FLM_CLUSTER_GATEWAYS", ["jobs"], "FLM_CLUSTER_GATEWAYS: 'abc' is not a port")
         {
             Environment = _ => new() { ["FLM_CLUSTER_GATEWAYS"] = "abc" },
+        },
+        new("jobs with a token file that is not there", ["jobs"], "the token file /nonexistent/operator.token cannot be read")
+        {
+            Environment = f => new() { ["FLM_CLUSTER_GATEWAYS"] = $"{f.DeadPort}", ["FLM_TOKEN_FILE"] = "/nonexistent/operator.token" },
+        },
+        new("jobs with an authority that is not there", ["jobs"], "the certificate authority /nonexistent/ca.pem cannot be loaded")
+        {
+            Environment = f => new() { ["FLM_CLUSTER_GATEWAYS"] = $"{f.DeadPort}", ["FLM_TLS_CA"] = "/nonexistent/ca.pem" },
+        },
+        new("jobs with a client certificate that does not load", ["jobs"], "cannot be loaded")
+        {
+            Prepare = f => f.WriteFile("client.pem", "not a certificate"),
+            Environment = f => new() { ["FLM_CLUSTER_GATEWAYS"] = $"{f.DeadPort}", ["FLM_CLIENT_CERT"] = f.PathOf("client.pem") },
         },
         new("jobs with a malformed profile", ["jobs"], "is not readable")
         {

@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace FlmCluster.Cli.Tests;
 
-/// <summary>A silo process given bad observability settings stops at once with one error line and exit code 2.</summary>
+/// <summary>A silo process given bad observability or security settings stops at once with one error line and exit code 2.</summary>
 public sealed class SiloSettingsTests
 {
     [Theory]
@@ -13,7 +13,19 @@ public sealed class SiloSettingsTests
     [InlineData("--http-port 70000", "Flm:HttpPort (--http-port) 70000 is not a TCP port")]
     [InlineData("--peak-tflops NaN", "Flm:PeakTflops (--peak-tflops) NaN must be a finite number")]
     [InlineData("--peak-tflops -1", "Flm:PeakTflops (--peak-tflops) -1 must be a finite number")]
-    public async Task Bad_observability_settings_stop_the_silo_before_it_starts(string settings, string expected)
+    public Task Bad_observability_settings_stop_the_silo_before_it_starts(string settings, string expected) => AssertRefusedAtStart(settings, expected);
+
+    [Theory]
+    [InlineData("--listen everywhere", "Flm:Listen (--listen) 'everywhere' is not loopback or any")]
+    [InlineData("--tls-key silo.key", "Flm:TlsKey is set without Flm:TlsCertificate (--tls-cert)")]
+    [InlineData("--tls-cert silo.pem --tls-key silo.key", "Flm:TlsCa (--tls-ca) must name the cluster's certificate authority")]
+    [InlineData("--tls-cert silo.pem --tls-key silo.key --tls-ca ca.pem", "Flm:ClusterKeyFile (--cluster-key) must name the file of the cluster key")]
+    [InlineData("--tls-cert /nonexistent/silo.pem --tls-key silo.key --tls-ca ca.pem --cluster-key cluster.key", "Flm:TlsCertificate '/nonexistent/silo.pem' does not exist")]
+    [InlineData("--advertise 10.1.2.3", "Flm:AdvertisedAddress 10.1.2.3 is not a loopback address, but the silo listens on loopback only")]
+    [InlineData("--kubernetes true", "Flm:Kubernetes needs Redis clustering")]
+    public Task Bad_security_settings_stop_the_silo_before_it_starts(string settings, string expected) => AssertRefusedAtStart(settings, expected);
+
+    private static async Task AssertRefusedAtStart(string settings, string expected)
     {
         var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {

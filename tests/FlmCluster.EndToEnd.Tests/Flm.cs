@@ -73,6 +73,29 @@ public sealed class Flm : IDisposable
         return profile.RootElement.GetProperty("silos").EnumerateArray().Select(s => s.GetProperty("http_port").GetInt32()).ToList();
     }
 
+    private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
+
+    /// <summary>A silo's health endpoint (/health/live or /health/ready): its status code and body.</summary>
+    public static (int Status, string Body) Health(int httpPort, string path)
+    {
+        using var response = Http.GetAsync($"http://127.0.0.1:{httpPort}{path}").GetAwaiter().GetResult();
+        return ((int)response.StatusCode, response.Content.ReadAsStringAsync().GetAwaiter().GetResult());
+    }
+
+    /// <summary>Polls a health endpoint until it answers <paramref name="status"/>; returns that answer's body.</summary>
+    public static string WaitForHealth(int httpPort, string path, int status, TimeSpan patience)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            var (code, body) = Health(httpPort, path);
+            if (code == status)
+                return body;
+            Assert.True(watch.Elapsed < patience, $"{path} on port {httpPort} answered {code} for {patience.TotalSeconds:0} s: {body}");
+            Thread.Sleep(200);
+        }
+    }
+
     public void Dispose()
     {
         if (File.Exists(Profile))

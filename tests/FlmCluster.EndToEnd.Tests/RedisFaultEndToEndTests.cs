@@ -7,7 +7,8 @@ namespace FlmCluster.EndToEnd.Tests;
 /// <summary>
 /// Redis — the cluster's membership and the jobs' state — goes away under a running job: back soon, the job
 /// continues from where it stood, bit for bit; gone for longer than the job's recovery.storage_wait_seconds, the
-/// job fails saying why and which checkpoint to resume from, and resuming it works.
+/// job fails saying why and which checkpoint to resume from, and resuming it works. Meanwhile the silos' readiness
+/// says the storage is away, and their liveness does not.
 /// </summary>
 [Trait("Category", "EndToEnd")]
 public sealed class RedisFaultEndToEndTests : IDisposable
@@ -49,8 +50,14 @@ public sealed class RedisFaultEndToEndTests : IDisposable
         var second = _flm.Run(Job(stopped, steps)).Output.Trim();
         _flm.WaitForStep(second, 15);
         _flm.Redis.Stop();
-        Thread.Sleep(15000);
+        var away = Stopwatch.StartNew();
+        // Readiness says the storage is gone; liveness does not (an orchestrator must not restart the silo for it).
+        var web = _flm.SiloHttpPorts()[1];
+        Assert.Contains("storage: Unhealthy (Redis does not answer", Flm.WaitForHealth(web, "/health/ready", 503, TimeSpan.FromSeconds(12)));
+        Assert.Equal(200, Flm.Health(web, "/health/live").Status);
+        Thread.Sleep(TimeSpan.FromSeconds(15) - away.Elapsed);
         _flm.Redis.Start();
+        Assert.Contains("storage: Healthy", Flm.WaitForHealth(web, "/health/ready", 200, TimeSpan.FromSeconds(60)));
         var failed = _flm.Run(TimeSpan.FromMinutes(5), "status", second, "--watch");
         Assert.Equal(1, failed.ExitCode);
         Assert.Contains("failed", failed.Output);

@@ -1,4 +1,5 @@
 using FlmCluster.Grains.Abstractions;
+using Microsoft.Extensions.DependencyInjection;
 using Orleans.TestingHost;
 
 namespace FlmCluster.Grains.Tests;
@@ -28,6 +29,12 @@ public abstract class ClusterTestClass(TimeSpan workerWait, Action<ISiloBuilder>
     protected InProcessTestCluster Cluster { get; private set; } = null!;
 
     protected IClusterSchedulerGrain Scheduler => Cluster.Client.GetGrain<IClusterSchedulerGrain>("cluster");
+
+    /// <summary>
+    /// Grains as the first silo reaches them: calls from inside the cluster (they carry the cluster key), for
+    /// internal methods no client may call.
+    /// </summary>
+    protected IGrainFactory InsideCluster => Cluster.GetSiloServiceProvider(Cluster.Silos[0].SiloAddress).GetRequiredService<IGrainFactory>();
 
     public async ValueTask InitializeAsync() => (Cluster, _storage) = await TestClusters.Start(workerWait, configure, dataPlane, devices);
 

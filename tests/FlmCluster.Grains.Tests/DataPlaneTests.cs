@@ -83,7 +83,8 @@ public abstract class DataPlaneTests(string dataPlane) : ClusterTestClass(TimeSp
     [Fact]
     public async Task A_worker_refuses_replica_chunks_it_could_not_hold()
     {
-        var worker = Cluster.Client.GetGrain<IGpuWorkerGrain>(Workers[1]);
+        // A peer's chunks come from inside the cluster (clients cannot call HoldReplica at all: AccessTests).
+        var worker = InsideCluster.GetGrain<IGpuWorkerGrain>(Workers[1]);
         await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, 1, new byte[TensorChunk.MaxBytes + 1], "x")));
         await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, int.MaxValue, new byte[8], "x")));
         Assert.Null(await worker.FetchReplica("j", 0, 1, 0));

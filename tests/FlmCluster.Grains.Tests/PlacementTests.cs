@@ -45,7 +45,7 @@ public sealed class PlacementTests() : ClusterTestClass(2, 2, 2)
         // The fallback when a silo's metadata is not in the local cache: a grain pinned to that very silo.
         foreach (var silo in Cluster.Silos)
         {
-            var answer = await Cluster.Client.GetGrain<FlmCluster.Grains.Placement.INodeInfoGrain>(silo.SiloAddress.ToParsableString()).Describe();
+            var answer = await InsideCluster.GetGrain<FlmCluster.Grains.Placement.INodeInfoGrain>(silo.SiloAddress.ToParsableString()).Describe();
             Assert.Equal((silo.Name, "cpu:2"), (answer.Node, answer.Devices));
         }
     }

@@ -138,7 +138,8 @@ public sealed class SubmissionTests() : ClusterTestClass(2, 2, 0)
     public async Task A_worker_checks_an_assignments_paths_against_its_own_servers_roots()
     {
         var job = Micro() with { Checkpoint = new CheckpointConfig { Dir = "/etc/flm" } };
-        var worker = Cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0");
+        // As a coordinator would assign it (clients cannot call Assign at all: AccessTests).
+        var worker = InsideCluster.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0");
         var assignment = new WorkerAssignment("raw", 1, Json(job), 0, ["Silo_0/gpu0", "Silo_0/gpu1"], 0, 0, 0, Rebuild.Fresh);
         var ex = await Assert.ThrowsAsync<ClusterRequestException>(() => worker.Assign(assignment));
         Assert.Contains("checkpoint.dir '/etc/flm' is outside", ex.Message);

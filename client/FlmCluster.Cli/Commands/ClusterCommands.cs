@@ -20,13 +20,14 @@ public static partial class ClusterCommands
         var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000, web ports (dashboards, /metrics) at base+2000", DefaultValueFactory = _ => 11111 };
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
-        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout };
+        var secure = new Option<bool>("--secure") { Description = "Secure mode: create a certificate authority, silo and client certificates, tokens and a cluster key in the cluster folder (credentials/); TLS and client authentication" };
+        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout, secure };
         up.SetAction(parse =>
         {
             if (parse.GetValue(controls) < 0)
                 throw new FlmUserException($"--control-nodes must not be negative (got {parse.GetValue(controls)})");
             return Up(parse.GetValue(nodes), parse.GetValue(gpus), Math.Max(parse.GetValue(controls), parse.GetValue(control) ? 1 : 0), parse.GetValue(redis),
-                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)));
+                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(secure));
         });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
@@ -34,7 +35,33 @@ public static partial class ClusterCommands
         var restartTimeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silo to become active", DefaultValueFactory = _ => 120 };
         var restart = new Command("restart", "Start a node of the local cluster again (after it was stopped or killed), with its settings") { node, restartTimeout };
         restart.SetAction(parse => Restart(parse.GetValue(node)!, TimeSpan.FromSeconds(parse.GetValue(restartTimeout))));
-        return new Command("cluster", "Local cluster of silo processes") { up, down, restart };
+        return new Command("cluster", "Local cluster of silo processes") { up, down, restart, Credentials() };
+    }
+
+    /// <summary><c>flm cluster credentials</c>: the files of a secure cluster, for silos started by other means (compose, Kubernetes, Slurm).</summary>
+    private static Command Credentials()
+    {
+        var dir = new Option<string>("--dir") { Description = "Folder to create the files in (it must not hold an authority yet)", Required = true };
+        var hosts = new Option<string[]>("--host") { Description = "A name or address the silos are reached at (repeat; localhost and 127.0.0.1 always)", AllowMultipleArgumentsPerToken = true };
+        var days = new Option<int>("--days") { Description = "Days the silo and client certificates are valid", DefaultValueFactory = _ => 365 };
+        var command = new Command("credentials", "Create a certificate authority, silo and client certificates, operator and viewer tokens and a cluster key") { dir, hosts, days };
+        command.SetAction(parse =>
+        {
+            var folder = parse.GetValue(dir)!;
+            if (parse.GetValue(days) is < 1 or > 3650)
+                throw new FlmUserException($"--days {parse.GetValue(days)} must be 1 … 3650");
+            OutputLocation.RequireCreatableDirectory(folder, "--dir");
+            if (File.Exists(new CredentialFiles(Path.GetFullPath(folder)).Authority))
+                throw new FlmUserException($"--dir {folder} holds a cluster's credentials already (ca.pem); give an empty folder");
+            var files = CredentialFiles.Create(folder, parse.GetValue(hosts) ?? [], TimeSpan.FromDays(parse.GetValue(days)));
+            Console.WriteLine($"credentials in {files.Folder}:");
+            Console.WriteLine($"  authority {files.Authority} (its key {files.AuthorityKey}: keep it off the servers)");
+            Console.WriteLine($"  silos     {files.SiloCertificate}, {files.SiloKey}, cluster key {files.ClusterKey}");
+            Console.WriteLine($"  clients   operator: {files.OperatorToken} or {files.OperatorCertificate} + {files.OperatorKey}; viewer: {files.ViewerToken} or {files.ViewerCertificate} + {files.ViewerKey}");
+            Console.WriteLine($"silo switches: {string.Join(' ', files.SiloArguments)}");
+            return CliRunner.Ok;
+        });
+        return command;
     }
 
     public static Command Nodes()
@@ -82,7 +109,7 @@ public static partial class ClusterCommands
     private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
-    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout)
+    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout, bool secure)
     {
         if (nodes < 1 || gpus < 1)
             throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
@@ -106,7 +133,10 @@ public static partial class ClusterCommands
             throw new FlmUserException($"a cluster is already up (profile {profilePath}); run 'flm cluster down' first");
         var home = Path.GetFullPath(dir ?? Path.Combine(Path.GetDirectoryName(profilePath)!, "cluster"));
         Directory.CreateDirectory(Path.Combine(home, "logs"));
-        Directory.CreateDirectory(Path.Combine(home, "ready"));
+        // A cluster folder that holds credentials keeps them: clients given them before still work.
+        var credentials = !secure ? null
+            : File.Exists(new CredentialFiles(Path.Combine(home, "credentials")).Authority) ? new CredentialFiles(Path.Combine(home, "credentials"))
+            : CredentialFiles.Create(Path.Combine(home, "credentials"), [], TimeSpan.FromDays(365));
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
         specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
@@ -116,17 +146,17 @@ public static partial class ClusterCommands
         {
             var (node, devices) = specs[i];
             var log = Path.Combine(home, "logs", $"{node}.log");
-            var ready = Path.Combine(home, "ready", node);
-            File.Delete(ready);
             List<string> args =
             [
                 silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
-                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"), "--ready-file", ready,
-                "--http-port", $"{WebPort(basePort, i)}",
+                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"),
+                "--http-port", $"{WebPort(basePort, i)}", "--listen", "loopback",
             ];
+            if (credentials is not null)
+                args.AddRange(credentials.SiloArguments);
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready, WebPort(basePort, i)));
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
         {
@@ -135,21 +165,18 @@ public static partial class ClusterCommands
             GatewayPorts = started.Select(s => s.GatewayPort).ToList(),
             ClusterId = clusterId,
             Silos = started,
+            TlsCa = credentials?.Authority ?? "",
+            TokenFile = credentials?.OperatorToken ?? "",
         };
         profile.Save(profilePath);
         var watch = Stopwatch.StartNew();
         foreach (var s in started)
         {
-            while (!File.Exists(Path.Combine(home, "ready", s.Node)))
+            if (await WaitReady(s, watch, timeout) is { } problem)
             {
-                if (!IsAlive(s.Pid) || watch.Elapsed > timeout)
-                {
-                    var tail = File.Exists(s.Log) ? string.Join(" | ", File.ReadLines(s.Log).TakeLast(3)) : "";
-                    StopAll(started);
-                    File.Delete(profilePath);
-                    throw new FlmUserException($"silo {s.Node} did not become active{(IsAlive(s.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {s.Log})");
-                }
-                await Task.Delay(200);
+                StopAll(started);
+                File.Delete(profilePath);
+                throw new FlmUserException(problem);
             }
         }
         // Ready when the scheduler sees every GPU server.
@@ -166,6 +193,8 @@ public static partial class ClusterCommands
         foreach (var s in started)
             Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, web http://127.0.0.1:{s.HttpPort}/, log {s.Log}");
         Console.WriteLine($"dashboard: http://127.0.0.1:{started[0].HttpPort}/ (every silo serves it; the Orleans dashboard at /orleans, Prometheus metrics at /metrics)");
+        if (credentials is not null)
+            Console.WriteLine($"secure: TLS with the authority {credentials.Authority}; this profile uses the operator token {credentials.OperatorToken} (viewer: FLM_TOKEN_FILE={credentials.ViewerToken})");
         Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");
         return CliRunner.Ok;
     }
@@ -183,19 +212,14 @@ public static partial class ClusterCommands
             ?? throw new FlmUserException($"the local cluster has no node '{node}'; its nodes are {string.Join(", ", profile.Silos.Select(s => s.Node))}");
         if (IsAlive(silo.Pid))
             throw new FlmUserException($"node {node} is running (pid {silo.Pid}); stop it first");
-        if (silo.Args is not { Count: > 0 } args || silo.ReadyFile is not { } ready)
+        if (silo.Args is not { Count: > 0 } args || silo.HttpPort == 0)
             throw new FlmUserException($"the profile does not say how node {node} was started; start the cluster again with 'flm cluster up'");
-        File.Delete(ready);
         var restarted = silo with { Pid = StartDetached(args, silo.Log, append: true) };
         profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
         profile.Save(profilePath);
         var watch = Stopwatch.StartNew();
-        while (!File.Exists(ready))
-        {
-            if (!IsAlive(restarted.Pid) || watch.Elapsed > timeout)
-                throw new FlmUserException($"silo {node} did not become active{(IsAlive(restarted.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}; see {silo.Log}");
-            await Task.Delay(100);
-        }
+        if (await WaitReady(restarted, watch, timeout) is { } problem)
+            throw new FlmUserException(problem);
         Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
         return CliRunner.Ok;
     }
@@ -212,6 +236,35 @@ public static partial class ClusterCommands
         File.Delete(profilePath);
         Console.WriteLine($"stopped {profile.Silos.Count} silo(s)");
         return CliRunner.Ok;
+    }
+
+    /// <summary>
+    /// Waits until a silo's readiness endpoint answers 200 (an active member, its devices and storage there); the
+    /// problem when it exits or the time is up first, else null.
+    /// </summary>
+    private static async Task<string?> WaitReady(SiloProcess silo, Stopwatch watch, TimeSpan timeout)
+    {
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
+        var ready = $"http://127.0.0.1:{silo.HttpPort}/health/ready";
+        while (true)
+        {
+            try
+            {
+                using var response = await http.GetAsync(ready);
+                if (response.IsSuccessStatusCode)
+                    return null;
+            }
+            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
+            {
+                // not listening yet
+            }
+            if (!IsAlive(silo.Pid) || watch.Elapsed > timeout)
+            {
+                var tail = File.Exists(silo.Log) ? string.Join(" | ", File.ReadLines(silo.Log).TakeLast(3)) : "";
+                return $"silo {silo.Node} did not become ready{(IsAlive(silo.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {silo.Log}, readiness {ready})";
+            }
+            await Task.Delay(200);
+        }
     }
 
     private static int StartDetached(IReadOnlyList<string> args, string log, bool append = false)

@@ -2,11 +2,14 @@ using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Security;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Orleans.Configuration;
 using Orleans.Runtime.Hosting;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -56,6 +59,9 @@ public sealed record FlmNodeOptions
     /// "nccl" to hand NCCL's unique ids to the ranks).
     /// </summary>
     public SocketDataPlaneOptions Sockets { get; init; } = new();
+
+    /// <summary>Who may call what (<see cref="AccessOptions"/>); null: open, with the key derived from the service id.</summary>
+    public AccessOptions? Access { get; init; }
 }
 
 public static class FlmSiloBuilderExtensions
@@ -65,8 +71,9 @@ public static class FlmSiloBuilderExtensions
 
     /// <summary>
     /// Registers FlmCluster's grains and per-silo services on a silo: node metadata, the node-pinned and
-    /// control-plane placement directors, the local worker registry (in-process tensor exchange) and the
-    /// silo's dataset cache. Clustering, storage and reminders are the host's choice.
+    /// control-plane placement directors, the local worker registry (in-process tensor exchange), the
+    /// silo's dataset cache and the access filters (internal methods for silos only, client roles). Clustering,
+    /// storage, reminders and TLS are the host's choice.
     /// </summary>
     public static ISiloBuilder AddFlmNode(this ISiloBuilder silo, FlmNodeOptions options)
     {
@@ -109,6 +116,10 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
+        silo.Services.AddSingleton(sp => options.Access ?? AccessOptions.Open(sp.GetRequiredService<IOptions<ClusterOptions>>().Value.ServiceId));
+        silo.Services.AddSingleton<ClientAuthenticator>();
+        silo.AddIncomingGrainCallFilter<AccessFilter>();
+        silo.AddOutgoingGrainCallFilter<InternalCallMarker>();
         return silo;
     }
 

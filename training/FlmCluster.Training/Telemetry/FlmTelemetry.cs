@@ -40,7 +40,12 @@ public static class FlmTelemetry
         public const string Worker = "flm.worker";
         public const string Phase = "flm.phase";
         public const string Use = "flm.use";
+        public const string Method = "flm.method";
+        public const string Refusal = "flm.refusal";
     }
+
+    /// <summary>Client calls a silo refused (tags method, refusal: internal, no_credentials, bad_credentials, needs_operator).</summary>
+    public static readonly Counter<long> AccessRefused = Meter.CreateCounter<long>("flm.access.refused", "{call}", "Client calls refused by the access filter");
 
     // The job, at its coordinator (tags job, stage).
 

@@ -1,6 +1,7 @@
 using System.Net.Security;
 using System.Security.Authentication;
 using System.Security.Cryptography.X509Certificates;
+using FlmCluster.Grains.Abstractions;
 
 namespace FlmCluster.Grains.DataPlane.Sockets;
 
@@ -26,29 +27,10 @@ internal sealed class DataPlaneTls
     {
         if (!options.UsesTls)
             return null;
-        if (options.TlsKey.Length == 0)
+        if (options.TlsKey.Length == 0 && !ClusterCertificates.IsPkcs12(options.TlsCertificate))
             throw new ArgumentException("the data plane's TLS certificate needs its private key (Flm:DataTlsKey)");
-        X509Certificate2 certificate;
-        try
-        {
-            certificate = X509Certificate2.CreateFromPemFile(options.TlsCertificate, options.TlsKey);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException or ArgumentException)
-        {
-            throw new ArgumentException($"the data plane's TLS certificate {options.TlsCertificate} with key {options.TlsKey} cannot be loaded: {ex.Message}");
-        }
-        X509Certificate2? authority = null;
-        if (options.TlsCa.Length > 0)
-        {
-            try
-            {
-                authority = X509CertificateLoader.LoadCertificateFromFile(options.TlsCa);
-            }
-            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException or System.Security.Cryptography.CryptographicException)
-            {
-                throw new ArgumentException($"the data plane's certificate authority {options.TlsCa} cannot be loaded: {ex.Message}");
-            }
-        }
+        var certificate = ClusterCertificates.LoadWithKey(options.TlsCertificate, options.TlsKey, "the data plane's TLS certificate");
+        var authority = options.TlsCa.Length > 0 ? ClusterCertificates.LoadAuthority(options.TlsCa, "the data plane's certificate authority") : null;
         return new DataPlaneTls(certificate, authority);
     }
 
@@ -85,10 +67,6 @@ internal sealed class DataPlaneTls
         using var peer = X509CertificateLoader.LoadCertificate(presented.GetRawCertData());
         if (_authority is null)
             return peer.RawDataMemory.Span.SequenceEqual(_certificate.RawDataMemory.Span);
-        using var chain = new X509Chain();
-        chain.ChainPolicy.TrustMode = X509ChainTrustMode.CustomRootTrust;
-        chain.ChainPolicy.CustomTrustStore.Add(_authority);
-        chain.ChainPolicy.RevocationMode = X509RevocationMode.NoCheck;
-        return chain.Build(peer);
+        return ClusterCertificates.ChainsTo(peer, _authority);
     }
 }

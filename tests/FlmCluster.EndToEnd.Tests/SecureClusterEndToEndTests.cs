@@ -1,0 +1,101 @@
+using System.Net;
+using System.Text.Json.Nodes;
+using FlmCluster.Client;
+using FlmCluster.Grains.Abstractions;
+using FlmCluster.Tests.Process;
+
+namespace FlmCluster.EndToEnd.Tests;
+
+/// <summary>
+/// A secure cluster of silo processes with Redis (`flm cluster up --secure`: mutual TLS between silos, TLS at the
+/// gateways, tokens and client certificates): clients without credentials, with a certificate of another
+/// authority, or with a viewer's token cannot submit (exit 77, one clear error line); an operator submits and
+/// watches, by token and by certificate; a raw grain call from a client to a worker method is refused.
+/// </summary>
+[Trait("Category", "EndToEnd")]
+public sealed class SecureClusterEndToEndTests : IDisposable
+{
+    private const int BasePort = 22011;
+    private readonly Flm _flm = new("flm-secure-");
+
+    public void Dispose() => _flm.Dispose();
+
+    private string Credentials => Path.Combine(_flm.Home, "cluster", "credentials");
+
+    private static readonly string[] Submit =
+        ["submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.layers=2", "--steps", "6", "--layout", "dp=2"];
+
+    /// <summary>A copy of the cluster profile with its credentials replaced by <paramref name="edit"/>'s; runs `flm` with it.</summary>
+    private FlmResult RunWithProfile(Action<JsonObject> edit, params string[] args)
+    {
+        var profile = JsonNode.Parse(File.ReadAllText(_flm.Profile))!.AsObject();
+        profile["token_file"] = "";
+        profile["client_certificate"] = "";
+        profile["client_key"] = "";
+        edit(profile);
+        var path = Path.Combine(_flm.Home, $"profile-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, profile.ToJsonString());
+        return FlmProcess.Run(_flm.Home, new Dictionary<string, string>(_flm.Environment) { ["FLM_PROFILE"] = path }, TimeSpan.FromMinutes(2), args);
+    }
+
+    private static void AssertRefused(FlmResult result, string why)
+    {
+        Assert.True(result.ExitCode == 77, $"exit {result.ExitCode}: {result.Output} {result.Error}");
+        var line = Assert.Single(result.ErrorLines);
+        Assert.StartsWith("error: the cluster refused IClusterSchedulerGrain.Submit: ", line);
+        Assert.Contains(why, line);
+    }
+
+    [Fact]
+    public async Task Only_an_operator_submits_to_a_secure_cluster_and_clients_never_reach_worker_methods()
+    {
+        var up = _flm.Run("cluster", "up", "--secure", "--nodes", "2", "--gpus-per-node", "1", "--control-nodes", "1", "--redis", _flm.Redis.ConnectionString,
+            "--base-port", $"{BasePort}");
+        Assert.True(up.ExitCode == 0, up.Output + up.Error);
+        Assert.Contains("secure: TLS with the authority", up.Output);
+        var log = File.ReadAllText(Path.Combine(_flm.Home, "cluster", "logs", "node0.log"));
+        Assert.Contains("Secure mode: mutual TLS between silos", log);
+        using (var http = new HttpClient())
+        {
+            var ready = await http.GetAsync($"http://127.0.0.1:{_flm.SiloHttpPorts()[1]}/health/ready", TestContext.Current.CancellationToken);
+            Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
+            Assert.Contains("cluster: Healthy (active member", await ready.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+        }
+
+        AssertRefused(RunWithProfile(_ => { }, Submit), "this client sent no credentials");
+        AssertRefused(RunWithProfile(p => p["token_file"] = Path.Combine(Credentials, "viewer.token"), Submit), "it needs the operator role");
+        var foreign = CredentialFiles.Create(Path.Combine(_flm.Home, "foreign"), [], TimeSpan.FromDays(1));
+        AssertRefused(RunWithProfile(p => (p["client_certificate"], p["client_key"]) = (foreign.OperatorCertificate, foreign.OperatorKey), Submit),
+            "was not issued by its authority");
+        var forgedToken = Path.Combine(_flm.Home, "forged.token");
+        File.WriteAllText(forgedToken, "not-a-token-of-this-cluster\n");
+        AssertRefused(RunWithProfile(p => p["token_file"] = forgedToken, Submit), "the token is not one of this cluster's");
+        // A viewer reads.
+        Assert.Equal(0, RunWithProfile(p => p["token_file"] = Path.Combine(Credentials, "viewer.token"), "nodes").ExitCode);
+
+        // The operator (the profile's token) submits and watches; the job's two ranks exchange gradients over mutual TLS.
+        var submit = _flm.Run([.. Submit, "--watch"]);
+        Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
+        var jobId = submit.Output.Split('\n')[0].Trim();
+        Assert.Contains($"{jobId}: completed at step 6/6", submit.Output);
+        // The operator's certificate instead of the token.
+        var byCertificate = RunWithProfile(p => (p["client_certificate"], p["client_key"]) = (Path.Combine(Credentials, "operator.pem"), Path.Combine(Credentials, "operator.key")),
+            "cancel", "no-such-job");
+        Assert.Equal(2, byCertificate.ExitCode); // let in: the cluster answered that the job is unknown
+        Assert.Contains("no job 'no-such-job'", byCertificate.Error);
+
+        // A raw grain call from an operator's client to a worker's internal method.
+        var profile = ClusterProfile.Load(_flm.Profile);
+        await using var client = await FlmClusterClient.ConnectAsync(profile);
+        var refused = await Assert.ThrowsAsync<AccessDeniedException>(() =>
+            client.Grains.GetGrain<IGpuWorkerGrain>("node0/gpu0").FetchReplica(jobId, 0, 6, 0));
+        Assert.Equal(AccessRefusal.Internal, refused.Reason);
+        Assert.Equal("IGpuWorkerGrain.FetchReplica", refused.Method);
+
+        // Refusals are counted on the silo that refused them (every silo serves /metrics).
+        var refusals = 0.0;
+        foreach (var port in _flm.SiloHttpPorts())
+            refusals += (await Prometheus.Scrape($"http://127.0.0.1:{port}/metrics")).Where(s => s.Name == "flm_access_refused_total").Sum(s => s.Value);
+        Assert.Equal(5, refusals);
+    }
+}
