@@ -1,5 +1,7 @@
 using System.Net;
 using FlmCluster.Grains;
+using FlmCluster.Grains.Sim;
+using FlmCluster.Training.Sim;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Orleans.Configuration;
@@ -10,8 +12,22 @@ namespace FlmCluster.Silo;
 /// <summary>Configures a generic host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0).</summary>
 public static class FlmSiloHost
 {
-    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s)
+    /// <param name="inProcess">
+    /// For silos of a cluster inside one process (<see cref="LocalCluster"/>): the membership table they share and,
+    /// for a simulated cluster, the simulation (one virtual clock). Without it, a silo given Flm:SimClock makes its
+    /// own simulation, sharing modelled time through that file.
+    /// </param>
+    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, InProcessCluster? inProcess = null)
     {
+        var simulation = inProcess?.Simulation;
+        if (simulation is null && !string.IsNullOrWhiteSpace(s.SimClock))
+        {
+            var modelled = new SharedModelledTime(Path.GetFullPath(s.SimClock));
+            var clock = new VirtualClock(modelled);
+            simulation = new FlmSimulation(new SimCluster(ClusterHardware.Load(s.SimHardware), CostConstants.Fitted), clock);
+            builder.Services.AddSingleton(_ => modelled); // made by a factory: disposed with the host
+            builder.Services.AddSingleton(_ => clock);
+        }
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
         builder.UseOrleans(silo =>
         {
@@ -37,8 +53,10 @@ public static class FlmSiloHost
             else
             {
                 silo.ConfigureEndpoints(IPAddress.Loopback, s.SiloPort, s.GatewayPort);
-                var primary = s.PrimarySiloPort == s.SiloPort ? null : new IPEndPoint(IPAddress.Loopback, s.PrimarySiloPort);
-                silo.UseDevelopmentClustering(primary ?? new IPEndPoint(IPAddress.Loopback, s.SiloPort));
+                if (inProcess is not null)
+                    silo.Services.AddSingleton<IMembershipTable>(inProcess.Membership);
+                else
+                    silo.UseDevelopmentClustering(new IPEndPoint(IPAddress.Loopback, s.PrimarySiloPort));
                 silo.AddFlmFileStorage(Path.GetFullPath(s.StorageDir));
                 silo.UseInMemoryReminderService();
             }
@@ -51,12 +69,16 @@ public static class FlmSiloHost
                 HangGrace = TimeSpan.FromSeconds(s.HangGraceSeconds),
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
+                Simulation = simulation,
             });
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));
         });
         return builder;
     }
+
+    /// <summary>What the silos of a cluster inside one process share: their membership table, and a simulation when they are simulated.</summary>
+    public sealed record InProcessCluster(InProcessMembershipTable Membership, FlmSimulation? Simulation);
 
     /// <summary>Writes a file once the silo is active, and removes it when the silo stops.</summary>
     private sealed class ReadyFile(string path) : ILifecycleParticipant<ISiloLifecycle>

@@ -1,43 +1,58 @@
 using System.Net;
 using System.Net.Sockets;
+using FlmCluster.Grains.Sim;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Silo;
 
 /// <summary>
-/// A cluster of silos inside this process, on loopback with development clustering and file storage: the
-/// embedded default behind 'flm train', and a harness for benchmarks. Each silo is a full FlmCluster node.
+/// A cluster of silos inside this process, on loopback with a shared in-process membership table and file
+/// storage: the embedded default behind 'flm train', the simulated cluster of 'flm sim', and a harness for
+/// benchmarks. Each silo is a full FlmCluster node; any of them may be killed (as a server dies), stopped (taken
+/// down for maintenance) and started again.
 /// </summary>
 public sealed class LocalCluster : IAsyncDisposable
 {
-    private readonly List<IHost> _silos = [];
+    private readonly List<(SiloSettings Settings, IHost? Host)> _silos = [];
+    private readonly InProcessMembershipTable _membership = new();
+    private readonly FlmSimulation? _simulation;
     private readonly string _storage;
     private readonly bool _ownsStorage;
 
     public IReadOnlyList<int> GatewayPorts { get; }
     public string ClusterId { get; }
 
-    private LocalCluster(IReadOnlyList<int> gatewayPorts, string clusterId, string storage, bool ownsStorage)
+    /// <summary>The silos' node names, in start order.</summary>
+    public IReadOnlyList<string> Nodes => _silos.Select(s => s.Settings.Node).ToList();
+
+    private LocalCluster(IReadOnlyList<int> gatewayPorts, string clusterId, string storage, bool ownsStorage, FlmSimulation? simulation)
     {
         GatewayPorts = gatewayPorts;
         ClusterId = clusterId;
         _storage = storage;
         _ownsStorage = ownsStorage;
+        _simulation = simulation;
     }
 
-    /// <summary>Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> CPU devices each, plus an optional control-plane node.</summary>
-    public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0)
+    /// <summary>
+    /// Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> devices each — CPU
+    /// devices, or simulated GPUs when a <paramref name="simulation"/> is given — plus an optional control-plane node.
+    /// </summary>
+    public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0,
+        FlmSimulation? simulation = null)
     {
-        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpusPerNode}")).ToList();
+        var kind = simulation is null ? "cpu" : "sim";
+        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"{kind}:{gpusPerNode}")).ToList();
         if (controlNode)
             specs.Insert(0, ("control", "cpu:0"));
         var ports = FreePorts(2 * specs.Count);
         var ownsStorage = storageDir is null;
         var storage = storageDir ?? Directory.CreateTempSubdirectory("flm-embedded-").FullName;
         var clusterId = $"embedded-{Guid.NewGuid():N}"[..20];
-        var cluster = new LocalCluster(ports.Where((_, i) => i % 2 == 1).ToList(), clusterId, storage, ownsStorage);
+        var cluster = new LocalCluster(ports.Where((_, i) => i % 2 == 1).ToList(), clusterId, storage, ownsStorage, simulation);
         try
         {
             for (var i = 0; i < specs.Count; i++)
@@ -48,19 +63,15 @@ public sealed class LocalCluster : IAsyncDisposable
                     Devices = specs[i].Item2,
                     SiloPort = ports[2 * i],
                     GatewayPort = ports[2 * i + 1],
-                    PrimarySiloPort = ports[0],
                     ClusterId = clusterId,
                     StorageDir = storage,
                     TorchThreads = torchThreads,
                 };
-                settings.Validate();
-                var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Configuration = new ConfigurationManager() });
-                builder.Logging.SetMinimumLevel(LogLevel.Error);
-                builder.UseFlmSilo(settings);
-                var host = builder.Build();
-                await host.StartAsync();
-                cluster._silos.Add(host);
+                settings.Validate(simulated: simulation is not null);
+                cluster._silos.Add((settings, null));
             }
+            // Started together: each silo's start waits on joining the others.
+            await Task.WhenAll(cluster.Nodes.Select(cluster.StartAsync));
         }
         catch
         {
@@ -69,6 +80,54 @@ public sealed class LocalCluster : IAsyncDisposable
         }
         return cluster;
     }
+
+    /// <summary>Starts a node's silo (again, after it was killed or stopped), on its ports.</summary>
+    public async Task StartAsync(string node)
+    {
+        var index = IndexOf(node);
+        if (_silos[index].Host is not null)
+            throw new InvalidOperationException($"node {node} is running");
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Configuration = new ConfigurationManager() });
+        builder.Logging.SetMinimumLevel(LogLevel.Error);
+        builder.UseFlmSilo(_silos[index].Settings, new FlmSiloHost.InProcessCluster(_membership, _simulation));
+        var host = builder.Build();
+        await host.StartAsync();
+        _silos[index] = (_silos[index].Settings, host);
+    }
+
+    /// <summary>The node's server dies: its silo stops at once, without leaving the cluster (the others find out by membership).</summary>
+    public Task KillAsync(string node) => Stop(node, new CancellationToken(canceled: true));
+
+    /// <summary>The node is taken down in order (maintenance): its silo leaves the cluster.</summary>
+    public Task StopAsync(string node) => Stop(node, CancellationToken.None);
+
+    public bool IsRunning(string node) => _silos[IndexOf(node)].Host is not null;
+
+    /// <summary>A running silo's grain factory (for calls from inside the process).</summary>
+    public IGrainFactory Grains(string node) => (_silos[IndexOf(node)].Host ?? throw new InvalidOperationException($"node {node} is not running")).Services.GetRequiredService<IGrainFactory>();
+
+    private async Task Stop(string node, CancellationToken token)
+    {
+        var index = IndexOf(node);
+        if (_silos[index].Host is not { } host)
+            return;
+        _silos[index] = (_silos[index].Settings, null);
+        try
+        {
+            await host.StopAsync(token);
+        }
+        catch (OperationCanceledException)
+        {
+            // killed: nothing waits for an orderly stop
+        }
+        finally
+        {
+            host.Dispose();
+        }
+    }
+
+    private int IndexOf(string node) =>
+        _silos.FindIndex(s => s.Settings.Node == node) is >= 0 and var i ? i : throw new ArgumentException($"no node '{node}' in this cluster");
 
     private static List<int> FreePorts(int count)
     {
@@ -81,19 +140,21 @@ public sealed class LocalCluster : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        // Secondary silos first, the primary (which holds the membership table) last.
-        foreach (var silo in Enumerable.Reverse(_silos))
+        foreach (var node in Enumerable.Reverse(Nodes).ToList())
         {
+            var index = IndexOf(node);
+            if (_silos[index].Host is not { } host)
+                continue;
+            _silos[index] = (_silos[index].Settings, null);
             try
             {
-                await silo.StopAsync(TimeSpan.FromSeconds(10));
+                await host.StopAsync(TimeSpan.FromSeconds(10));
             }
             finally
             {
-                silo.Dispose();
+                host.Dispose();
             }
         }
-        _silos.Clear();
         if (_ownsStorage && Directory.Exists(_storage))
             Directory.Delete(_storage, recursive: true);
     }

@@ -1,4 +1,5 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Sim;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using Orleans.Hosting;
@@ -16,7 +17,14 @@ public static class TestClusters
     /// As <see cref="Start(int[])"/>, with how long a job waits for lost servers before it shrinks, and what else
     /// every silo gets (e.g. a test's fault injection).
     /// </summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) =>
+        Start(workerWait, configure, null, devices);
+
+    /// <summary>
+    /// As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>; with a <paramref name="simulation"/>, the devices are
+    /// simulated GPUs (<c>sim:N</c>) and every silo's jobs run on its virtual clock.
+    /// </summary>
+    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, FlmSimulation? simulation, params int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -26,7 +34,8 @@ public static class TestClusters
             silo.AddFlmNode(new FlmNodeOptions
             {
                 Node = options.SiloName,
-                Devices = new DeviceSpec("cpu", devices[index]),
+                Devices = new DeviceSpec(simulation is null || devices[index] == 0 ? "cpu" : "sim", devices[index]),
+                Simulation = simulation,
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
                 HangGrace = TimeSpan.FromSeconds(3),

@@ -1,5 +1,6 @@
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Sim;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
@@ -37,6 +38,12 @@ public sealed record FlmNodeOptions
 
     /// <summary>The data planes a silo can be configured with.</summary>
     public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName];
+
+    /// <summary>
+    /// Set on every silo of a simulated cluster: its jobs run on the simulation's virtual clock, and its sim devices
+    /// (<c>sim:N</c>, which need it) model their work with the simulation's cost model.
+    /// </summary>
+    public FlmSimulation? Simulation { get; init; }
 }
 
 public static class FlmSiloBuilderExtensions
@@ -45,14 +52,20 @@ public static class FlmSiloBuilderExtensions
     public const string StorageName = "flm";
 
     /// <summary>
+    /// Service key of the clock jobs run on (coordinators, the scheduler): the silo's <see cref="TimeProvider"/>
+    /// unless the node is part of a simulation, whose virtual clock it then is. Orleans itself keeps real time.
+    /// </summary>
+    public const string JobClock = "flm.jobs";
+
+    /// <summary>
     /// Registers FlmCluster's grains and per-silo services on a silo: node metadata, the node-pinned and
     /// control-plane placement directors, the local worker registry (in-process tensor exchange) and the
     /// silo's dataset cache. Clustering, storage and reminders are the host's choice.
     /// </summary>
     public static ISiloBuilder AddFlmNode(this ISiloBuilder silo, FlmNodeOptions options)
     {
-        if (options.Devices.Kind == "sim")
-            throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
+        if (options.Devices.Kind == "sim" && options.Simulation is null)
+            throw new ArgumentException("sim devices model their work: the node needs a simulation (FlmNodeOptions.Simulation: hardware and a virtual clock)");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
         silo.UseSiloMetadata(new Dictionary<string, string>
@@ -69,9 +82,16 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<SiloReplicas>();
         silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        if (options.Devices.Kind == "sim")
+            silo.Services.AddSingleton<IRankExecutors, SimRankExecutors>();
+        else
+            silo.Services.AddSingleton<IRankExecutors, TorchRankExecutors>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
+        if (options.Simulation is { } simulation)
+            silo.Services.AddKeyedSingleton<TimeProvider>(JobClock, simulation.Clock);
+        silo.Services.TryAddKeyedSingleton<TimeProvider>(JobClock, (sp, _) => sp.GetRequiredService<TimeProvider>());
         return silo;
     }
 

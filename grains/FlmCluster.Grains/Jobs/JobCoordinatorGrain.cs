@@ -42,7 +42,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
 
     public JobCoordinatorGrain(
         [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
-        IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, TimeProvider time, ILogger<JobCoordinatorGrain> log)
+        IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time, ILogger<JobCoordinatorGrain> log)
     {
         _store = store;
         _lifetime = lifetime;

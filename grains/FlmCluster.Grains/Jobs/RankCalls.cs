@@ -1,10 +1,14 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Sim;
 using FlmCluster.Training.Jobs;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;
 
-/// <summary>Calls to the workers of a job's ranks: all at once, with the failure that matters reported.</summary>
+/// <summary>
+/// Calls to the workers of a job's ranks: all at once, with the failure that matters reported. Every call carries
+/// the job's time of issue (<see cref="OperationTime"/>), so that simulated ranks model one operation once.
+/// </summary>
 public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger log)
 {
     public IGpuWorkerGrain Worker(string key) => grains.GetGrain<IGpuWorkerGrain>(key);
@@ -17,6 +21,7 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     /// <param name="deadline">When given: past it, the ranks are stopped as though one had failed (a hung one then fails as hung).</param>
     public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call, TimeSpan? deadline = null)
     {
+        OperationTime.Stamp(job.Now);
         var ranks = job.Ranks;
         var tasks = ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList();
         var pending = new List<Task<T>>(tasks);
@@ -54,9 +59,17 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     }
 
     /// <summary>Calls every rank's worker at once for work without collectives (status polls, commands that return at once).</summary>
-    public Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    public async Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call)
+    {
+        OperationTime.Stamp(job.Now);
+        return await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    }
 
-    public Task All(Func<IGpuWorkerGrain, int, Task> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    public async Task All(Func<IGpuWorkerGrain, int, Task> call)
+    {
+        OperationTime.Stamp(job.Now);
+        await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    }
 
     /// <summary>Whether every worker the job holds answers a status call within <paramref name="timeout"/>.</summary>
     public async Task<bool> AllAnswer(TimeSpan timeout)

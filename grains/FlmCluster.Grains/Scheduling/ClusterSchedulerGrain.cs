@@ -46,7 +46,7 @@ public sealed class ClusterSchedulerGrain(
     IClusterMembershipService membership,
     NodeDirectory directory,
     IGrainFactory grains,
-    TimeProvider time,
+    [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;

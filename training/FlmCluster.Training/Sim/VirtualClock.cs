@@ -19,12 +19,15 @@ public sealed class ProcessModelledTime : IModelledTime
 
     public long Ticks => Volatile.Read(ref _ticks);
 
-    public bool RaiseTo(long ticks)
+    public bool RaiseTo(long ticks) => Raise(ref _ticks, ticks);
+
+    /// <summary>Raises <paramref name="cell"/> to at least <paramref name="ticks"/> atomically; true when it rose.</summary>
+    internal static bool Raise(ref long cell, long ticks)
     {
-        var current = Volatile.Read(ref _ticks);
+        var current = Volatile.Read(ref cell);
         while (ticks > current)
         {
-            var seen = Interlocked.CompareExchange(ref _ticks, ticks, current);
+            var seen = Interlocked.CompareExchange(ref cell, ticks, current);
             if (seen == current)
                 return true;
             current = seen;
@@ -57,19 +60,7 @@ public sealed unsafe class SharedModelledTime : IModelledTime, IDisposable
 
     public long Ticks => Volatile.Read(ref Unsafe.AsRef<long>(_cell));
 
-    public bool RaiseTo(long ticks)
-    {
-        ref var cell = ref Unsafe.AsRef<long>(_cell);
-        var current = Volatile.Read(ref cell);
-        while (ticks > current)
-        {
-            var seen = Interlocked.CompareExchange(ref cell, ticks, current);
-            if (seen == current)
-                return true;
-            current = seen;
-        }
-        return false;
-    }
+    public bool RaiseTo(long ticks) => ProcessModelledTime.Raise(ref Unsafe.AsRef<long>(_cell), ticks);
 
     public void Dispose()
     {
