@@ -10,6 +10,7 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
+    ["sim-scale"] = a => SimScaleBenchmark.Run(a).GetAwaiter().GetResult(),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Checkpoint;
@@ -20,6 +21,9 @@ namespace FlmCluster.Grains.Jobs;
 public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindable, IJobTicks
 {
     public const string ClusterSchedulerKey = "cluster";
+
+    /// <summary>How long one tick may go on running steps.</summary>
+    private static readonly TimeSpan TickBudget = TimeSpan.FromMilliseconds(20);
     private const string ReminderName = "keep-running";
 
     private readonly IPersistentState<JobState> _store;
@@ -201,7 +205,12 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
                     await _builder.Build();
                     break;
                 case JobPhase.Running:
-                    await RunningTick();
+                    // Steps of milliseconds (simulated devices) run several to a tick: a timer tick costs more than
+                    // they do. Pause and cancel wait at most the budget; status is served in between regardless.
+                    var budget = Stopwatch.GetTimestamp();
+                    do
+                        await RunningTick();
+                    while (S.Phase == JobPhase.Running && !_end.Pending && Stopwatch.GetElapsedTime(budget) < TickBudget);
                     break;
                 case JobPhase.Waiting:
                     await Carry(await Recovery.Retry());

@@ -1,5 +1,7 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Sim;
+using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Jobs;
 using Microsoft.Extensions.Logging;
 
@@ -22,10 +24,43 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call, TimeSpan? deadline = null)
     {
         OperationTime.Stamp(job.Now);
+        return await Gather(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList(), deadline);
+    }
+
+    /// <summary>
+    /// A step on every rank, as <see cref="FanOut{T}"/> does it, sent through each server's <see cref="IServerGrain"/>:
+    /// one message per server each way. The reports come back in rank order.
+    /// </summary>
+    public async Task<WorkerStepReport[]> RunStep(WorkerStep step, TimeSpan? deadline)
+    {
+        OperationTime.Stamp(job.Now);
+        var servers = job.Ranks.Select((worker, rank) => (Worker: worker, Rank: rank)).GroupBy(r => NodeMetadata.NodeOfWorker(r.Worker)).ToList();
+        var replies = await Gather(servers.Select(s => grains.GetGrain<IServerGrain>(ServerGrain.KeyOf(s.Key)).RunStep(step, s.Select(r => r.Worker).ToList())).ToList(), deadline);
+        var reports = new WorkerStepReport[job.Ranks.Count];
+        foreach (var (server, reply) in servers.Zip(replies))
+            foreach (var (rank, report) in server.Select(r => r.Rank).Zip(reply))
+                reports[rank] = report;
+        return reports;
+    }
+
+    /// <summary>Waits for calls that together make one collective operation; on the first failure stops every rank and throws the root cause.</summary>
+    private async Task<T[]> Gather<T>(List<Task<T>> tasks, TimeSpan? deadline)
+    {
+        using var stopLate = new CancellationTokenSource(); // the deadline's timer ends with the call
+        try
+        {
+            return await Gather(tasks, deadline is { } limit ? Task.Delay(limit, stopLate.Token) : null, deadline);
+        }
+        finally
+        {
+            await stopLate.CancelAsync();
+        }
+    }
+
+    private async Task<T[]> Gather<T>(List<Task<T>> tasks, Task? late, TimeSpan? deadline)
+    {
         var ranks = job.Ranks;
-        var tasks = ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList();
         var pending = new List<Task<T>>(tasks);
-        var late = deadline is { } limit ? Task.Delay(limit) : null;
         while (pending.Count > 0)
         {
             var done = late is null ? await Task.WhenAny(pending) : await Task.WhenAny(pending.Append<Task>(late));

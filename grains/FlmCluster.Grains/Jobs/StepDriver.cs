@@ -25,8 +25,11 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         // The first step after a recovery is the recovery's last phase; the others are training time.
         job.Spend(job.State.Time.Current is null ? TimeUse.Step : TimeUse.FirstStep);
         var started = time.GetTimestamp();
-        var reports = await ranks.FanOut((worker, _) => worker.RunStep(command), Deadline());
+        var fanOut = Stopwatch.GetTimestamp();
+        var reports = await ranks.RunStep(command, Deadline());
         var elapsed = time.GetElapsedTime(started);
+        var commit = Stopwatch.GetTimestamp();
+        var fanOutMs = Stopwatch.GetElapsedTime(fanOut, commit).TotalMilliseconds;
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
         var recent = job.State.Recent.Where(p => p.Stage == job.StageName).Select(p => p.Loss).ToList();
         if (LossWatch.Check(step, recent, job.Job.Job.Recovery) is { } anomaly)
@@ -47,6 +50,8 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         if (recovered is not null)
             Report(recovered);
         WatchStragglers(reports);
+        FlmTelemetry.StepControl.Record(fanOutMs, new TagList { { "job", job.JobId }, { "part", "fan_out" } });
+        FlmTelemetry.StepControl.Record(Stopwatch.GetElapsedTime(commit).TotalMilliseconds, new TagList { { "job", job.JobId }, { "part", "commit" } });
         var tags = new TagList { { "job", job.JobId } };
         FlmTelemetry.StepDuration.Record(elapsed.TotalMilliseconds, tags);
         FlmTelemetry.Loss.Record(step.Loss, tags);

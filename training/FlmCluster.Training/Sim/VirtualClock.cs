@@ -109,9 +109,12 @@ public sealed class VirtualClock : TimeProvider, IDisposable
     /// <summary>Modelled work runs at least until <paramref name="modelled"/> has been modelled in all.</summary>
     public void ModelUntil(TimeSpan modelled)
     {
-        if (_modelled.RaiseTo(modelled.Ticks))
+        if (_modelled.RaiseTo(modelled.Ticks) && Volatile.Read(ref _pending) > 0)
             Sweep();
     }
+
+    /// <summary>Timers queued (some may have been changed since): modelling need not look at them when there are none.</summary>
+    private int _pending;
 
     /// <summary>When the earliest pending timer is due, or null when none is.</summary>
     public DateTimeOffset? NextDue
@@ -157,6 +160,7 @@ public sealed class VirtualClock : TimeProvider, IDisposable
                 return;
             timer.Due = due;
             _timers.Enqueue(timer, due);
+            _pending = _timers.Count;
         }
         Sweep();
     }
@@ -188,6 +192,7 @@ public sealed class VirtualClock : TimeProvider, IDisposable
                 timer.Due = long.MinValue;
                 fire.Add(timer);
             }
+            _pending = _timers.Count;
             _sweeper.Change(next ?? Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         }
         foreach (var timer in fire)

@@ -18,6 +18,14 @@ public static class FlmTelemetry
     /// <summary>Wall time of a committed step as the coordinator saw it (fan-out to fan-in), ms; tag job.</summary>
     public static readonly Histogram<double> StepDuration = Meter.CreateHistogram<double>("flm.job.step.duration", "ms", "Step time, fan-out to fan-in");
 
+    /// <summary>
+    /// Real (wall-clock) time of the coordinator's part of a committed step, ms; tags job and part: "fan_out" (the
+    /// step sent to every rank and every report back — with real devices this includes their compute) and
+    /// "commit" (aggregating the reports and persisting the step). Unlike <see cref="StepDuration"/> never on a
+    /// simulation's virtual clock.
+    /// </summary>
+    public static readonly Histogram<double> StepControl = Meter.CreateHistogram<double>("flm.job.step.control", "ms", "Real time of a step's fan-out and commit");
+
     /// <summary>Mean token loss of a committed step; tag job.</summary>
     public static readonly Histogram<double> Loss = Meter.CreateHistogram<double>("flm.job.loss", null, "Training loss per step");
 
