@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Net;
-using System.Net.Sockets;
 using FlmCluster.Client;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Silo;
@@ -33,7 +31,7 @@ public static class ClusterBenchmark
 
     private static async Task<(LocalCluster, FlmClusterClient)> Start(int nodes, int gpus)
     {
-        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1);
+        var cluster = await LocalCluster.StartAsync(nodes, gpus, torchThreads: 1, observe: false);
         var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
         return (cluster, client);
     }
@@ -81,7 +79,7 @@ public static class ClusterBenchmark
             var results = await Probe(client, workers, ops);
             allReduce = bytes * repeats / (results.Max(r => r.Milliseconds[0]) / 1000) / 1e9;
         }
-        var tcp = LoopbackTcp(bytes * repeats);
+        var tcp = LoopbackTcp.Stream(bytes * repeats);
         Console.WriteLine($"(b) all-reduce of {mib} MiB between two silos (ranks on different silos: every byte crosses by grain calls in 4 MiB chunks), {repeats} repeats");
         Console.WriteLine();
         Console.WriteLine("| measure | GB/s |");
@@ -96,40 +94,6 @@ public static class ClusterBenchmark
     {
         var id = $"bw-{Guid.NewGuid():N}";
         return Task.WhenAll(workers.Select((w, rank) => client.Grains.GetGrain<IGpuWorkerGrain>(w).Probe(new ProbeRequest(id, rank, workers, ops, 3, false))));
-    }
-
-    /// <summary>GB/s of one TCP stream over loopback in this process.</summary>
-    private static double LoopbackTcp(long total)
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        var port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        var reader = Task.Run(() =>
-        {
-            using var socket = listener.AcceptTcpClient();
-            using var stream = socket.GetStream();
-            var buffer = new byte[4 << 20];
-            long received = 0;
-            while (received < total)
-            {
-                var n = stream.Read(buffer);
-                if (n == 0) break;
-                received += n;
-            }
-        });
-        var chunk = new byte[4 << 20];
-        Random.Shared.NextBytes(chunk);
-        var watch = Stopwatch.StartNew();
-        using (var client = new TcpClient())
-        {
-            client.Connect(IPAddress.Loopback, port);
-            using var stream = client.GetStream();
-            for (long sent = 0; sent < total; sent += chunk.Length)
-                stream.Write(chunk, 0, (int)Math.Min(chunk.Length, total - sent));
-        }
-        reader.Wait();
-        listener.Stop();
-        return total / watch.Elapsed.TotalSeconds / 1e9;
     }
 
     private static async Task Throughput(int steps)
@@ -160,7 +124,8 @@ public static class ClusterBenchmark
             }
             while (!status.State.IsFinal());
             // Steady state: the steps after the first, from the coordinator's per-step wall time.
-            clustered = status.Recent.Skip(1).Sum(p => p.Tokens) / status.Recent.Skip(1).Sum(p => p.StepMs / 1000);
+            var points = (await client.History(id, 1, 0)).Steps.Select(s => s.Point).ToList();
+            clustered = points.Sum(p => p.Tokens) / points.Sum(p => p.StepMs / 1000);
         }
         Console.WriteLine($"(c) 4 × 256 model, byte vocabulary, seq 256, global batch 16, layout dp=2 (one rank per silo on the cluster), {steps} steps, 1 torch thread per rank");
         Console.WriteLine();

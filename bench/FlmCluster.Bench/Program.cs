@@ -4,6 +4,7 @@ using FlmCluster.Bench;
 var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
 {
     ["cluster"] = a => ClusterBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["dataplane"] = a => DataPlaneBenchmark.Run(a).GetAwaiter().GetResult(),
     ["train-step"] = TrainStepBenchmark.Run,
     ["collectives"] = CollectivesBenchmark.Run,
     ["pipeline-bubble"] = PipelineBubbleBenchmark.Run,
@@ -11,6 +12,9 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
     ["sim-scale"] = a => SimScaleBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["reshard"] = ReshardBenchmark.Run,
+    ["soak"] = a => SoakBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["telemetry"] = a => TelemetryBenchmark.Run(a).GetAwaiter().GetResult(),
 };
 
 if (args.Length == 0 || !benchmarks.TryGetValue(args[0], out var run))

@@ -48,28 +48,31 @@ public static class ClusterAccess
             throw new FlmUserException(problem);
     }
 
-    /// <summary>Polls a job, reporting every new committed step, until it ends; returns its final status.</summary>
-    public static async Task<JobStatus> Watch(FlmClusterClient client, string jobId, Action<StepPoint> onStep, Action<JobEvent>? onEvent = null,
-        CancellationToken cancel = default)
+    /// <summary>
+    /// Follows a job through its durable history, reporting every committed step and event (with its index) from
+    /// <paramref name="sinceStep"/> on in the order they happened, until it ends (with <paramref name="untilEnd"/>)
+    /// or until what is there now is reported; returns its status at the end.
+    /// </summary>
+    public static async Task<JobStatus> Watch(FlmClusterClient client, string jobId, Action<StepRecord> onStep, Action<JobEvent, int>? onEvent = null,
+        long sinceStep = 0, bool untilEnd = true, CancellationToken cancel = default)
     {
-        long nextStep = -1;
-        var seenEvents = 0;
+        var (nextStep, nextEvent) = (sinceStep, 0);
         while (true)
         {
+            // Status first: every step committed before it is in the history read after it.
             var status = await client.Status(jobId);
-            if (onEvent is not null)
+            JobHistory page;
+            do
             {
-                var events = status.Events.ToList();
-                foreach (var e in events.Skip(Math.Min(seenEvents, events.Count)))
-                    onEvent(e);
-                seenEvents = events.Count;
+                page = await client.History(jobId, nextStep, nextEvent);
+                var events = page.Events.Select((e, i) => (e.At, Report: (Action)(() => onEvent?.Invoke(e, nextEvent + i))));
+                var steps = page.Steps.Select(s => (s.At, Report: (Action)(() => onStep(s))));
+                foreach (var (_, report) in events.Concat(steps).OrderBy(x => x.At))
+                    report();
+                (nextStep, nextEvent) = (page.NextStep, page.NextEvent);
             }
-            foreach (var point in status.Recent.Where(p => p.Step > nextStep))
-            {
-                onStep(point);
-                nextStep = point.Step;
-            }
-            if (status.State.IsFinal())
+            while (page.Steps.Count == JobHistory.MaxPage || page.Events.Count == JobHistory.MaxPage);
+            if (status.State.IsFinal() || !untilEnd)
                 return status;
             await Task.Delay(200, cancel);
         }

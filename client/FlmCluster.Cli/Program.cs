@@ -23,6 +23,9 @@ var root = new RootCommand("flm: train FLM-style language models, locally or on 
     JobCommands.Submit(),
     JobCommands.Jobs(),
     JobCommands.Status(),
+    JobCommands.Logs(),
+    JobCommands.Pause(),
+    JobCommands.Resume(),
     JobCommands.Cancel(),
 };
 return CliRunner.Run(root, args);

@@ -3,12 +3,17 @@ using Spectre.Console;
 
 namespace FlmCluster.Cli;
 
-/// <summary>Step lines while training (a live status line on a terminal) and a summary table at the end.</summary>
-public sealed class TrainingProgress(long totalSteps, int logEvery)
+/// <summary>
+/// Step lines while training (a live status line on a terminal) and a summary table at the end. Step lines go to
+/// <paramref name="output"/> (standard output by default; commands whose result is something else send their
+/// progress to standard error); the summary goes to standard output.
+/// </summary>
+public sealed class TrainingProgress(long totalSteps, int logEvery, TextWriter? output = null)
 {
     private readonly List<StepSummary> _steps = [];
     private readonly List<string> _stageOf = [];
-    private readonly bool _interactive = !Console.IsOutputRedirected;
+    private readonly TextWriter _out = output ?? Console.Out;
+    private readonly bool _interactive = output is null || output == Console.Out ? !Console.IsOutputRedirected : !Console.IsErrorRedirected;
     private bool _statusShown;
 
     public void Report(string stage, StepSummary s)
@@ -19,22 +24,22 @@ public sealed class TrainingProgress(long totalSteps, int logEvery)
         var logged = s.Step == 0 || (s.Step + 1) % logEvery == 0 || s.Step + 1 == totalSteps;
         if (_interactive)
         {
-            Console.Write("\r" + line.PadRight(Console.WindowWidth > 0 ? Math.Min(Console.WindowWidth - 1, 140) : 120));
+            _out.Write("\r" + line.PadRight(Console.WindowWidth > 0 ? Math.Min(Console.WindowWidth - 1, 140) : 120));
             _statusShown = true;
             if (logged)
             {
-                Console.WriteLine();
+                _out.WriteLine();
                 _statusShown = false;
             }
         }
         else if (logged)
-            Console.WriteLine(line);
+            _out.WriteLine(line);
     }
 
     public void Finish()
     {
         if (_statusShown)
-            Console.WriteLine();
+            _out.WriteLine();
     }
 
     private string Format(StepSummary s)

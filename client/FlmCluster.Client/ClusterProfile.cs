@@ -73,5 +73,9 @@ public sealed record ClusterProfile
 /// <summary>The cluster settings (profile file or environment) are malformed: bad input, not an unreachable cluster.</summary>
 public sealed class InvalidClusterProfileException(string message) : Exception(message);
 
-/// <summary>A silo process of a local cluster.</summary>
-public sealed record SiloProcess(string Node, int Pid, int SiloPort, int GatewayPort, string Log);
+/// <summary>
+/// A silo process of a local cluster, with the arguments it was started with (to start it again) and its ready
+/// file; HttpPort serves its dashboards and /metrics (0: none).
+/// </summary>
+public sealed record SiloProcess(string Node, int Pid, int SiloPort, int GatewayPort, string Log, IReadOnlyList<string>? Args = null, string? ReadyFile = null,
+    int HttpPort = 0);

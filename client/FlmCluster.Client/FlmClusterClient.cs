@@ -122,6 +122,15 @@ public sealed class FlmClusterClient : IAsyncDisposable
     /// <summary>A job's status; an unknown id is a <see cref="ClusterRequestException"/>.</summary>
     public Task<JobStatus> Status(string jobId) => Read(() => Grains.GetGrain<IJobCoordinatorGrain>(jobId).GetStatus());
 
+    /// <summary>A page of a job's durable history (steps from <paramref name="sinceStep"/>, events from index <paramref name="sinceEvent"/>).</summary>
+    public Task<JobHistory> History(string jobId, long sinceStep, int sinceEvent, int max = JobHistory.MaxPage) =>
+        Read(() => Grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(sinceStep, sinceEvent, max));
+
+    /// <summary>Pauses a running job between steps (it keeps its GPUs); a job in another phase is a <see cref="ClusterRequestException"/>.</summary>
+    public Task Pause(string jobId) => Grains.GetGrain<IJobCoordinatorGrain>(jobId).Pause();
+
+    public Task Resume(string jobId) => Grains.GetGrain<IJobCoordinatorGrain>(jobId).Resume();
+
     /// <summary>How long a read keeps trying while the cluster does not answer.</summary>
     public static readonly TimeSpan ReadPatience = TimeSpan.FromMinutes(1);
 

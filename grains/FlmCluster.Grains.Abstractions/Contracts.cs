@@ -75,7 +75,8 @@ public sealed record Rebuild(
 /// <summary>
 /// What a worker must hold for a job: the job (resolved, as JSON), its rank, the rank table, where training
 /// stands and where the rank's state comes from. A job with growth stages holds one stage at a time (its shape
-/// and layout).
+/// and layout). <see cref="SessionKey"/> is the secret the ranks of this build prove to each other when their
+/// data plane connects (<see cref="SessionKeys"/>).
 /// </summary>
 [GenerateSerializer, Immutable, Alias("flm.WorkerAssignment")]
 public sealed record WorkerAssignment(
@@ -87,7 +88,18 @@ public sealed record WorkerAssignment(
     [property: Id(5)] long NextStep,
     [property: Id(6)] long SamplesConsumed,
     [property: Id(7)] int Stage,
-    [property: Id(8)] Rebuild Rebuild);
+    [property: Id(8)] Rebuild Rebuild,
+    [property: Id(9)] string SessionKey = "");
+
+/// <summary>Session keys of the data plane: 32 random bytes as 64 lowercase hex digits, one per build of a job's ranks.</summary>
+public static class SessionKeys
+{
+    public static string New() => Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(32));
+
+    /// <summary>The key's bytes; null when the text is not a session key.</summary>
+    public static byte[]? Parse(string text) =>
+        text.Length == 64 && text.All(char.IsAsciiHexDigitLower) ? Convert.FromHexString(text) : null;
+}
 
 /// <summary>
 /// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
@@ -106,7 +118,7 @@ public sealed record ReplicaCommand(
     [property: Id(2)] long Step,
     [property: Id(3)] string Peer);
 
-/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it.</summary>
+/// <summary>A piece of one rank's replica on its way to, or back from, the worker that keeps it, with the whole replica's checksum.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaChunk")]
 public sealed record ReplicaChunk(
     [property: Id(0)] string JobId,
@@ -114,7 +126,8 @@ public sealed record ReplicaChunk(
     [property: Id(2)] long Step,
     [property: Id(3)] int Index,
     [property: Id(4)] int Count,
-    [property: Id(5)] byte[] Data);
+    [property: Id(5)] byte[] Data,
+    [property: Id(6)] string Checksum);
 
 /// <summary>Where a worker's replica stands: still being sent, held by its peer (Done), or failed (Error).</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaStatus")]
@@ -144,6 +157,7 @@ public sealed record ShardStatus(
     [property: Id(3)] string? Error);
 
 /// <summary>One training step as the coordinator plans it (idempotent by step number).</summary>
+/// <param name="TraceParent">The coordinator's step span (W3C traceparent), parent of the rank's span; null when not traced.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStep")]
 public sealed record WorkerStep(
     [property: Id(0)] string JobId,
@@ -151,9 +165,13 @@ public sealed record WorkerStep(
     [property: Id(2)] long Step,
     [property: Id(3)] long FirstSample,
     [property: Id(4)] double Lr,
-    [property: Id(5)] double MaskValue);
+    [property: Id(5)] double MaskValue,
+    [property: Id(6)] string? TraceParent = null);
 
 /// <summary>A worker's account of one step.</summary>
+/// <param name="CommMs">Time in collectives and sends (pipeline receives not included).</param>
+/// <param name="PipelineIdleMs">Time waiting in pipeline receives for the neighbouring stage.</param>
+/// <param name="PeakFlops">Peak FLOP/s of the worker's device (0: unknown), for MFU.</param>
 [GenerateSerializer, Immutable, Alias("flm.WorkerStepReport")]
 public sealed record WorkerStepReport(
     [property: Id(0)] long Step,
@@ -165,7 +183,9 @@ public sealed record WorkerStepReport(
     [property: Id(6)] bool Skipped,
     [property: Id(7)] double ElapsedMs,
     [property: Id(8)] double CommMs,
-    [property: Id(9)] long CommBytes);
+    [property: Id(9)] long CommBytes,
+    [property: Id(10)] double PipelineIdleMs = 0,
+    [property: Id(11)] double PeakFlops = 0);
 
 /// <summary>
 /// A piece of a tensor message between workers on different silos: raw bytes (never float[]), well under the
@@ -238,6 +258,44 @@ public sealed record SkippedWindow(
     [property: Id(1)] long FirstSample,
     [property: Id(2)] int Samples,
     [property: Id(3)] string Reason);
+
+/// <summary>One rank's share of a committed step: wall time on its worker, split into compute, communication and pipeline idle.</summary>
+[GenerateSerializer, Immutable, Alias("flm.RankTime")]
+public sealed record RankTime(
+    [property: Id(0)] int Rank,
+    [property: Id(1)] string Worker,
+    [property: Id(2)] double StepMs,
+    [property: Id(3)] double ComputeMs,
+    [property: Id(4)] double CommunicationMs,
+    [property: Id(5)] double PipelineIdleMs);
+
+/// <summary>
+/// A committed step as the job's history keeps it: the step's metrics, its model FLOPs and MFU (null when a
+/// device's peak is unknown), and every rank's time.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.StepRecord")]
+public sealed record StepRecord(
+    [property: Id(0)] StepPoint Point,
+    [property: Id(1)] double ModelFlops,
+    [property: Id(2)] double? Mfu,
+    [property: Id(3)] string Layout,
+    [property: Id(4)] IReadOnlyList<RankTime> Ranks,
+    [property: Id(5)] DateTime At);
+
+/// <summary>
+/// A page of a job's history: committed steps from a step on (the latest record of each step, ascending) and
+/// events from an index on (0 = the job's first). <see cref="NextStep"/> and <see cref="NextEvent"/> continue it.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("flm.JobHistory")]
+public sealed record JobHistory(
+    [property: Id(0)] IReadOnlyList<StepRecord> Steps,
+    [property: Id(1)] IReadOnlyList<JobEvent> Events,
+    [property: Id(2)] long NextStep,
+    [property: Id(3)] int NextEvent)
+{
+    /// <summary>Most records of either kind one read returns.</summary>
+    public const int MaxPage = 10_000;
+}
 
 /// <summary>Loss of one batch without training, summed over the tokens a rank reports.</summary>
 [GenerateSerializer, Immutable, Alias("flm.LossSum")]
@@ -315,7 +373,7 @@ public sealed record ClusterInventory([property: Id(0)] IReadOnlyList<NodeInfo> 
 
 
 /// <summary>One collective of a data-plane probe (like nccl-tests): kind, size, element type, root.</summary>
-/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring) or barrier.</param>
+/// <param name="Kind">all-reduce, all-reduce-max, reduce-scatter, all-gather, broadcast, send-recv (a ring), ping-pong (rank 0 ↔ rank 1) or barrier.</param>
 /// <param name="Elements">Elements per rank (all-gather: of the input; reduce-scatter: of the output).</param>
 /// <param name="DType">f32, f64, bf16 or i64.</param>
 [GenerateSerializer, Immutable, Alias("flm.ProbeOp")]
@@ -334,7 +392,8 @@ public sealed record ProbeRequest(
     [property: Id(2)] IReadOnlyList<string> RankWorkers,
     [property: Id(3)] IReadOnlyList<ProbeOp> Ops,
     [property: Id(4)] ulong Seed,
-    [property: Id(5)] bool ReturnOutputs);
+    [property: Id(5)] bool ReturnOutputs,
+    [property: Id(6)] string SessionKey = "");
 
 /// <summary>Per op: the output bytes of the last repeat (when asked) and the time of all repeats.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ProbeResult")]

@@ -100,6 +100,13 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     [AlwaysInterleave]
     Task<JobStatus> GetStatus();
 
+    /// <summary>
+    /// The job's durable history: committed steps numbered <paramref name="sinceStep"/> and later, events from
+    /// index <paramref name="sinceEvent"/>, at most <paramref name="max"/> (1 … <see cref="JobHistory.MaxPage"/>) of each.
+    /// </summary>
+    [AlwaysInterleave]
+    Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max);
+
     Task Cancel(string reason);
     Task Pause();
     Task Resume();

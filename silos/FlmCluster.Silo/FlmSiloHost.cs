@@ -2,22 +2,83 @@ using System.Net;
 using FlmCluster.Grains;
 using FlmCluster.Grains.Sim;
 using FlmCluster.Training.Sim;
+using FlmCluster.Grains.History;
+using FlmCluster.Silo.Dashboard;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Orleans.Configuration;
+using Orleans.Dashboard;
 using StackExchange.Redis;
 
 namespace FlmCluster.Silo;
 
-/// <summary>Configures a generic host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0).</summary>
+/// <summary>
+/// Configures a host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0). A silo with a
+/// web port (Flm:HttpPort) is a web application that also serves the dashboard (/), the Orleans dashboard
+/// (/orleans) and, with the prometheus exporter, the scrape endpoint (/metrics).
+/// </summary>
 public static class FlmSiloHost
 {
+    public const string OrleansDashboardPath = "/orleans";
+
+    /// <summary>
+    /// The host of one silo. <paramref name="configuration"/> (appsettings, environment, command line) also
+    /// configures logging; <paramref name="telemetry"/> false leaves exporters out (a process that hosts several
+    /// silos gives telemetry to one); <paramref name="grainStatistics"/> false leaves out the Orleans dashboard's
+    /// collection of grain statistics (benchmark baselines).
+    /// </summary>
+    public static IHost Build(SiloSettings s, IConfiguration? configuration = null, bool telemetry = true, bool grainStatistics = true,
+        LogLevel minimumLevel = LogLevel.Information, InProcessCluster? inProcess = null)
+    {
+        IHostApplicationBuilder builder;
+        WebApplicationBuilder? web = null;
+        if (s.HttpPort > 0)
+        {
+            web = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+            web.WebHost.UseKestrelCore().ConfigureKestrel(k =>
+            {
+                if (s.Clustering == "redis")
+                    k.ListenAnyIP(s.HttpPort);
+                else
+                    k.Listen(IPAddress.Loopback, s.HttpPort);
+            });
+            web.Services.AddRouting();
+            web.Services.AddFlmDashboard();
+            builder = web;
+        }
+        else
+            builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings { ContentRootPath = AppContext.BaseDirectory });
+        if (configuration is not null)
+        {
+            builder.Configuration.AddConfiguration(configuration);
+            builder.Logging.AddConfiguration(configuration.GetSection("Logging"));
+            builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+        }
+        builder.Logging.SetMinimumLevel(minimumLevel);
+        builder.UseFlmSilo(s, grainStatistics, inProcess);
+        if (telemetry)
+            builder.AddFlmTelemetry(s);
+        if (web is null)
+            return ((HostApplicationBuilder)builder).Build();
+        var app = web.Build();
+        app.MapFlmDashboard();
+        if (grainStatistics)
+            app.MapOrleansDashboard(OrleansDashboardPath);
+        if (telemetry && s.ExporterList.Contains("prometheus"))
+            app.MapPrometheusScrapingEndpoint();
+        return app;
+    }
+
     /// <param name="inProcess">
     /// For silos of a cluster inside one process (<see cref="LocalCluster"/>): the membership table they share and,
     /// for a simulated cluster, the simulation (one virtual clock). Without it, a silo given Flm:SimClock makes its
     /// own simulation, sharing modelled time through that file.
     /// </param>
-    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, InProcessCluster? inProcess = null)
+    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, bool grainStatistics = true, InProcessCluster? inProcess = null)
     {
         var simulation = inProcess?.Simulation;
         if (simulation is null && !string.IsNullOrWhiteSpace(s.SimClock))
@@ -49,6 +110,7 @@ public static class FlmSiloHost
                 silo.UseRedisClustering(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.AddRedisGrainStorage(FlmSiloBuilderExtensions.StorageName, o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
                 silo.UseRedisReminderService(o => o.ConfigurationOptions = ConfigurationOptions.Parse(s.Redis));
+                silo.Services.AddSingleton<IJobHistoryStore>(sp => new RedisJobHistory(ConfigurationOptions.Parse(s.Redis), s.ServiceId));
             }
             else
             {
@@ -67,10 +129,19 @@ public static class FlmSiloHost
                 CollectiveTimeout = TimeSpan.FromSeconds(s.CollectiveTimeoutSeconds),
                 WorkerWait = TimeSpan.FromSeconds(s.WorkerWaitSeconds),
                 HangGrace = TimeSpan.FromSeconds(s.HangGraceSeconds),
+                ReplicaBudgetBytes = s.ReplicaBudgetBytes,
+                Roots = s.Roots,
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
                 Simulation = simulation,
+                Sockets = s.DataPlaneOptions,
+                // Sim devices are the simulated hardware, whatever the silo says of its own.
+                PeakFlops = simulation is not null && s.DeviceSpec.Kind == "sim" ? simulation.Cluster.Hardware.PeakFlops : s.PeakFlops,
             });
+            // Grain-level statistics for the Orleans dashboard, collected on every silo (shown by those with a web port),
+            // every 5 s rather than every second: training servers' CPUs are for training (docs/benchmarks.md).
+            if (grainStatistics)
+                silo.AddDashboard(o => o.CounterUpdateIntervalMs = 5000);
             if (!string.IsNullOrWhiteSpace(s.ReadyFile))
                 silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>>(new ReadyFile(s.ReadyFile));
         });

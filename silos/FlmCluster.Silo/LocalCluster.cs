@@ -10,9 +10,11 @@ namespace FlmCluster.Silo;
 
 /// <summary>
 /// A cluster of silos inside this process, on loopback with a shared in-process membership table and file
-/// storage: the embedded default behind 'flm train', the simulated cluster of 'flm sim', and a harness for
-/// benchmarks. Each silo is a full FlmCluster node; any of them may be killed (as a server dies), stopped (taken
-/// down for maintenance) and started again.
+/// storage: the embedded default behind 'flm train', the simulated cluster of the simulation benchmark, and a
+/// harness for benchmarks. Each silo is a full FlmCluster node; any of them may be killed (as a server dies),
+/// stopped (taken down for maintenance) and started again. The first silo also serves the dashboard and carries
+/// the process's telemetry (instruments are process-wide); its exporters come from the same Flm__ environment
+/// variables a silo process reads (default: prometheus).
 /// </summary>
 public sealed class LocalCluster : IAsyncDisposable
 {
@@ -21,12 +23,16 @@ public sealed class LocalCluster : IAsyncDisposable
     private readonly FlmSimulation? _simulation;
     private readonly string _storage;
     private readonly bool _ownsStorage;
+    private bool _observe;
 
     public IReadOnlyList<int> GatewayPorts { get; }
     public string ClusterId { get; }
 
     /// <summary>The silos' node names, in start order.</summary>
     public IReadOnlyList<string> Nodes => _silos.Select(s => s.Settings.Node).ToList();
+
+    /// <summary>The dashboard's address (the first silo's web port); null when started without it.</summary>
+    public string? DashboardUrl { get; private set; }
 
     private LocalCluster(IReadOnlyList<int> gatewayPorts, string clusterId, string storage, bool ownsStorage, FlmSimulation? simulation)
     {
@@ -39,24 +45,27 @@ public sealed class LocalCluster : IAsyncDisposable
 
     /// <summary>
     /// Starts <paramref name="nodes"/> GPU nodes ("node0"…) with <paramref name="gpusPerNode"/> devices each — CPU
-    /// devices, or simulated GPUs when a <paramref name="simulation"/> is given — plus an optional control-plane node.
+    /// devices, or simulated GPUs when a <paramref name="simulation"/> is given — plus an optional control-plane
+    /// node; with <paramref name="observe"/>, the first serves the dashboard and exports telemetry.
     /// </summary>
     public static async Task<LocalCluster> StartAsync(int nodes, int gpusPerNode, bool controlNode = false, string? storageDir = null, int torchThreads = 0,
-        FlmSimulation? simulation = null)
+        bool observe = true, FlmSimulation? simulation = null)
     {
+        var environment = new ConfigurationBuilder().AddEnvironmentVariables().Build().GetSection("Flm").Get<SiloSettings>() ?? new SiloSettings();
         var kind = simulation is null ? "cpu" : "sim";
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"{kind}:{gpusPerNode}")).ToList();
         if (controlNode)
             specs.Insert(0, ("control", "cpu:0"));
-        var ports = FreePorts(2 * specs.Count);
+        var ports = FreePorts(2 * specs.Count + 1);
         var ownsStorage = storageDir is null;
         var storage = storageDir ?? Directory.CreateTempSubdirectory("flm-embedded-").FullName;
         var clusterId = $"embedded-{Guid.NewGuid():N}"[..20];
-        var cluster = new LocalCluster(ports.Where((_, i) => i % 2 == 1).ToList(), clusterId, storage, ownsStorage, simulation);
+        var cluster = new LocalCluster(ports.Where((_, i) => i % 2 == 1).ToList(), clusterId, storage, ownsStorage, simulation) { _observe = observe };
         try
         {
             for (var i = 0; i < specs.Count; i++)
             {
+                var web = observe && i == 0;
                 var settings = new SiloSettings
                 {
                     Node = specs[i].Item1,
@@ -66,9 +75,17 @@ public sealed class LocalCluster : IAsyncDisposable
                     ClusterId = clusterId,
                     StorageDir = storage,
                     TorchThreads = torchThreads,
+                    HttpPort = web ? ports[^1] : 0,
+                    Exporters = web ? environment.Exporters : "none",
+                    OtlpEndpoint = environment.OtlpEndpoint,
+                    OtlpProtocol = environment.OtlpProtocol,
+                    DeviceModel = environment.DeviceModel,
+                    PeakTflops = environment.PeakTflops,
                 };
                 settings.Validate(simulated: simulation is not null);
                 cluster._silos.Add((settings, null));
+                if (web)
+                    cluster.DashboardUrl = $"http://127.0.0.1:{settings.HttpPort}/";
             }
             // Started together: each silo's start waits on joining the others.
             await Task.WhenAll(cluster.Nodes.Select(cluster.StartAsync));
@@ -87,10 +104,9 @@ public sealed class LocalCluster : IAsyncDisposable
         var index = IndexOf(node);
         if (_silos[index].Host is not null)
             throw new InvalidOperationException($"node {node} is running");
-        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true, Configuration = new ConfigurationManager() });
-        builder.Logging.SetMinimumLevel(LogLevel.Error);
-        builder.UseFlmSilo(_silos[index].Settings, new FlmSiloHost.InProcessCluster(_membership, _simulation));
-        var host = builder.Build();
+        var settings = _silos[index].Settings;
+        var host = FlmSiloHost.Build(settings, telemetry: settings.HttpPort > 0, grainStatistics: _observe, minimumLevel: LogLevel.Error,
+            inProcess: new FlmSiloHost.InProcessCluster(_membership, _simulation));
         await host.StartAsync();
         _silos[index] = (_silos[index].Settings, host);
     }
@@ -129,7 +145,8 @@ public sealed class LocalCluster : IAsyncDisposable
     private int IndexOf(string node) =>
         _silos.FindIndex(s => s.Settings.Node == node) is >= 0 and var i ? i : throw new ArgumentException($"no node '{node}' in this cluster");
 
-    private static List<int> FreePorts(int count)
+    /// <summary>Ports nothing listens on right now (taken by the OS for a moment, then freed).</summary>
+    public static List<int> FreePorts(int count)
     {
         var listeners = Enumerable.Range(0, count).Select(_ => new TcpListener(IPAddress.Loopback, 0)).ToList();
         listeners.ForEach(l => l.Start());

@@ -1,6 +1,8 @@
 using System.Net;
 using FlmCluster.Grains;
 using FlmCluster.Training.Sim;
+using FlmCluster.Grains.DataPlane.Sockets;
+using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Configuration;
 
 namespace FlmCluster.Silo;
@@ -38,7 +40,19 @@ public sealed record SiloSettings
     public double CollectiveTimeoutSeconds { get; init; } = 300;
     public double WorkerWaitSeconds { get; init; } = 30;
     public double HangGraceSeconds { get; init; } = 10;
+
+    /// <summary>Replica memory this server holds for its workers' peers and itself, all jobs together (0: half the memory available to the process).</summary>
+    public long ReplicaBudgetBytes { get; init; }
+
     public int TorchThreads { get; init; }
+
+    /// <summary>Folders jobs may keep checkpoints in, separated by ':' (empty: the working folder and the system's temporary folder).</summary>
+    public string CheckpointRoots { get; init; } = "";
+
+    /// <summary>Folders jobs may read training data from, separated by ':' (empty: as for checkpoints).</summary>
+    public string DataRoots { get; init; } = "";
+
+    public FlmCluster.Grains.FileRoots Roots => FlmCluster.Grains.FileRoots.Parse(CheckpointRoots, DataRoots);
 
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
     public string DataPlane { get; init; } = FlmNodeOptions.DataPlanes[0];
@@ -51,6 +65,48 @@ public sealed record SiloSettings
 
     /// <summary>What sim devices model: a hardware preset (dgx-a800, dgx-a100, dgx-h100, dgx-h200) or a JSON file.</summary>
     public string SimHardware { get; init; } = ClusterHardware.DgxA800.Name;
+
+    /// <summary>The socket data plane's port (0: any free port, published in the silo's metadata).</summary>
+    public int DataPort { get; init; }
+
+    /// <summary>PEM certificate and private key: TLS on every data connection (mutual); empty: plain TCP.</summary>
+    public string DataTlsCertificate { get; init; } = "";
+    public string DataTlsKey { get; init; } = "";
+
+    /// <summary>PEM certificate of the authority peers' data certificates must chain to (empty: peers present the same certificate).</summary>
+    public string DataTlsCa { get; init; } = "";
+
+    /// <summary>A data connection silent this long (idle ones send a heartbeat every second) has lost its peer.</summary>
+    public double DataSilenceSeconds { get; init; } = 10;
+
+    /// <summary>The most MiB of one peer's tensors a worker keeps before it asks for them; beyond, the peer waits.</summary>
+    public int DataBufferMiB { get; init; } = 64;
+    /// <summary>The silo's web port: the dashboard, the Orleans dashboard and the Prometheus scrape endpoint (0: none).</summary>
+    public int HttpPort { get; init; } = 8080;
+
+    /// <summary>Telemetry exporters, comma-separated, several at once: prometheus (/metrics on the web port), otlp, console; "none" for none.</summary>
+    public string Exporters { get; init; } = "prometheus";
+
+    /// <summary>OTLP collector base address (e.g. http://collector:4318 for http/protobuf, :4317 for grpc) when exporters include otlp.</summary>
+    public string OtlpEndpoint { get; init; } = "";
+
+    /// <summary>OTLP transport: http/protobuf or grpc.</summary>
+    public string OtlpProtocol { get; init; } = "http/protobuf";
+
+    /// <summary>The model of this server's accelerators (e.g. H100), for MFU against <see cref="DevicePeaks"/>.</summary>
+    public string DeviceModel { get; init; } = "";
+
+    /// <summary>Peak TFLOP/s of one device, for MFU; overrides the table (0: from <see cref="DeviceModel"/>, else unknown). CPU devices need it for MFU.</summary>
+    public double PeakTflops { get; init; }
+
+    public static readonly string[] ExporterNames = ["prometheus", "otlp", "console"];
+
+    /// <summary>The exporters this silo runs (none for "none" or an empty list).</summary>
+    public IReadOnlyList<string> ExporterList =>
+        Exporters.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) is var names && names is ["none"] ? [] : names;
+
+    /// <summary>Peak FLOP/s of one device: the configured peak, else the table's for the device model; 0 when neither.</summary>
+    public double PeakFlops => PeakTflops > 0 ? PeakTflops * 1e12 : DevicePeaks.Of(DeviceModel) ?? 0;
 
     /// <summary>Command-line switches and the configuration keys they set.</summary>
     public static readonly IDictionary<string, string> Switches = new Dictionary<string, string>
@@ -71,6 +127,17 @@ public sealed record SiloSettings
         ["--data-plane"] = "Flm:DataPlane",
         ["--sim-clock"] = "Flm:SimClock",
         ["--sim-hardware"] = "Flm:SimHardware",
+        ["--data-port"] = "Flm:DataPort",
+        ["--data-tls-cert"] = "Flm:DataTlsCertificate",
+        ["--data-tls-key"] = "Flm:DataTlsKey",
+        ["--data-tls-ca"] = "Flm:DataTlsCa",
+        ["--checkpoint-roots"] = "Flm:CheckpointRoots",
+        ["--data-roots"] = "Flm:DataRoots",
+        ["--http-port"] = "Flm:HttpPort",
+        ["--exporters"] = "Flm:Exporters",
+        ["--otlp-endpoint"] = "Flm:OtlpEndpoint",
+        ["--device-model"] = "Flm:DeviceModel",
+        ["--peak-tflops"] = "Flm:PeakTflops",
     };
 
     public static SiloSettings From(IConfiguration configuration)
@@ -116,6 +183,11 @@ public sealed record SiloSettings
         foreach (var (name, port) in new[] { ("SiloPort", SiloPort), ("GatewayPort", GatewayPort), ("PrimarySiloPort", PrimarySiloPort) })
             if (port is <= 0 or > 65535)
                 throw new ArgumentException($"Flm:{name} {port} is not a TCP port");
+        if (DataPort is < 0 or > 65535)
+            throw new ArgumentException($"Flm:DataPort (--data-port) {DataPort} is not a TCP port (0: any free port)");
+        if (HttpPort is < 0 or > 65535)
+            throw new ArgumentException($"Flm:HttpPort (--http-port) {HttpPort} is not a TCP port (0 for no web endpoints)");
+        ValidateTelemetry();
         if (!string.IsNullOrWhiteSpace(AdvertisedAddress) && !IPAddress.TryParse(AdvertisedAddress, out _))
             throw new ArgumentException($"Flm:AdvertisedAddress (--advertise) '{AdvertisedAddress}' is not an IP address");
         if (ProbeTimeoutSeconds <= 0 || MissedProbesLimit < 1 || VotesForDeathDeclaration < 1)
@@ -123,7 +195,54 @@ public sealed record SiloSettings
         if (!double.IsFinite(ProbeTimeoutSeconds) || !double.IsFinite(CollectiveTimeoutSeconds) || !double.IsFinite(WorkerWaitSeconds) || !double.IsFinite(HangGraceSeconds)
             || CollectiveTimeoutSeconds <= 0 || WorkerWaitSeconds <= 0 || HangGraceSeconds <= 0)
             throw new ArgumentException("Flm:CollectiveTimeoutSeconds, Flm:WorkerWaitSeconds and Flm:HangGraceSeconds must be positive (finite) numbers of seconds");
+        foreach (var (name, roots) in new[] { ("CheckpointRoots", Roots.Checkpoints), ("DataRoots", Roots.Data) })
+            foreach (var root in roots.Where(r => !Path.IsPathFullyQualified(r)))
+                throw new ArgumentException($"Flm:{name} root '{root}' is relative; list absolute folders separated by '{Path.PathSeparator}'");
+        if (ReplicaBudgetBytes < 0)
+            throw new ArgumentException($"Flm:ReplicaBudgetBytes {ReplicaBudgetBytes} is negative: give a number of bytes, or 0 for half the memory available to the silo");
         if (!FlmNodeOptions.DataPlanes.Contains(DataPlane))
             throw new ArgumentException($"Flm:DataPlane (--data-plane) '{DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
+        if (DataPlane == "nccl" && spec.Kind != "cuda")
+            throw new ArgumentException($"Flm:DataPlane (--data-plane) nccl needs CUDA GPUs (--devices cuda:N) and a CUDA build (-p:FlmDevice=cuda); this server has {Devices}: use socket");
+        if (!double.IsFinite(DataSilenceSeconds) || DataSilenceSeconds < 3)
+            throw new ArgumentException($"Flm:DataSilenceSeconds {DataSilenceSeconds} must be at least 3 (idle connections send a heartbeat every second)");
+        if (DataBufferMiB is < 1 or > 65536)
+            throw new ArgumentException($"Flm:DataBufferMiB {DataBufferMiB} must be 1 … 65536");
+        if ((DataTlsCertificate.Length > 0) != (DataTlsKey.Length > 0))
+            throw new ArgumentException("Flm:DataTlsCertificate (--data-tls-cert) and Flm:DataTlsKey (--data-tls-key) go together: give both PEM files for TLS, or neither");
+        foreach (var (name, file) in new[] { ("DataTlsCertificate", DataTlsCertificate), ("DataTlsKey", DataTlsKey), ("DataTlsCa", DataTlsCa) })
+            if (file.Length > 0 && !File.Exists(file))
+                throw new ArgumentException($"Flm:{name} '{file}' does not exist");
+        if (DataTlsCa.Length > 0 && DataTlsCertificate.Length == 0)
+            throw new ArgumentException("Flm:DataTlsCa is set without Flm:DataTlsCertificate; TLS on the data plane needs this silo's certificate and key");
+    }
+
+    /// <summary>The socket data plane of this silo: it listens where the silo does and is reached at the advertised address.</summary>
+    public SocketDataPlaneOptions DataPlaneOptions => new()
+    {
+        ListenAddress = Clustering == "redis" ? IPAddress.Any : IPAddress.Loopback,
+        AdvertisedAddress = Advertised,
+        Port = DataPort,
+        TlsCertificate = DataTlsCertificate,
+        TlsKey = DataTlsKey,
+        TlsCa = DataTlsCa,
+        Silence = TimeSpan.FromSeconds(DataSilenceSeconds),
+        PeerBufferBytes = (long)DataBufferMiB << 20,
+    };
+
+    private void ValidateTelemetry()
+    {
+        var exporters = ExporterList;
+        if (exporters.FirstOrDefault(e => !ExporterNames.Contains(e)) is { } unknown)
+            throw new ArgumentException($"Flm:Exporters (--exporters) '{unknown}' is not one of {string.Join(", ", ExporterNames)} (or none)");
+        if (exporters.Contains("prometheus") && HttpPort == 0)
+            throw new ArgumentException("Flm:Exporters: prometheus is served on the web port; give Flm:HttpPort (--http-port) or leave prometheus out");
+        if (exporters.Contains("otlp")
+            && !(Uri.TryCreate(OtlpEndpoint, UriKind.Absolute, out var otlp) && otlp.Scheme is "http" or "https"))
+            throw new ArgumentException($"Flm:OtlpEndpoint (--otlp-endpoint) '{OtlpEndpoint}' must be an http(s) address such as http://collector:4318 when exporters include otlp");
+        if (OtlpProtocol is not ("http/protobuf" or "grpc"))
+            throw new ArgumentException($"Flm:OtlpProtocol '{OtlpProtocol}' is not http/protobuf or grpc");
+        if (!double.IsFinite(PeakTflops) || PeakTflops < 0)
+            throw new ArgumentException($"Flm:PeakTflops (--peak-tflops) {PeakTflops} must be a finite number of TFLOP/s, 0 or more");
     }
 }

@@ -296,6 +296,13 @@ public sealed partial class BadInputMatrixTests : IDisposable
         Unreachable("submit without a profile", ["submit"], "no cluster is configured"),
         Unreachable("nodes without a profile", ["nodes"], "no cluster is configured"),
         Unreachable("cancel without a profile", ["cancel", "job-1"], "no cluster is configured"),
+        Unreachable("logs without a profile", ["logs", "job-1"], "no cluster is configured"),
+        Unreachable("pause without a profile", ["pause", "job-1"], "no cluster is configured"),
+        Unreachable("resume without a profile", ["resume", "job-1"], "no cluster is configured"),
+        Unreachable("jobs --json without a profile", ["jobs", "--json"], "no cluster is configured"),
+        new("logs from a negative step", ["logs", "job-1", "--since", "-3"], "--since -3: a step number is 0 or more"),
+        new("logs --since not a number", ["logs", "job-1", "--since", "ten"], "Cannot parse argument 'ten'"),
+        new("logs without a job", ["logs"], "Required argument missing for command: 'logs'"),
         Unreachable("jobs at a gateway where nothing listens", ["jobs"], "nothing listens there") with
         {
             Environment = f => new() { ["FLM_CLUSTER_GATEWAYS"] = $"{f.DeadPort}" },

@@ -35,6 +35,7 @@ public sealed class CliTests : IDisposable
         Assert.Contains("seq 64, tokenizer bytes", r.Output);
         Assert.Contains("global batch 4 × 64 tokens", r.Output);
         Assert.Contains("step      2/2", r.Output);
+        Assert.Matches(@"dashboard: http://127\.0\.0\.1:\d+/ \(live while the job runs\)", r.Output);
     }
 
     /// <summary>The README's line: --out is the checkpoint folder that checkpoint.interval needs.</summary>

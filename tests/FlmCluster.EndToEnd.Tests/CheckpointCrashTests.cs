@@ -13,7 +13,7 @@ public sealed class CheckpointCrashTests : IDisposable
     [Fact]
     public void Killing_a_silo_mid_write_leaves_no_manifest_and_the_previous_checkpoint_loads()
     {
-        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 24111);
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 21211);
         var root = Path.Combine(_flm.Home, "ckpt");
         // A model whose shards take a moment to write (25 M parameters: ~200 MB on rank 0), a checkpoint every 2 steps.
         string[] job = ["--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.layers=8",

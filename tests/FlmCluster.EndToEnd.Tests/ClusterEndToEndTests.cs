@@ -16,8 +16,9 @@ public sealed class ClusterEndToEndTests : IDisposable
     [Fact]
     public void Cli_submits_to_a_redis_cluster_of_three_silo_processes_and_watches_the_job_finish()
     {
-        var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 23111);
+        var up = _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 21111);
         Assert.Contains("2 server(s) × 2 GPU(s) + control node, Redis", up.Output);
+        Assert.Contains("dashboard: http://127.0.0.1:23111/", up.Output); // the first silo's web port: base + 2000
 
         var nodes = _flm.Run("nodes");
         Assert.Equal(0, nodes.ExitCode);
@@ -30,7 +31,7 @@ public sealed class ClusterEndToEndTests : IDisposable
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Split('\n')[0].Trim();
         Assert.Contains($"{jobId}: completed at step 20/20", submit.Output);
-        Assert.Contains("step     20/20", submit.Output);
+        Assert.Contains("step     20/20", submit.Error); // progress on standard error, results on standard output
 
         var status = _flm.Run("status", jobId);
         Assert.Equal(0, status.ExitCode);

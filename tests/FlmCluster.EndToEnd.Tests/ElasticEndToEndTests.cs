@@ -14,7 +14,7 @@ public sealed class ElasticEndToEndTests : IDisposable
     public void A_job_whose_server_dies_for_good_finishes_on_the_other_one_without_anyone_stepping_in()
     {
         _flm.Environment["Flm__WorkerWaitSeconds"] = "3"; // how long the job waits for the dead server
-        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 25111);
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 21311);
         var root = Path.Combine(_flm.Home, "ckpt");
         var submit = _flm.Run("submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128",
             "--layout", "dp=2", "--steps", "16", "--set", $"checkpoint.dir={root}", "--set", "checkpoint.interval=4");
@@ -29,8 +29,8 @@ public sealed class ElasticEndToEndTests : IDisposable
 
         var follow = _flm.Run("status", jobId, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
-        Assert.Contains("shrunk: servers gone for more than 3 s", follow.Output);
-        Assert.Contains("→ 1 GPUs, layout dp=1,tp=1,pp=1,micro=2; global batch kept", follow.Output);
+        Assert.Contains("shrunk: servers gone for more than 3 s", follow.Error); // events are progress: standard error
+        Assert.Contains("→ 1 GPUs, layout dp=1,tp=1,pp=1,micro=2; global batch kept", follow.Error);
         Assert.Contains($"{jobId}: completed at step 16/16", follow.Output);
 
         var status = _flm.Run("status", jobId);

@@ -23,7 +23,11 @@ public sealed class Flm : IDisposable
     public FlmResult Run(TimeSpan timeout, params string[] args) =>
         FlmProcess.Run(Home, new Dictionary<string, string>(Environment) { ["FLM_PROFILE"] = Profile }, timeout, args);
 
-    /// <summary>`flm cluster up` with Redis membership and control-plane nodes (one by default); asserts that it worked.</summary>
+    /// <summary>
+    /// `flm cluster up` with Redis membership and control-plane nodes (one by default); asserts that it worked.
+    /// Test classes run in parallel: each takes its own base port, 100 apart (a cluster uses base…base+n−1,
+    /// +1000…, +2000…), below the kernel's ephemeral ports (32768…).
+    /// </summary>
     public FlmResult Up(int nodes, int gpusPerNode, int basePort, int controlNodes = 1)
     {
         var up = Run("cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-nodes", $"{controlNodes}", "--redis", Redis.ConnectionString,
@@ -32,12 +36,41 @@ public sealed class Flm : IDisposable
         return up;
     }
 
+    /// <summary>The committed step `flm status` reports for a job (-1 when it does not answer).</summary>
+    public long Step(string jobId)
+    {
+        var r = Run("status", jobId);
+        return r.ExitCode == 0 && System.Text.RegularExpressions.Regex.Match(r.Output, @", step (\d+)/") is { Success: true } m ? long.Parse(m.Groups[1].Value) : -1;
+    }
+
+    /// <summary>Polls `flm status` until the job has committed <paramref name="step"/> steps.</summary>
+    public void WaitForStep(string jobId, long step)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (Step(jobId) < step)
+            Assert.True(watch.Elapsed < TimeSpan.FromMinutes(5), $"job {jobId} did not reach step {step}");
+    }
+
+    /// <summary>The checksums of the shards of a committed checkpoint: equal lists mean the same bytes.</summary>
+    public static List<string> ShardChecksums(string dir, long step)
+    {
+        using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, $"step-{step:D8}", "manifest.json")));
+        return manifest.RootElement.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("sha256").GetString()!).ToList();
+    }
+
     /// <summary>The process id of a node's silo, from the cluster profile.</summary>
     public int SiloPid(string node)
     {
         using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
         return profile.RootElement.GetProperty("silos").EnumerateArray()
             .Single(s => s.GetProperty("node").GetString() == node).GetProperty("pid").GetInt32();
+    }
+
+    /// <summary>The web ports of the cluster's silos (dashboards and /metrics), in the order 'flm cluster up' started them.</summary>
+    public IReadOnlyList<int> SiloHttpPorts()
+    {
+        using var profile = JsonDocument.Parse(File.ReadAllText(Profile));
+        return profile.RootElement.GetProperty("silos").EnumerateArray().Select(s => s.GetProperty("http_port").GetInt32()).ToList();
     }
 
     public void Dispose()

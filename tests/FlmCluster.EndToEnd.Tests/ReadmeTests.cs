@@ -18,7 +18,7 @@ public sealed class ReadmeTests : IDisposable
     [Fact]
     public void Every_command_line_in_the_readme_runs()
     {
-        var commands = ReadmeCommands(File.ReadAllText(Path.Combine(RepositoryRoot(), "README.md")));
+        var commands = ReadmeCommands(File.ReadAllText(Path.Combine(Repository.Root(), "README.md")));
         Assert.True(commands.Count >= 20, $"found only {commands.Count} commands in README.md");
         Directory.CreateDirectory(Path.Combine(_flm.Home, "my-corpus"));
         File.WriteAllText(Path.Combine(_flm.Home, "my-corpus", "notes.txt"), string.Join("\n", Enumerable.Repeat("A house without books is like a body without a soul.", 200)));
@@ -98,7 +98,7 @@ public sealed class ReadmeTests : IDisposable
                     args.AddRange(["--steps", Hundredth($"{(preset ?? Presets.Get("tiny")).Train.Steps}")]);
                 break;
             case "cluster" when args[1] == "up":
-                args.AddRange(["--base-port", "24111"]);
+                args.AddRange(["--base-port", "21411"]);
                 break;
             case "mup":
                 args.AddRange(["--lrs", "1e-3,1e-2", "--widths", "32", "--steps", "10", "--eval-every", "10", "--eval-batches", "1"]);
@@ -175,13 +175,5 @@ public sealed class ReadmeTests : IDisposable
         if (any)
             words.Add(word.ToString());
         return words;
-    }
-
-    private static string RepositoryRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "README.md")) && File.Exists(Path.Combine(dir.FullName, "FlmCluster.sln")))
-                return dir.FullName;
-        throw new InvalidOperationException("README.md not found above the test's folder");
     }
 }

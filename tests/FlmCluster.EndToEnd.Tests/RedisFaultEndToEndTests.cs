@@ -23,29 +23,16 @@ public sealed class RedisFaultEndToEndTests : IDisposable
         "--set", "recovery.storage_wait_seconds=6",
     ];
 
-    private long Step(string jobId)
-    {
-        var r = _flm.Run("status", jobId);
-        return r.ExitCode == 0 && Regex.Match(r.Output, @", step (\d+)/") is { Success: true } m ? long.Parse(m.Groups[1].Value) : -1;
-    }
-
-    private void WaitForStep(string jobId, long step)
-    {
-        var watch = Stopwatch.StartNew();
-        while (Step(jobId) < step)
-            Assert.True(watch.Elapsed < TimeSpan.FromMinutes(5), $"job {jobId} did not reach step {step}");
-    }
-
     [Fact]
     public void A_job_outlives_a_redis_restart_and_stops_resumably_when_redis_stays_away()
     {
-        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 29111);
+        _flm.Up(nodes: 2, gpusPerNode: 1, basePort: 21811);
         const int steps = 60;
 
         // A restart within the wait: the job goes on, the same training as without it.
         var restarted = Path.Combine(_flm.Home, "restarted");
         var first = _flm.Run(Job(restarted, steps)).Output.Trim();
-        WaitForStep(first, 15);
+        _flm.WaitForStep(first, 15);
         _flm.Redis.Stop();
         Thread.Sleep(2000);
         _flm.Redis.Start();
@@ -55,12 +42,12 @@ public sealed class RedisFaultEndToEndTests : IDisposable
         var straight = Path.Combine(_flm.Home, "straight");
         var uninterrupted = _flm.Run(TimeSpan.FromMinutes(10), [.. Job(straight, steps), "--watch"]);
         Assert.True(uninterrupted.ExitCode == 0, uninterrupted.Output + uninterrupted.Error);
-        Assert.Equal(ShardChecksums(straight, steps), ShardChecksums(restarted, steps));
+        Assert.Equal(Flm.ShardChecksums(straight, steps), Flm.ShardChecksums(restarted, steps));
 
         // Away for longer than recovery.storage_wait_seconds: the job stops, saying why and what to resume from.
         var stopped = Path.Combine(_flm.Home, "stopped");
         var second = _flm.Run(Job(stopped, steps)).Output.Trim();
-        WaitForStep(second, 15);
+        _flm.WaitForStep(second, 15);
         _flm.Redis.Stop();
         Thread.Sleep(15000);
         _flm.Redis.Start();
@@ -76,12 +63,6 @@ public sealed class RedisFaultEndToEndTests : IDisposable
         // Resumed from there, it finishes where the uninterrupted run finished, bit for bit.
         var resumed = _flm.Run(TimeSpan.FromMinutes(10), "submit", "--resume-from", resumeFrom.Groups[1].Value, "--watch");
         Assert.True(resumed.ExitCode == 0, resumed.Output + resumed.Error);
-        Assert.Equal(ShardChecksums(straight, steps), ShardChecksums(stopped, steps));
-    }
-
-    private static List<string> ShardChecksums(string dir, long step)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, $"step-{step:D8}", "manifest.json")));
-        return manifest.RootElement.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("sha256").GetString()!).ToList();
+        Assert.Equal(Flm.ShardChecksums(straight, steps), Flm.ShardChecksums(stopped, steps));
     }
 }

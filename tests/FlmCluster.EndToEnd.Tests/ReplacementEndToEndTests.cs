@@ -26,7 +26,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
     [Fact]
     public void A_dead_servers_ranks_move_to_an_idle_server_and_come_back_from_their_peers_replicas()
     {
-        _flm.Up(nodes: 3, gpusPerNode: 2, basePort: 26111);
+        _flm.Up(nodes: 3, gpusPerNode: 2, basePort: 21911);
         const int steps = 120;
         var killed = Path.Combine(_flm.Home, "killed");
         var submit = _flm.Run(Job(killed, steps));
@@ -48,13 +48,13 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
 
         var follow = _flm.Run(TimeSpan.FromMinutes(10), "status", jobId, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
-        output.WriteLine(follow.Output);
-        Assert.DoesNotContain("shrunk", follow.Output);
-        Assert.DoesNotContain("waiting up to", follow.Output);
-        var replaced = Regex.Match(follow.Output, @"replaced: .*: 4 GPUs, layout dp=2,tp=2,pp=1,micro=1 → 4 GPUs, layout dp=2,tp=2,pp=1,micro=1; from the in-memory replicas of step (\d+)");
-        Assert.True(replaced.Success, follow.Output);
-        Assert.True(long.Parse(replaced.Groups[1].Value) > before.Checkpoint, follow.Output);
-        Assert.Matches(@"recovered: at step \d+ in \d+\.\d s: detect", follow.Output);
+        output.WriteLine(follow.Error); // the events of --watch are progress: standard error
+        Assert.DoesNotContain("shrunk", follow.Error);
+        Assert.DoesNotContain("waiting up to", follow.Error);
+        var replaced = Regex.Match(follow.Error, @"replaced: .*: 4 GPUs, layout dp=2,tp=2,pp=1,micro=1 → 4 GPUs, layout dp=2,tp=2,pp=1,micro=1; from the in-memory replicas of step (\d+)");
+        Assert.True(replaced.Success, follow.Error);
+        Assert.True(long.Parse(replaced.Groups[1].Value) > before.Checkpoint, follow.Error);
+        Assert.Matches(@"recovered: at step \d+ in \d+\.\d s: detect", follow.Error);
         Assert.Contains($"{jobId}: completed at step {steps}/{steps}", follow.Output);
         Assert.Equal(["node0", "node2"], StatusOf(jobId).Nodes);
 
@@ -62,7 +62,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         var straight = Path.Combine(_flm.Home, "straight");
         var uninterrupted = _flm.Run(TimeSpan.FromMinutes(10), [.. Job(straight, steps), "--watch"]);
         Assert.True(uninterrupted.ExitCode == 0, uninterrupted.Output + uninterrupted.Error);
-        Assert.Equal(ShardChecksums(straight, steps), ShardChecksums(killed, steps));
+        Assert.Equal(Flm.ShardChecksums(straight, steps), Flm.ShardChecksums(killed, steps));
     }
 
     /// <summary>What `flm status` says of a job: its recovery points and the servers of its ranks.</summary>
@@ -75,11 +75,5 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         long Step(string pattern) => Regex.Match(r.Output, pattern) is { Success: true } m ? long.Parse(m.Groups[1].Value) : -1;
         var nodes = Regex.Matches(r.Output, @"^  (\w+): rank", RegexOptions.Multiline).Select(m => m.Groups[1].Value).Distinct().Order().ToList();
         return new Status(Step(@"checkpoint on disk at step (\d+)"), Step(@"in-memory replicas at step (\d+)"), nodes, r.Output);
-    }
-
-    private static List<string> ShardChecksums(string dir, long step)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(dir, $"step-{step:D8}", "manifest.json")));
-        return manifest.RootElement.GetProperty("shards").EnumerateArray().Select(s => s.GetProperty("sha256").GetString()!).ToList();
     }
 }

@@ -4,15 +4,22 @@ using static TorchSharp.torch;
 
 namespace FlmCluster.Grains.Tests;
 
-/// <summary>Collectives over Orleans (in process within a silo, chunked grain calls across silos) against plain references.</summary>
-public sealed class DataPlaneTests() : ClusterTestClass(2, 2)
+/// <summary>
+/// A data plane's collectives between workers of two silos against plain references: the Orleans data plane (in
+/// process within a silo, chunked grain calls across silos) and the socket data plane (in memory within a silo,
+/// TCP across).
+/// </summary>
+public abstract class DataPlaneTests(string dataPlane) : ClusterTestClass(TimeSpan.FromMinutes(5), dataPlane, 2, 2)
 {
     // Ranks alternate between the two silos, so every collective mixes in-process and cross-silo messages.
     private static readonly string[] Workers = ["Silo_0/gpu0", "Silo_1/gpu0", "Silo_0/gpu1", "Silo_1/gpu1"];
 
-    private async Task<ProbeResult[]> Probe(IReadOnlyList<ProbeOp> ops, ulong seed) =>
-        await Task.WhenAll(Workers.Select((w, rank) =>
-            Cluster.Client.GetGrain<IGpuWorkerGrain>(w).Probe(new ProbeRequest($"probe-{seed}", rank, Workers, ops, seed, ReturnOutputs: true))));
+    private async Task<ProbeResult[]> Probe(IReadOnlyList<ProbeOp> ops, ulong seed)
+    {
+        var key = SessionKeys.New();
+        return await Task.WhenAll(Workers.Select((w, rank) =>
+            Cluster.Client.GetGrain<IGpuWorkerGrain>(w).Probe(new ProbeRequest($"probe-{seed}", rank, Workers, ops, seed, ReturnOutputs: true, key))));
+    }
 
     private static Tensor Out(ProbeResult r, int op, string dtype)
     {
@@ -72,4 +79,17 @@ public sealed class DataPlaneTests() : ClusterTestClass(2, 2)
             Cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0").Probe(new ProbeRequest("p", 1, Workers, [], 1, false)));
         Assert.Contains("does not give rank 1", ex.Message);
     }
+
+    [Fact]
+    public async Task A_worker_refuses_replica_chunks_it_could_not_hold()
+    {
+        var worker = Cluster.Client.GetGrain<IGpuWorkerGrain>(Workers[1]);
+        await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, 1, new byte[TensorChunk.MaxBytes + 1], "x")));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => worker.HoldReplica(new ReplicaChunk("j", 0, 1, 0, int.MaxValue, new byte[8], "x")));
+        Assert.Null(await worker.FetchReplica("j", 0, 1, 0));
+    }
 }
+
+public sealed class OrleansDataPlaneTests() : DataPlaneTests("orleans");
+
+public sealed class SocketDataPlaneClusterTests() : DataPlaneTests("socket");

@@ -40,18 +40,19 @@ public sealed class ElasticJobTests() : ClusterTestClass(TimeSpan.FromSeconds(2)
         // Silo_1 comes back: the job checkpoints and moves back to its submitted layout.
         await Cluster.StartSiloAsync(1, Cluster.Options, TestContext.Current.CancellationToken);
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
-        string Events() => string.Join("\n", status.Events.Select(e => $"{e.Kind}: {e.Message}"));
+        var events = await TestClusters.Events(Cluster.Client, id);
+        string Events() => string.Join("\n", events.Select(e => $"{e.Kind}: {e.Message}"));
         Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events()}");
-        Assert.True(status.Events.Any(e => e.Kind == "grown-back" && e.Message.Contains("2 GPUs, layout dp=2,tp=1,pp=1,micro=2 → 4 GPUs, layout dp=4,tp=1,pp=1,micro=1")), Events());
+        Assert.True(events.Any(e => e.Kind == "grown-back" && e.Message.Contains("2 GPUs, layout dp=2,tp=1,pp=1,micro=2 → 4 GPUs, layout dp=4,tp=1,pp=1,micro=1")), Events());
         Assert.Equal("dp=4,tp=1,pp=1", status.Layout);
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
 
         // Every step once, in order, and the same training as one uninterrupted run (rounding aside).
-        Assert.Equal(Enumerable.Range(0, steps).Select(i => (long)i), status.Recent.Select(p => p.Step));
+        Assert.Equal(Enumerable.Range(0, steps).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
         using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
         using var engine = LocalEngine.Create(job with { Checkpoint = new CheckpointConfig() }, data);
         var expected = Enumerable.Range(0, steps).Select(_ => engine.RunStep().Loss).ToList();
-        Assert.Equal(expected, status.Recent.Select(p => p.Loss), new Tolerance(1e-12));
+        Assert.Equal(expected, (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss), new Tolerance(1e-12));
         var final = CheckpointReader.Open(CheckpointStore.DirectoryFor(_checkpoints, steps)).Manifest;
         Assert.Equal((long)steps * job.Train.GlobalBatch, final.SamplesConsumed);
         Assert.Equal(4, final.Layout.Dp);

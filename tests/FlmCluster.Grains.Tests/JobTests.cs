@@ -9,13 +9,6 @@ namespace FlmCluster.Grains.Tests;
 [Collection("Cluster jobs")]
 public sealed class JobTests() : ClusterTestClass(2, 2, 0)
 {
-    private static List<double> LocalLosses(JobConfig job)
-    {
-        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
-        using var engine = LocalEngine.Create(job, data);
-        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
-    }
-
     [Theory]
     [InlineData(2, 2, 1, 1)]
     [InlineData(2, 1, 2, 2)]
@@ -28,9 +21,9 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         Assert.Equal(5, status.Step);
         // Ranks are spread over both servers, TP groups inside one.
         Assert.Equal(2, status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().Count());
-        var expected = LocalLosses(job);
+        var expected = TestClusters.LocalLosses(job);
         // The Orleans data plane reduces in the same member order as the in-process one: identical numbers.
-        Assert.Equal(expected, status.Recent.Select(p => p.Loss));
+        Assert.Equal(expected, (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
     }
 
     [Fact]
@@ -94,10 +87,38 @@ public sealed class JobTests() : ClusterTestClass(2, 2, 0)
         var control = Cluster.Silos.Single(s => s.Name == "Silo_2");
         await Cluster.KillSiloAsync(control, TestContext.Current.CancellationToken);
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
-        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", status.Events.TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
-        Assert.Contains(status.Events, e => e.Kind == "resumed");
-        // Every step exactly once, with the numbers of an uninterrupted run.
-        Assert.Equal(Enumerable.Range(0, 60).Select(i => (long)i), status.Recent.Select(p => p.Step));
-        Assert.Equal(LocalLosses(job), status.Recent.Select(p => p.Loss));
+        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error} | {string.Join(" | ", (await TestClusters.Events(Cluster.Client, status.JobId)).TakeLast(6).Select(e => $"{e.Kind}: {e.Message}"))}");
+        Assert.Contains((await TestClusters.Events(Cluster.Client, status.JobId)), e => e.Kind == "resumed");
+        // Every step exactly once, with the numbers of an uninterrupted run, in the job's durable history, which the
+        // coordinator on the other silo continued.
+        Assert.Equal(Enumerable.Range(0, 60).Select(i => (long)i), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Step));
+        Assert.Equal(TestClusters.LocalLosses(job), (await TestClusters.Steps(Cluster.Client, status.JobId)).Select(p => p.Loss));
+    }
+
+    [Fact]
+    public async Task The_history_is_read_in_pages_and_refuses_what_is_not_a_page()
+    {
+        var id = await Scheduler.Submit(TestClusters.Submission(TestClusters.MicroJob(1, 1, 1, 1, steps: 7)));
+        await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
+        var coordinator = Cluster.Client.GetGrain<IJobCoordinatorGrain>(id);
+        var first = await coordinator.GetHistory(0, 0, 3);
+        Assert.Equal([0L, 1L, 2L], first.Steps.Select(s => s.Point.Step));
+        Assert.Equal(3, first.NextStep);
+        Assert.Equal(["submitted", "allocated", "started"], first.Events.Select(e => e.Kind));
+        var rest = await coordinator.GetHistory(first.NextStep, first.NextEvent, JobHistory.MaxPage);
+        Assert.Equal([3L, 4L, 5L, 6L], rest.Steps.Select(s => s.Point.Step));
+        Assert.Equal(["completed"], rest.Events.Select(e => e.Kind));
+        Assert.Equal(7, rest.NextStep);
+        var end = await coordinator.GetHistory(rest.NextStep, rest.NextEvent, 10);
+        Assert.Empty(end.Steps);
+        Assert.Empty(end.Events);
+        Assert.All(first.Steps.Concat(rest.Steps), s => Assert.Equal("dp=1,tp=1,pp=1", s.Layout));
+        Assert.All(first.Steps.Concat(rest.Steps), s => Assert.Equal(8 * 32, s.Point.Tokens));
+
+        await Assert.ThrowsAsync<ClusterRequestException>(() => coordinator.GetHistory(-1, 0, 10));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => coordinator.GetHistory(0, -1, 10));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => coordinator.GetHistory(0, 0, 0));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => coordinator.GetHistory(0, 0, JobHistory.MaxPage + 1));
+        await Assert.ThrowsAsync<ClusterRequestException>(() => Cluster.Client.GetGrain<IJobCoordinatorGrain>("no-such-job").GetHistory(0, 0, 10));
     }
 }

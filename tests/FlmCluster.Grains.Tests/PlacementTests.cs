@@ -1,3 +1,4 @@
+using FlmCluster.Training.Parallel;
 using FlmCluster.Grains.Abstractions;
 
 namespace FlmCluster.Grains.Tests;
@@ -67,21 +68,37 @@ public sealed class PlacementTests() : ClusterTestClass(2, 2, 2)
 
 public sealed class ReplicaPeerTests
 {
+    private static string[] Peers(string[] ranks, ParallelLayout layout) => FlmCluster.Grains.Jobs.ReplicaPeers.For(ranks, layout)!;
+
     [Fact]
     public void Every_rank_has_a_peer_on_the_next_server_and_every_worker_keeps_one_replica()
     {
         string[] ranks = ["a/gpu0", "a/gpu1", "b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1"];
-        var peers = FlmCluster.Grains.Jobs.ReplicaPeers.For(ranks)!;
+        var peers = Peers(ranks, new ParallelLayout(3, 2, 1));
         Assert.Equal(["b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1", "a/gpu0", "a/gpu1"], peers);
         Assert.Equal(ranks.Order(), peers.Order()); // one replica each
+    }
+
+    [Fact]
+    public void A_copy_goes_to_a_server_without_ranks_of_its_model_replica_where_there_is_one()
+    {
+        // dp=2, tp=2, pp=2: server a holds both replicas' first stage, b the second stage of replica 0, c of replica 1.
+        var layout = new ParallelLayout(2, 2, 2);
+        string[] ranks = ["a/gpu0", "a/gpu1", "a/gpu2", "a/gpu3", "b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1"];
+        var peers = Peers(ranks, layout);
+        // Replica 0 (ranks 0, 1, 4, 5) lives on a and b: its copies go to c; replica 1 (2, 3, 6, 7) on a and c: copies to b.
+        // The next server along the ring (b for a's ranks) would have put replica 0's first stage beside its second.
+        Assert.Equal(["c/gpu0", "c/gpu1", "b/gpu0", "b/gpu1", "c/gpu0", "c/gpu1", "b/gpu0", "b/gpu1"], peers);
+        Assert.All(Enumerable.Range(0, ranks.Length), rank =>
+            Assert.DoesNotContain(peers[rank][..1], Enumerable.Range(0, ranks.Length).Where(r => layout.CoordsOf(r).Dp == layout.CoordsOf(rank).Dp).Select(r => ranks[r][..1])));
     }
 
     [Fact]
     public void Uneven_servers_still_put_every_peer_on_another_server()
     {
         string[] ranks = ["a/gpu0", "a/gpu1", "a/gpu2", "b/gpu0"];
-        var peers = FlmCluster.Grains.Jobs.ReplicaPeers.For(ranks)!;
+        var peers = Peers(ranks, new ParallelLayout(1, 1, 4));
         Assert.All(ranks.Zip(peers), p => Assert.NotEqual(p.First[..1], p.Second[..1]));
-        Assert.Null(FlmCluster.Grains.Jobs.ReplicaPeers.For(["a/gpu0", "a/gpu1"])); // one server: no replica survives it
+        Assert.Null(FlmCluster.Grains.Jobs.ReplicaPeers.For(["a/gpu0", "a/gpu1"], new ParallelLayout(2, 1, 1))); // one server: no replica survives it
     }
 }

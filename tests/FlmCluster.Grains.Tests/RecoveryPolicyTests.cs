@@ -112,7 +112,7 @@ public sealed class StragglerWatchTests
     [Fact]
     public void A_rank_slower_than_the_others_by_the_factor_over_the_window_is_a_straggler_once()
     {
-        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.5, StragglerWindow = 3 };
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.5, StragglerWindow = 3, StragglerMinMs = 20 };
         var watch = new StragglerWatch();
         Assert.Empty(watch.Observe(1, Step(10, 10, 31, 10), config));
         Assert.Empty(watch.Observe(1, Step(10, 11, 31, 10), config)); // not a full window yet
@@ -141,7 +141,7 @@ public sealed class StragglerWatchTests
             var reports = Step(Enumerable.Range(0, ranks).Select(_ => Math.Round(random.NextDouble() * 100, 3)).ToArray());
             // What the watch measures: a report's time less its time in collectives.
             var compute = reports.Select(r => r.ElapsedMs - r.CommMs).ToArray();
-            var found = new StragglerWatch().Observe(1, reports, new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.0000001, StragglerWindow = 1 });
+            var found = new StragglerWatch().Observe(1, reports, new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.0000001, StragglerWindow = 1, StragglerMinMs = 0 });
             Assert.NotEmpty(found);
             foreach (var (rank, median, typical) in found)
             {
@@ -151,5 +151,18 @@ public sealed class StragglerWatchTests
                 Assert.Equal(expected, typical);
             }
         }
+    }
+
+    [Fact]
+    public void Jitter_on_short_steps_is_not_a_straggler_however_large_the_ratio()
+    {
+        // 9 ms against 4 ms is 2.3×, but 5 ms of difference is scheduling noise, not a slow GPU.
+        var config = new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 2, StragglerWindow = 2 };
+        var watch = new StragglerWatch();
+        watch.Observe(1, Step(4, 9), config);
+        Assert.Empty(watch.Observe(1, Step(4, 9), config));
+        var strict = new StragglerWatch();
+        strict.Observe(1, Step(4, 9), config with { StragglerMinMs = 0 });
+        Assert.Equal(1, Assert.Single(strict.Observe(1, Step(4, 9), config with { StragglerMinMs = 0 })).Rank);
     }
 }

@@ -4,6 +4,7 @@ using FlmCluster.Training;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
+using FlmCluster.Tests.Fixtures;
 
 namespace FlmCluster.Grains.Tests;
 
@@ -104,5 +105,44 @@ public sealed class SubmissionTests() : ClusterTestClass(2, 2, 0)
         Assert.Equal(JobPhase.Completed, (await TestClusters.WaitFor(Cluster.Client, third, s => s.State.IsFinal())).State);
         Assert.Equal(third, CheckpointOwnership.Read(dir)!.RunId);
         Assert.All(CheckpointStore.List(dir), e => Assert.Equal(third, e.Run));
+    }
+
+    [Fact]
+    public async Task Paths_outside_the_servers_roots_and_crafted_checkpoints_are_refused()
+    {
+        // The test silos allow their working folder and the temporary folder; /etc is neither.
+        Assert.Contains("checkpoint.dir '/etc/flm' is outside the folders this cluster allows", await Refused(new JobSubmission(Json(Micro() with { Checkpoint = new CheckpointConfig { Dir = "/etc/flm" } }))));
+        Assert.Contains("data path '/etc/passwd' is outside the folders this cluster allows", await Refused(new JobSubmission(Json(Micro() with { Data = Micro().Data with { Paths = ["/etc/passwd"] } }))));
+        Assert.Contains("Flm:CheckpointRoots", await Refused(new JobSubmission(Json(Micro()), ResumeFrom: "/etc")));
+
+        // Neither '..' nor a link inside an allowed folder leads out of it.
+        Assert.Contains("is outside", await Refused(new JobSubmission(Json(Micro() with { Checkpoint = new CheckpointConfig { Dir = Path.Combine(_dir, "..", "..", "etc", "flm") } }))));
+        var link = Path.Combine(_dir, "link");
+        Directory.CreateSymbolicLink(link, "/etc");
+        Assert.Contains("is outside", await Refused(new JobSubmission(Json(Micro() with { Checkpoint = new CheckpointConfig { Dir = Path.Combine(link, "flm") } }))));
+        Assert.Contains("is outside", await Refused(new JobSubmission(Json(Micro() with { Data = Micro().Data with { Paths = [Path.Combine(link, "passwd")] } }))));
+        Assert.False(Directory.Exists("/etc/flm"));
+
+        // A checkpoint to resume from whose manifest names files outside its folder, or claims a terabyte, is refused.
+        Assert.Contains("shard file name '../x' is not a plain file name", await Refused(new JobSubmission(Json(Micro()), ResumeFrom: CheckpointFiles.Checkpoint(Path.Combine(_dir, "a"), m => m["shards"]![0]!["file"] = "../x"))));
+        Assert.Contains("shard file name '/etc/passwd' is not a plain file name", await Refused(new JobSubmission(Json(Micro()), ResumeFrom: CheckpointFiles.Checkpoint(Path.Combine(_dir, "b"), m => m["shards"]![0]!["file"] = "/etc/passwd"))));
+        Assert.Contains("is corrupt", await Refused(new JobSubmission(Json(Micro()), ResumeFrom: CheckpointFiles.Checkpoint(Path.Combine(_dir, "c"), m =>
+        {
+            m["tensors"]![0]!["shape"] = new System.Text.Json.Nodes.JsonArray(1L << 38);
+            m["tensors"]![0]!["pieces"]![0]!["flat_length"] = 1L << 38;
+        }))));
+        Assert.Empty(await Scheduler.ListJobs());
+    }
+
+    [Fact]
+    public async Task A_worker_checks_an_assignments_paths_against_its_own_servers_roots()
+    {
+        var job = Micro() with { Checkpoint = new CheckpointConfig { Dir = "/etc/flm" } };
+        var worker = Cluster.Client.GetGrain<IGpuWorkerGrain>("Silo_0/gpu0");
+        var assignment = new WorkerAssignment("raw", 1, Json(job), 0, ["Silo_0/gpu0", "Silo_0/gpu1"], 0, 0, 0, Rebuild.Fresh);
+        var ex = await Assert.ThrowsAsync<ClusterRequestException>(() => worker.Assign(assignment));
+        Assert.Contains("checkpoint.dir '/etc/flm' is outside", ex.Message);
+        var fromOutside = assignment with { JobJson = Json(Micro()), Rebuild = Rebuild.FromCheckpoint("/etc/flm/step-00000001") };
+        Assert.Contains("the checkpoint to rebuild from '/etc/flm/step-00000001' is outside", (await Assert.ThrowsAsync<ClusterRequestException>(() => worker.Assign(fromOutside))).Message);
     }
 }

@@ -2,6 +2,7 @@ using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Sim;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
+using FlmCluster.Training.Engine;
 using Orleans.Hosting;
 using Orleans.TestingHost;
 
@@ -18,13 +19,20 @@ public static class TestClusters
     /// every silo gets (e.g. a test's fault injection).
     /// </summary>
     public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) =>
-        Start(workerWait, configure, null, devices);
+        Start(workerWait, configure, "orleans", null, devices);
+
+    /// <summary>As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, params int[] devices) =>
+        Start(workerWait, configure, dataPlane, null, devices);
 
     /// <summary>
-    /// As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>; with a <paramref name="simulation"/>, the devices are
-    /// simulated GPUs (<c>sim:N</c>) and every silo's jobs run on its virtual clock.
+    /// As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, the devices simulated GPUs (<c>sim:N</c>) and
+    /// every silo's jobs on the <paramref name="simulation"/>'s virtual clock.
     /// </summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, FlmSimulation? simulation, params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, FlmSimulation simulation, params int[] devices) =>
+        Start(workerWait, configure, "orleans", simulation, devices);
+
+    private static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, FlmSimulation? simulation, int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -40,6 +48,7 @@ public static class TestClusters
                 WorkerWait = workerWait,
                 HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
+                DataPlane = dataPlane,
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();
@@ -77,6 +86,25 @@ public static class TestClusters
 
     public static JobSubmission Submission(JobConfig job, int priority = 0) => new(JobConfigLoader.ToJson(job), priority);
 
+    /// <summary>The losses of the job's steps on the in-process engine (ranks as threads of this process).</summary>
+    public static List<double> LocalLosses(JobConfig job)
+    {
+        using var data = TokenDataset.Load(job.Data.Paths, TokenizerFactory.Create(job.Tokenizer), job.Model.PaddedVocab);
+        using var engine = LocalEngine.Create(job, data);
+        return Enumerable.Range(0, (int)job.Train.Steps).Select(_ => engine.RunStep().Loss).ToList();
+    }
+
+    /// <summary>Every committed step of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<StepPoint>> Steps(IGrainFactory grains, string jobId)
+    {
+        var history = await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage);
+        return history.Steps.Select(s => s.Point).ToList();
+    }
+
+    /// <summary>Every event of a job, from its durable history (the status keeps only the latest few).</summary>
+    public static async Task<IReadOnlyList<JobEvent>> Events(IGrainFactory grains, string jobId) =>
+        (await grains.GetGrain<IJobCoordinatorGrain>(jobId).GetHistory(0, 0, JobHistory.MaxPage)).Events;
+
     /// <summary>Polls a job until <paramref name="done"/> holds (or the timeout passes).</summary>
     public static async Task<JobStatus> WaitFor(IGrainFactory grains, string jobId, Func<JobStatus, bool> done, TimeSpan? timeout = null)
     {
@@ -95,7 +123,7 @@ public static class TestClusters
             if (done(status))
                 return status;
             if (DateTime.UtcNow > deadline)
-                throw new TimeoutException($"job {jobId} is {status.State} at step {status.Step}: {string.Join(" | ", status.Events.TakeLast(3).Select(e => e.Message))}");
+                throw new TimeoutException($"job {jobId} is {status.State} at step {status.Step}: {string.Join(" | ", status.Events.TakeLast(12).Select(e => $"{e.Kind}: {e.Message}"))}");
             await Task.Delay(50);
         }
     }

@@ -13,7 +13,8 @@ public static class CheckpointCommands
     {
         var listTarget = new Argument<string>("job-or-folder") { Description = "A job id (its checkpoint.dir on the cluster) or a folder of checkpoints" };
         var checksums = new Option<bool>("--checksums") { Description = "Also verify every shard's checksum" };
-        var list = new Command("list", "List the checkpoints of a folder, newest last, with their validity") { listTarget, checksums };
+        var json = new Option<bool>("--json") { Description = "Print JSON (stable field names, see docs/operations.md) instead of a table" };
+        var list = new Command("list", "List the checkpoints of a folder, newest last, with their validity") { listTarget, checksums, json };
         list.SetAction(async parse =>
         {
             var root = parse.GetValue(listTarget)!;
@@ -31,6 +32,16 @@ public static class CheckpointCommands
                 throw new FlmUserException($"'{root}' holds no checkpoints (step-NNNNNNNN folders)");
             if (entries.All(e => !e.Valid))
                 throw CheckpointStore.NoValidCheckpoint(root, entries.Select(e => (e.Directory, e.Problem ?? "")));
+            if (parse.GetValue(json))
+            {
+                JsonOutput.Print(entries.Select(e =>
+                {
+                    var m = e.Valid ? CheckpointReader.Open(e.Directory).Manifest : null;
+                    return new JsonOutput.CheckpointJson(Path.GetFileName(e.Directory), e.Directory, e.Step, e.Valid,
+                        m is null ? null : $"dp={m.Layout.Dp},tp={m.Layout.Tp},pp={m.Layout.Pp}", m?.Shards.Sum(s => s.Bytes), e.Problem);
+                }).ToList());
+                return CliRunner.Ok;
+            }
             var table = new Table().Border(TableBorder.Rounded);
             foreach (var c in new[] { "checkpoint", "step", "valid", "layout", "size", "problem" })
                 table.AddColumn(c);

@@ -17,7 +17,7 @@ public static partial class ClusterCommands
         var control = new Option<bool>("--control-node") { Description = "Also start a silo without devices for coordinators and the scheduler (--control-nodes 1)" };
         var controls = new Option<int>("--control-nodes") { Description = "Silos without devices to start for coordinators and the scheduler", DefaultValueFactory = _ => 0 };
         var redis = new Option<string?>("--redis") { Description = "Redis connection string (e.g. localhost:6379): Redis membership, storage and reminders" };
-        var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000", DefaultValueFactory = _ => 11111 };
+        var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000, web ports (dashboards, /metrics) at base+2000", DefaultValueFactory = _ => 11111 };
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
         var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout };
@@ -30,17 +30,32 @@ public static partial class ClusterCommands
         });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
-        return new Command("cluster", "Local cluster of silo processes") { up, down };
+        var node = new Argument<string>("node") { Description = "The node to start again (e.g. node1), as 'flm cluster up' named it" };
+        var restartTimeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silo to become active", DefaultValueFactory = _ => 120 };
+        var restart = new Command("restart", "Start a node of the local cluster again (after it was stopped or killed), with its settings") { node, restartTimeout };
+        restart.SetAction(parse => Restart(parse.GetValue(node)!, TimeSpan.FromSeconds(parse.GetValue(restartTimeout))));
+        return new Command("cluster", "Local cluster of silo processes") { up, down, restart };
     }
 
     public static Command Nodes()
     {
-        var command = new Command("nodes", "Servers, their GPUs and what each GPU is doing");
-        command.SetAction(async _ =>
+        var json = new Option<bool>("--json") { Description = "Print JSON (stable field names, see docs/operations.md) instead of a table" };
+        var command = new Command("nodes", "Servers, their GPUs and what each GPU is doing") { json };
+        command.SetAction(async parse =>
         {
             await using var client = await ClusterAccess.Connect();
             var inventory = await client.Inventory();
             var workers = (await client.Workers(inventory)).ToDictionary(w => w.Worker);
+            if (parse.GetValue(json))
+            {
+                JsonOutput.Print(new JsonOutput.NodesJson(inventory.Nodes.Select(n => new JsonOutput.NodeJson(n.Node, n.Address, n.Status, n.Gpus.Select(g =>
+                {
+                    var live = workers.GetValueOrDefault(g.Worker);
+                    return new JsonOutput.GpuJson(g.Worker[(g.Worker.IndexOf('/') + 1)..], g.Worker, g.Device, g.JobId, g.Rank >= 0 ? g.Rank : null,
+                        live is null ? null : Text.Of(live.State), live?.Detail);
+                }).ToList())).ToList(), inventory.TotalGpus, inventory.FreeGpus, inventory.Queue));
+                return CliRunner.Ok;
+            }
             var table = new Table().Border(TableBorder.Rounded);
             foreach (var column in new[] { "node", "silo", "status", "gpu", "device", "job", "rank", "worker" })
                 table.AddColumn(column);
@@ -62,6 +77,9 @@ public static partial class ClusterCommands
     }
 
     private const int MaxLocalSilos = 1000;
+
+    /// <summary>A local cluster's silo i serves its web endpoints here.</summary>
+    private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
     private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout)
@@ -74,8 +92,8 @@ public static partial class ClusterCommands
             throw new FlmUserException($"--nodes {nodes} is more silo processes than a local cluster's ports allow ({MaxLocalSilos}{(controls > 0 ? " with the control nodes" : "")})");
         if (gpus > MaxDevicesPerNode)
             throw new FlmUserException($"--gpus-per-node {gpus} is more than {MaxDevicesPerNode}");
-        if (basePort is < 1024 or > 64000 - 1000)
-            throw new FlmUserException($"--base-port {basePort} must leave room for silo and gateway ports (1024 … 63000)");
+        if (basePort is < 1024 or > 65535 - 3000)
+            throw new FlmUserException($"--base-port {basePort} must leave room for silo, gateway and web ports (1024 … {65535 - 3000})");
         if (timeout <= TimeSpan.Zero)
             throw new FlmUserException($"--timeout must be positive (got {timeout.TotalSeconds:0})");
         if (dir is not null)
@@ -104,10 +122,11 @@ public static partial class ClusterCommands
             [
                 silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
                 "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"), "--ready-file", ready,
+                "--http-port", $"{WebPort(basePort, i)}",
             ];
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log));
+            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
         {
@@ -145,8 +164,39 @@ public static partial class ClusterCommands
         }
         Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(controls == 1 ? " + control node" : controls > 1 ? $" + {controls} control nodes" : "")}, {profile.Describe()}");
         foreach (var s in started)
-            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, log {s.Log}");
+            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, web http://127.0.0.1:{s.HttpPort}/, log {s.Log}");
+        Console.WriteLine($"dashboard: http://127.0.0.1:{started[0].HttpPort}/ (every silo serves it; the Orleans dashboard at /orleans, Prometheus metrics at /metrics)");
         Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");
+        return CliRunner.Ok;
+    }
+
+    /// <summary>Starts a node's silo again with the arguments it was first started with; waits until it is active.</summary>
+    private static async Task<int> Restart(string node, TimeSpan timeout)
+    {
+        if (timeout <= TimeSpan.Zero)
+            throw new FlmUserException($"--timeout must be positive (got {timeout.TotalSeconds:0})");
+        var profilePath = ClusterProfile.DefaultPath;
+        if (!File.Exists(profilePath))
+            throw new FlmUserException($"no local cluster is up ({profilePath} does not exist); start one with 'flm cluster up'");
+        var profile = ClusterProfile.Load(profilePath);
+        var silo = profile.Silos.FirstOrDefault(s => s.Node == node)
+            ?? throw new FlmUserException($"the local cluster has no node '{node}'; its nodes are {string.Join(", ", profile.Silos.Select(s => s.Node))}");
+        if (IsAlive(silo.Pid))
+            throw new FlmUserException($"node {node} is running (pid {silo.Pid}); stop it first");
+        if (silo.Args is not { Count: > 0 } args || silo.ReadyFile is not { } ready)
+            throw new FlmUserException($"the profile does not say how node {node} was started; start the cluster again with 'flm cluster up'");
+        File.Delete(ready);
+        var restarted = silo with { Pid = StartDetached(args, silo.Log, append: true) };
+        profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
+        profile.Save(profilePath);
+        var watch = Stopwatch.StartNew();
+        while (!File.Exists(ready))
+        {
+            if (!IsAlive(restarted.Pid) || watch.Elapsed > timeout)
+                throw new FlmUserException($"silo {node} did not become active{(IsAlive(restarted.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}; see {silo.Log}");
+            await Task.Delay(100);
+        }
+        Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
         return CliRunner.Ok;
     }
 
@@ -164,13 +214,13 @@ public static partial class ClusterCommands
         return CliRunner.Ok;
     }
 
-    private static int StartDetached(IReadOnlyList<string> args, string log)
+    private static int StartDetached(IReadOnlyList<string> args, string log, bool append = false)
     {
         // setsid: the silo keeps running after this command exits and ignores the terminal's Ctrl+C.
         var start = new ProcessStartInfo("setsid") { UseShellExecute = false };
         start.ArgumentList.Add("sh");
         start.ArgumentList.Add("-c");
-        start.ArgumentList.Add("exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
+        start.ArgumentList.Add(append ? "exec \"$0\" \"$@\" >> \"$FLM_SILO_LOG\" 2>&1 < /dev/null" : "exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
         start.ArgumentList.Add(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
         foreach (var a in args)
             start.ArgumentList.Add(a);

@@ -5,9 +5,15 @@ using Spectre.Console;
 
 namespace FlmCluster.Cli.Commands;
 
-/// <summary><c>flm submit</c>, <c>flm jobs</c>, <c>flm status</c>, <c>flm cancel</c>: jobs on a running cluster.</summary>
+/// <summary>
+/// <c>flm submit</c>, <c>flm jobs</c>, <c>flm status</c>, <c>flm logs</c>, <c>flm pause</c>, <c>flm resume</c>,
+/// <c>flm cancel</c>: jobs on a running cluster. Results go to standard output (--json: one JSON document, field
+/// names in docs/operations.md); progress while following a job goes to standard error.
+/// </summary>
 public static class JobCommands
 {
+    private static Option<bool> JsonOption() => new("--json") { Description = "Print JSON (stable field names, see docs/operations.md) instead of a table" };
+
     public static Command Submit()
     {
         var job = new JobOptions();
@@ -29,18 +35,24 @@ public static class JobCommands
             await using var client = await ClusterAccess.Connect();
             var id = await client.Submit(submission);
             Console.WriteLine(id);
-            return parse.GetValue(watch) ? await Follow(client, id) : CliRunner.Ok;
+            return parse.GetValue(watch) ? await Follow(client, id, progressOut: Console.Error) : CliRunner.Ok;
         });
         return command;
     }
 
     public static Command Jobs()
     {
-        var command = new Command("jobs", "List the cluster's jobs");
-        command.SetAction(async _ =>
+        var json = JsonOption();
+        var command = new Command("jobs", "List the cluster's jobs") { json };
+        command.SetAction(async parse =>
         {
             await using var client = await ClusterAccess.Connect();
             var jobs = await client.Jobs();
+            if (parse.GetValue(json))
+            {
+                JsonOutput.Print(jobs.Select(JsonOutput.Of).ToList());
+                return CliRunner.Ok;
+            }
             var table = new Table().Border(TableBorder.Rounded);
             foreach (var column in new[] { "job", "name", "state", "step", "loss", "layout", "priority", "submitted (UTC)" })
                 table.AddColumn(column);
@@ -55,33 +67,80 @@ public static class JobCommands
     public static Command Status()
     {
         var jobId = new Argument<string>("job") { Description = "Job id (from 'flm submit' or 'flm jobs')" };
-        var watch = new Option<bool>("--watch") { Description = "Follow the job until it ends; exit code 0 only if it completed" };
-        var command = new Command("status", "Progress of a job: step, loss, tokens/s, stage, workers per node") { jobId, watch };
+        var watch = new Option<bool>("--watch") { Description = "Follow the job until it ends (progress on standard error); exit code 0 only if it completed" };
+        var json = JsonOption();
+        var command = new Command("status", "Progress of a job: step, loss, tokens/s, stage, workers per node") { jobId, watch, json };
         command.SetAction(async parse =>
         {
             var id = parse.GetValue(jobId)!;
             await using var client = await ClusterAccess.Connect();
-            var status = await client.Status(id);
-            Print(status);
-            return parse.GetValue(watch) ? await Follow(client, id) : CliRunner.Ok;
+            if (parse.GetValue(json))
+            {
+                var final = parse.GetValue(watch) ? await ClusterAccess.Watch(client, id, _ => { }) : await client.Status(id);
+                JsonOutput.Print(JsonOutput.StatusOf(final));
+                return final.State == JobPhase.Completed || !parse.GetValue(watch) ? CliRunner.Ok : CliRunner.Failed;
+            }
+            Print(await client.Status(id));
+            return parse.GetValue(watch) ? await Follow(client, id, progressOut: Console.Error) : CliRunner.Ok;
         });
         return command;
     }
 
-    public static Command Cancel()
+    public static Command Logs()
     {
         var jobId = new Argument<string>("job") { Description = "Job id" };
-        var command = new Command("cancel", "Cancel a queued or running job and free its GPUs") { jobId };
+        var follow = new Option<bool>("--follow", "-f") { Description = "Keep printing new steps and events until the job ends; exit code 0 only if it completed" };
+        var since = new Option<long>("--since") { Description = "Start at this step (events: all of them)", DefaultValueFactory = _ => 0 };
+        var json = new Option<bool>("--json") { Description = "One JSON record per line (type step or event; field names in docs/operations.md)" };
+        var command = new Command("logs", "A job's durable history: every committed step's metrics and every event, from its start") { jobId, follow, since, json };
+        command.SetAction(async parse =>
+        {
+            var id = parse.GetValue(jobId)!;
+            var from = parse.GetValue(since);
+            if (from < 0)
+                throw new FlmCluster.Training.FlmUserException($"--since {from}: a step number is 0 or more");
+            var asJson = parse.GetValue(json);
+            await using var client = await ClusterAccess.Connect();
+            var final = await ClusterAccess.Watch(client, id,
+                step => { if (asJson) JsonOutput.PrintLine(JsonOutput.StepOf(step)); else Console.WriteLine(LogLine(step)); },
+                (e, index) => { if (asJson) JsonOutput.PrintLine(JsonOutput.EventOf(e, index)); else Console.WriteLine(EventLine(e)); },
+                sinceStep: from, untilEnd: parse.GetValue(follow));
+            return !parse.GetValue(follow) || final.State == JobPhase.Completed ? CliRunner.Ok : CliRunner.Failed;
+        });
+        return command;
+    }
+
+    public static Command Pause() =>
+        JobAction("pause", "Pause a running job before its next step (it keeps its GPUs); 'flm resume' continues it", "paused", (client, id) => client.Pause(id));
+
+    public static Command Resume() => JobAction("resume", "Resume a paused job", "resumed", (client, id) => client.Resume(id));
+
+    public static Command Cancel() => JobAction("cancel", "Cancel a queued or running job and free its GPUs", "cancelled", (client, id) => client.Cancel(id));
+
+    /// <summary>A command that does one thing to a job and says so ("paused JOB").</summary>
+    private static Command JobAction(string name, string description, string done, Func<FlmCluster.Client.FlmClusterClient, string, Task> act)
+    {
+        var jobId = new Argument<string>("job") { Description = "Job id" };
+        var command = new Command(name, description) { jobId };
         command.SetAction(async parse =>
         {
             var id = parse.GetValue(jobId)!;
             await using var client = await ClusterAccess.Connect();
-            await client.Cancel(id);
-            Console.WriteLine($"cancelled {id}");
+            await act(client, id);
+            Console.WriteLine($"{done} {id}");
             return CliRunner.Ok;
         });
         return command;
     }
+
+    private static string LogLine(StepRecord r)
+    {
+        var p = r.Point;
+        return $"{r.At:HH:mm:ss} step {p.Step,6} {p.Stage} loss {p.Loss:0.000000} tokens {p.Tokens} {p.TokensPerSecond:N0} tok/s {p.StepMs:0.0} ms gnorm {p.GradNorm:0.000} lr {p.Lr:0.00e+00}" +
+            (r.Mfu is { } mfu ? $" mfu {mfu:P2}" : "") + (p.Skipped ? " SKIPPED" : "");
+    }
+
+    private static string EventLine(JobEvent e) => $"{e.At:HH:mm:ss} [{e.Kind}] {e.Message}";
 
     private static void Print(JobStatus s)
     {
@@ -104,14 +163,18 @@ public static class JobCommands
             Console.WriteLine($"  error: {s.Error}");
     }
 
-    /// <summary>Follows a job to its end with the training progress display; 0 when it completed.</summary>
-    public static async Task<int> Follow(FlmCluster.Client.FlmClusterClient client, string id, TrainingProgress? progress = null)
+    /// <summary>
+    /// Follows a job to its end with the training progress display (step lines and events to
+    /// <paramref name="progressOut"/>, standard output by default); 0 when it completed.
+    /// </summary>
+    public static async Task<int> Follow(FlmCluster.Client.FlmClusterClient client, string id, TrainingProgress? progress = null, TextWriter? progressOut = null)
     {
         var total = (await client.Status(id)).TotalSteps;
-        progress ??= new TrainingProgress(total, Math.Max(1, (int)Math.Min(10, total / 10 + 1)));
+        var output = progressOut ?? Console.Out;
+        progress ??= new TrainingProgress(total, Math.Max(1, (int)Math.Min(10, total / 10 + 1)), output);
         var final = await ClusterAccess.Watch(client, id,
-            p => progress.Report(p.Stage, ToSummary(p)),
-            e => { if (e.Kind is not "allocated") Console.WriteLine($"  [{e.At:HH:mm:ss}] {e.Kind}: {e.Message}"); });
+            r => progress.Report(r.Point.Stage, ToSummary(r.Point)),
+            (e, _) => { if (e.Kind is not "allocated") output.WriteLine($"  [{e.At:HH:mm:ss}] {e.Kind}: {e.Message}"); });
         progress.Finish();
         Console.WriteLine($"{id}: {Text.Of(final.State)} at step {final.Step}/{final.TotalSteps}" + (final.Error is null ? "" : $": {final.Error}"));
         progress.PrintSummary();

@@ -128,6 +128,8 @@ public static class TrainCommand
         await using var cluster = await LocalCluster.StartAsync(nodes, world / nodes, controlNode: false, torchThreads: job.Train.Threads);
         await using var client = await FlmClusterClient.ConnectAsync(new ClusterProfile { GatewayPorts = cluster.GatewayPorts, ClusterId = cluster.ClusterId });
         Console.WriteLine($"embedded cluster: {nodes} silo(s) × {world / nodes} device(s) in this process, up in {watch.Elapsed.TotalSeconds:0.0} s");
+        if (cluster.DashboardUrl is { } dashboard)
+            Console.WriteLine($"dashboard: {dashboard} (live while the job runs)");
         if (resume is { Manifest: var m0 })
             Console.WriteLine($"resumed from {resume.Directory} at step {m0.Step} (saved under dp={m0.Layout.Dp},tp={m0.Layout.Tp},pp={m0.Layout.Pp})");
         var id = await client.Submit(ClusterAccess.Submission(job, priority: 0, resume?.Directory, overwrite));

@@ -40,6 +40,7 @@ public static class ProbeRunner
             for (var repeat = 0; repeat < Math.Max(1, op.Repeat); repeat++)
             {
                 var input = Input(request.Seed, request.Rank, i, op.Kind == "reduce-scatter" ? op.Elements * world : op.Elements, op.DType);
+                comm.Barrier(group); // the time is the collective's, not a peer still preparing its input
                 watch.Start();
                 output = op.Kind switch
                 {
@@ -49,6 +50,7 @@ public static class ProbeRunner
                     "all-gather" => AllGather(comm, group, input, world),
                     "broadcast" => Do(() => comm.Broadcast(group, input, op.Root), input),
                     "send-recv" => Ring(comm, request.Rank, world, input, i),
+                    "ping-pong" => PingPong(comm, request.Rank, input, i),
                     "barrier" => Do(() => comm.Barrier(group), input),
                     _ => throw new ArgumentException($"probe op '{op.Kind}' is unknown"),
                 };
@@ -78,6 +80,22 @@ public static class ProbeRunner
         var output = zeros(input.NumberOfElements * world, dtype: input.dtype);
         comm.AllGather(group, input, output);
         return output;
+    }
+
+    /// <summary>Rank 0 sends to rank 1, which sends it back (a pipeline's activation and gradient); other ranks idle.</summary>
+    private static Tensor PingPong(ICollectives comm, int rank, Tensor input, int tag)
+    {
+        if (rank == 0)
+        {
+            comm.Send(input, 1, tag);
+            comm.Recv(input, 1, tag);
+        }
+        else if (rank == 1)
+        {
+            comm.Recv(input, 0, tag);
+            comm.Send(input, 0, tag);
+        }
+        return input;
     }
 
     private static Tensor Ring(ICollectives comm, int rank, int world, Tensor input, int tag)

@@ -16,6 +16,7 @@ public sealed class WorkerMailbox
 {
     private readonly ConcurrentDictionary<string, Message> _messages = new();
     private readonly ConcurrentDictionary<string, bool> _closed = new();
+    private readonly ConcurrentDictionary<string, CancellationTokenSource> _closing = new();
     private readonly ConcurrentDictionary<(string JobId, int Incarnation), bool> _open = new();
 
     private const string LeftJob = "the worker left the job";
@@ -23,7 +24,10 @@ public sealed class WorkerMailbox
     /// <summary>Starts taking messages of a job (a new incarnation of a left job is a new job).</summary>
     public void Accept(string jobId, int incarnation)
     {
-        _closed.TryRemove(Prefix(jobId, incarnation), out _);
+        var prefix = Prefix(jobId, incarnation);
+        _closed.TryRemove(prefix, out _);
+        if (_closing.TryGetValue(prefix, out var closing) && closing.IsCancellationRequested)
+            _closing.TryRemove(prefix, out _);
         _open[(jobId, incarnation)] = true;
     }
 
@@ -36,11 +40,23 @@ public sealed class WorkerMailbox
 
     public bool IsClosed(string jobId, int incarnation) => _closed.ContainsKey(Prefix(jobId, incarnation));
 
+    /// <summary>Cancelled when the worker leaves the job (at once when it already has): other transports end their sessions on it.</summary>
+    public CancellationToken Closing(string jobId, int incarnation)
+    {
+        var prefix = Prefix(jobId, incarnation);
+        var source = _closing.GetOrAdd(prefix, _ => new CancellationTokenSource());
+        if (_closed.ContainsKey(prefix))
+            source.Cancel();
+        return source.Token;
+    }
+
     /// <summary>Leaves a job: its pending messages are dropped and waiting takers fail, as do later ones.</summary>
     public void Close(string jobId, int incarnation)
     {
         var prefix = Prefix(jobId, incarnation);
         _closed[prefix] = true;
+        if (_closing.TryRemove(prefix, out var closing))
+            closing.Cancel();
         _open.TryRemove((jobId, incarnation), out _);
         foreach (var key in _messages.Keys.Where(k => k.StartsWith(prefix, StringComparison.Ordinal)).ToList())
             if (_messages.TryRemove(key, out var message))

@@ -1,10 +1,13 @@
 using FlmCluster.Grains.DataPlane;
+using FlmCluster.Grains.DataPlane.Sockets;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Sim;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
 using Orleans.Runtime.Hosting;
 using Orleans.Runtime.MembershipService.SiloMetadata;
 
@@ -27,17 +30,33 @@ public sealed record FlmNodeOptions
     /// </summary>
     public TimeSpan WorkerWait { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>Replica memory this silo may hold for its workers, all jobs together (0: half the memory available to the process).</summary>
+    public long ReplicaBudgetBytes { get; init; }
+
+    /// <summary>The folders jobs may write checkpoints to and read data from on this server.</summary>
+    public FileRoots Roots { get; init; } = FileRoots.Default;
+
     /// <summary>How long a worker's device is given to come back after an abort before it counts as hung.</summary>
     public TimeSpan HangGrace { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Peak FLOP/s of one of this server's devices, for MFU (0: unknown, no MFU for jobs on it).</summary>
+    public double PeakFlops { get; init; }
 
     /// <summary>Torch intra-op threads per process (0: cores ÷ local workers).</summary>
     public int TorchThreads { get; init; }
 
-    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans".</summary>
+    /// <summary>How tensors travel between workers (<see cref="ICollectivesFactory"/>): "orleans", "socket" or "nccl".</summary>
     public string DataPlane { get; init; } = OrleansCollectivesFactory.TransportName;
 
     /// <summary>The data planes a silo can be configured with.</summary>
-    public static IReadOnlyList<string> DataPlanes { get; } = [OrleansCollectivesFactory.TransportName];
+    public static IReadOnlyList<string> DataPlanes { get; } =
+        [OrleansCollectivesFactory.TransportName, SocketCollectivesFactory.TransportName, NcclCollectivesFactory.TransportName];
+
+    /// <summary>
+    /// The socket data plane's port, addresses, TLS and patience (used when <see cref="DataPlane"/> is "socket", and by
+    /// "nccl" to hand NCCL's unique ids to the ranks).
+    /// </summary>
+    public SocketDataPlaneOptions Sockets { get; init; } = new();
 
     /// <summary>
     /// Set on every silo of a simulated cluster: its jobs run on the simulation's virtual clock, and its sim devices
@@ -68,11 +87,30 @@ public static class FlmSiloBuilderExtensions
             throw new ArgumentException("sim devices model their work: the node needs a simulation (FlmNodeOptions.Simulation: hardware and a virtual clock)");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
-        silo.UseSiloMetadata(new Dictionary<string, string>
+        if (options.DataPlane == NcclCollectivesFactory.TransportName && options.Devices.Kind != "cuda")
+            throw new ArgumentException($"data plane nccl needs CUDA GPUs and a CUDA build (-p:FlmDevice=cuda), but this server has {options.Devices}; use socket");
+        var metadata = new Dictionary<string, string>
         {
             [NodeMetadata.Node] = options.Node,
             [NodeMetadata.Devices] = options.Devices.ToString(),
-        });
+        };
+        if (options.DataPlane is SocketCollectivesFactory.TransportName or NcclCollectivesFactory.TransportName)
+        {
+            // Bound now, so that the port (any free one when Flm:DataPort is 0) goes into the metadata peers read.
+            var plane = new SocketDataPlane(options.Sockets);
+            metadata[NodeMetadata.DataEndpoint] = plane.Endpoint.ToString();
+            silo.Services.AddSingleton(plane);
+            silo.Services.AddSingleton<DataEndpoints>();
+            silo.Services.AddSingleton<SocketCollectivesFactory>();
+            silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, SocketDataPlaneLifecycle>();
+            if (options.DataPlane == NcclCollectivesFactory.TransportName)
+                silo.Services.AddSingleton<ICollectivesFactory, NcclCollectivesFactory>();
+            else
+                silo.Services.AddSingleton<ICollectivesFactory>(sp => sp.GetRequiredService<SocketCollectivesFactory>());
+        }
+        else
+            silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
+        silo.UseSiloMetadata(metadata);
         silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
         silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
         silo.AddPlacementDirector<SiloPinnedPlacementStrategy, SiloPinnedPlacementDirector>();
@@ -81,7 +119,6 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<SiloReplicas>();
-        silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         if (options.Devices.Kind == "sim")
             silo.Services.AddSingleton<IRankExecutors, SimRankExecutors>();
         else
@@ -107,12 +144,33 @@ public static class FlmSiloBuilderExtensions
         options.JsonSerializerSettings.ObjectCreationHandling = Newtonsoft.Json.ObjectCreationHandling.Replace;
     }
 
-    /// <summary>Durable grain storage in files under <paramref name="directory"/> (shared by every silo on one machine).</summary>
+    /// <summary>
+    /// Durable grain storage and job histories in files under <paramref name="directory"/> (shared by every silo on
+    /// one machine).
+    /// </summary>
     public static ISiloBuilder AddFlmFileStorage(this ISiloBuilder silo, string directory)
     {
         silo.Services.AddGrainStorage(StorageName, (sp, name) => new FileGrainStorage(directory, sp.GetRequiredService<Orleans.Storage.IGrainStorageSerializer>()));
+        silo.Services.AddSingleton<IJobHistoryStore>(new FileJobHistory(directory));
         return silo;
     }
+}
+
+/// <summary>Accepts data connections while the silo runs; when it stops, the port closes and the ranks' sessions end.</summary>
+internal sealed class SocketDataPlaneLifecycle(SocketDataPlane plane, ILogger<SocketDataPlane> log) : ILifecycleParticipant<ISiloLifecycle>
+{
+    public void Participate(ISiloLifecycle lifecycle) =>
+        lifecycle.Subscribe(nameof(SocketDataPlane), ServiceLifecycleStage.RuntimeInitialize,
+            _ =>
+            {
+                plane.Start(log);
+                return Task.CompletedTask;
+            },
+            _ =>
+            {
+                plane.Dispose();
+                return Task.CompletedTask;
+            });
 }
 
 /// <summary>

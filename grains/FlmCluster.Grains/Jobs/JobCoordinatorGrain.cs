@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
@@ -27,6 +28,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
     private const string ReminderName = "keep-running";
 
     private readonly IPersistentState<JobState> _store;
+    private readonly IJobHistoryStore _history;
     private readonly IHostApplicationLifetime _lifetime;
     private readonly ILogger<JobCoordinatorGrain> _log;
     private readonly JobStateMachine _job;
@@ -46,13 +48,15 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
 
     public JobCoordinatorGrain(
         [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
-        IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time, ILogger<JobCoordinatorGrain> log)
+        IJobHistoryStore history, IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node,
+        [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time, ILogger<JobCoordinatorGrain> log)
     {
         _store = store;
+        _history = history;
         _lifetime = lifetime;
         _log = log;
         _serverWait = node.WorkerWait;
-        _job = new JobStateMachine(store, time, log, this.GetPrimaryKeyString());
+        _job = new JobStateMachine(store, history, time, log, this.GetPrimaryKeyString());
         _ranks = new RankCalls(_job, grains, log);
         _steps = new StepDriver(_job, _ranks, time);
         _points = new RecoveryPoints(_job, _ranks);
@@ -117,6 +121,17 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         return Task.FromResult(new JobStatus(_job.JobId, accepted.Name, S.Phase, S.Cursor.NextStep, accepted.Steps, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}",
             _job.Ranks.ToList(), S.Recent.ToList(), S.Events.TakeLast(50).ToList(), S.Error, accepted.Submission.Priority, accepted.SubmittedAt, _job.StageName,
             checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account(), S.SkippedData.ToList(), RuntimeIdentity));
+    }
+
+    public Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max)
+    {
+        if (!_job.Exists)
+            throw new ClusterRequestException($"no job '{_job.JobId}'");
+        if (sinceStep < 0 || sinceEvent < 0)
+            throw new ClusterRequestException($"history of job {_job.JobId}: since step {sinceStep} and since event {sinceEvent} must not be negative");
+        if (max is < 1 or > JobHistory.MaxPage)
+            throw new ClusterRequestException($"history of job {_job.JobId}: a page holds 1 … {JobHistory.MaxPage} records (asked for {max})");
+        return _history.Read(_job.JobId, sinceStep, sinceEvent, max);
     }
 
     public async Task Cancel(string reason)

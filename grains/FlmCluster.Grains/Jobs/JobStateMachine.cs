@@ -1,8 +1,11 @@
+using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.History;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
+using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;
@@ -19,11 +22,16 @@ namespace FlmCluster.Grains.Jobs;
 /// </code>
 /// It also gives the parts of the coordinator their view of the job: the job as it runs now (fitted onto fewer
 /// GPUs or as submitted), its progress rules, the workers of the current stage's ranks.
+/// Every committed step and every event also goes to the job's durable history (<see cref="IJobHistoryStore"/>),
+/// appended before the state is persisted; the state keeps only the latest ones (the windows that recovery reads).
 /// </summary>
-public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvider time, ILogger log, string jobId)
+public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistoryStore history, TimeProvider time, ILogger log, string jobId)
 {
     private const int RecentLimit = 200;
     private const int EventLimit = 200;
+
+    private readonly List<StepRecord> _unsavedSteps = [];
+    private readonly List<JobEvent> _unsavedEvents = [];
 
     private ResolvedJob? _submitted;
     private ResolvedJob? _job;
@@ -161,11 +169,12 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     }
 
     /// <summary>A step is committed: it counts once this is durable.</summary>
-    public Task CommitStep(JobCursor next, StepPoint point)
+    public Task CommitStep(JobCursor next, StepRecord record)
     {
         State.Cursor = next;
         State.RestoresWithoutProgress = 0;
-        State.Recent.Add(point);
+        _unsavedSteps.Add(record);
+        State.Recent.Add(record.Point);
         if (State.Recent.Count > RecentLimit)
             State.Recent.RemoveRange(0, State.Recent.Count - RecentLimit);
         return Save();
@@ -178,13 +187,20 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
     public double Spend(TimeUse next, TimeUse? charge = null) => State.Time.Spend(Now, next, charge);
 
     /// <summary>
-    /// Persists a change within the current phase (checkpoint and replica bookkeeping). A storage that cannot be
-    /// reached is a <see cref="StateStorageException"/>; a conflicting write stays <see cref="Orleans.Storage.InconsistentStateException"/>.
+    /// Persists a change within the current phase (checkpoint and replica bookkeeping), the job's history first. A
+    /// storage that cannot be reached is a <see cref="StateStorageException"/>; a conflicting write stays
+    /// <see cref="Orleans.Storage.InconsistentStateException"/>.
     /// </summary>
     public async Task Save()
     {
         try
         {
+            if (_unsavedSteps.Count > 0 || _unsavedEvents.Count > 0)
+            {
+                await history.Append(JobId, _unsavedSteps, _unsavedEvents);
+                _unsavedSteps.Clear();
+                _unsavedEvents.Clear();
+            }
             await store.WriteStateAsync();
         }
         catch (Exception ex) when (ex is not Orleans.Storage.InconsistentStateException && FindInconsistent(ex) is null)
@@ -207,7 +223,10 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, TimeProvid
 
     public void Log(string kind, string message)
     {
-        State.Events.Add(new JobEvent(Now.UtcDateTime, kind, message));
+        var e = new JobEvent(Now.UtcDateTime, kind, message);
+        State.Events.Add(e);
+        _unsavedEvents.Add(e);
+        FlmTelemetry.Events.Add(1, new TagList { { FlmTelemetry.Tags.Job, JobId }, { FlmTelemetry.Tags.Event, kind } });
         if (State.Events.Count > EventLimit)
             State.Events.RemoveRange(0, State.Events.Count - EventLimit);
         log.LogInformation("Job {Job} {Kind}: {Message}", JobId, kind, message);

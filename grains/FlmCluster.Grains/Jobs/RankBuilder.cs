@@ -1,4 +1,5 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Parallel;
 
@@ -14,12 +15,14 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
     public async Task Build()
     {
         var started = time.GetTimestamp();
+        var startedAt = job.Now;
         var rebuild = job.State.Rebuild ?? Rebuild.Fresh;
         var workers = job.Ranks;
         var json = job.Job.ToJson();
         var at = job.Cursor;
+        var key = SessionKeys.New(); // data-plane connections of this build prove it to each other
         var reports = await ranks.All((worker, rank) => worker.Assign(
-            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild)));
+            new WorkerAssignment(job.JobId, job.State.Incarnation, json, rank, workers, at.NextStep, at.SamplesConsumed, at.Stage, rebuild, key)));
         if (job.State.Time.Use == TimeUse.Rebuild)
         {
             // Ranks rebuild in parallel: the slowest rank's loading is the restore share of the rebuild.
@@ -28,8 +31,9 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         }
         if (rebuild.Kind == RebuildKind.Growth)
             await ReportGrowth();
-        if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers) is null)
+        if (job.State.LastReplica is null && job.Job.Job.Checkpoint.MemoryInterval > 0 && ReplicaPeers.For(workers, job.StageLayout) is null)
             job.Log("replica-off", "checkpoint.memory_interval is set but all ranks are on one server, where a replica would die with its rank");
+        RecoveryTelemetry.Rebuilt(job.JobId, rebuild.Kind.ToString().ToLowerInvariant(), workers.Count, startedAt);
         await job.BecomeRunning($"{workers.Count} workers built their model slices {rebuild}{(job.Job.Stages.Count > 1 ? $" for stage {job.StageName}" : "")} " +
             $"in {time.GetElapsedTime(started).TotalSeconds:0.0} s");
     }
@@ -43,6 +47,8 @@ public sealed class RankBuilder(JobStateMachine job, RankCalls ranks, StepDriver
         static string Shape(ModelConfig m) => $"{m.Layers} layers × {m.Hidden} ({m.Heads} heads, FFN {m.FfnSize}), {m.ParameterCount:N0} parameters";
         static string LayoutOf(JobConfig j) => ParallelLayout.FromConfig(j.Layout).ToString();
         var took = job.State.Growth is { } growth ? (job.Now.UtcDateTime - growth.StartedAt).TotalSeconds : 0;
+        if (job.State.Growth is { } transition)
+            RecoveryTelemetry.Grown(job.JobId, from.Name, to.Name, job.Cursor.NextStep, new DateTimeOffset(transition.StartedAt, TimeSpan.Zero));
         job.Log("growth", $"{from.Name} → {to.Name} at step {job.Cursor.NextStep}: {Shape(from.Job.Model)} → {Shape(to.Job.Model)}, layout {LayoutOf(from.Job)} → {LayoutOf(to.Job)}; " +
             $"loss of the next batch {before:0.000000} before, {after:0.000000} after (difference {after - before:+0.0e+00;-0.0e+00;0}); masks ramp over {to.Ramp.Steps} steps; {took:0.0} s");
         job.State.Growth = null;

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Jobs;
 
@@ -87,8 +88,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
             return;
         }
         var command = new SaveCommand(job.JobId, S.Incarnation, at.NextStep, directory);
+        var began = job.Now;
         var fingerprints = await ranks.All((worker, _) => worker.BeginSave(command));
-        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], job.Now.UtcDateTime);
+        RecoveryTelemetry.CheckpointStall(job.JobId, job.Now - began);
+        S.Pending = new PendingCheckpoint(at, directory, fingerprints[0], began.UtcDateTime);
         S.SaveRequested = false;
         await job.Save();
     }
@@ -112,22 +115,25 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         S.LastCheckpoint = pending;
         S.Pending = null;
         S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.CheckpointCommitted(job.JobId, pending.Step, shards.Sum(s => s.Shard.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         job.Log("checkpoint", $"step {pending.Step} committed to {pending.Directory}: {shards.Sum(s => s.Shard.Bytes) / 1e6:0.0} MB in " +
             $"{(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s{(removed.Count > 0 ? $", {removed.Count} old pruned" : "")}");
         await job.Save();
     }
 
     /// <summary>Whether a replica can be taken now: none in flight, and the ranks span two servers or more.</summary>
-    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks) is not null;
+    public bool CanReplicate => _replicaInFlight is null && ReplicaPeers.For(job.Ranks, job.StageLayout) is not null;
 
     /// <summary>Every worker copies its rank to host memory now and sends the copy to its peer; steps go on.</summary>
     public async Task BeginReplica()
     {
         var workers = job.Ranks;
-        var peers = ReplicaPeers.For(workers)!;
+        var peers = ReplicaPeers.For(workers, job.StageLayout)!;
         var at = job.Cursor;
+        var began = job.Now;
         await ranks.All((worker, rank) => worker.BeginReplica(new ReplicaCommand(job.JobId, S.Incarnation, at.NextStep, peers[rank])));
-        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, job.Now.UtcDateTime);
+        RecoveryTelemetry.ReplicaStall(job.JobId, job.Now - began);
+        _replicaInFlight = ReplicaPoint.Of(at, workers, peers, began.UtcDateTime);
     }
 
     private async Task PollReplica()
@@ -143,11 +149,12 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         if (!statuses.All(s => s.Done))
             return;
         if (S.LastReplica is null)
-            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by its peer on the next server: " +
+            job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by a peer on another server: " +
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");
         S.LastReplica = pending;
         _replicaInFlight = null;
         S.Time.RecordPoint(pending.Step);
+        RecoveryTelemetry.ReplicaHeld(job.JobId, pending.Step, statuses.Sum(s => s.Bytes), pending.StartedAt, job.Now.UtcDateTime);
         await job.Save();
         await ranks.All((worker, _) => worker.ConfirmReplica(job.JobId, pending.Step));
     }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Telemetry;
@@ -18,10 +19,8 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
     {
         var at = ReadPastSkippedData(job.Cursor);
         var plan = job.Progress.Plan(at);
-        using var activity = FlmTelemetry.Source.StartActivity("job.step");
-        activity?.SetTag("job", job.JobId);
-        activity?.SetTag("step", plan.Step);
-        var command = new WorkerStep(job.JobId, job.State.Incarnation, plan.Step, plan.FirstSample, plan.Lr, plan.MaskValue);
+        using var activity = StepTelemetry.Start(job.JobId, job.StageName, plan.Step);
+        var command = new WorkerStep(job.JobId, job.State.Incarnation, plan.Step, plan.FirstSample, plan.Lr, plan.MaskValue, activity?.Id);
         // The first step after a recovery is the recovery's last phase; the others are training time.
         job.Spend(job.State.Time.Current is null ? TimeUse.Step : TimeUse.FirstStep);
         var started = time.GetTimestamp();
@@ -29,7 +28,7 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         var reports = await ranks.RunStep(command, Deadline());
         var elapsed = time.GetElapsedTime(started);
         var commit = Stopwatch.GetTimestamp();
-        var fanOutMs = Stopwatch.GetElapsedTime(fanOut, commit).TotalMilliseconds;
+        var fanOutSeconds = Stopwatch.GetElapsedTime(fanOut, commit).TotalSeconds;
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
         var recent = job.State.Recent.Where(p => p.Stage == job.StageName).Select(p => p.Loss).ToList();
         if (LossWatch.Check(step, recent, job.Job.Job.Recovery) is { } anomaly)
@@ -46,17 +45,17 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
             step.Lr, step.Tokens, step.Skipped, job.StageName, plan.FirstSample);
         job.Spend(TimeUse.Overhead);
         var recovered = job.State.Time.EndRecovery();
-        await job.CommitStep(next, point);
+        var layout = job.StageLayout;
+        var record = StepTelemetry.Record(point, job.StageJob.Model, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}", job.Ranks, reports, elapsed, job.Now.UtcDateTime);
+        await job.CommitStep(next, record);
+        StepTelemetry.Committed(job.JobId, record, activity);
         if (recovered is not null)
             Report(recovered);
         WatchStragglers(reports);
-        FlmTelemetry.StepControl.Record(fanOutMs, new TagList { { "job", job.JobId }, { "part", "fan_out" } });
-        FlmTelemetry.StepControl.Record(Stopwatch.GetElapsedTime(commit).TotalMilliseconds, new TagList { { "job", job.JobId }, { "part", "commit" } });
-        var tags = new TagList { { "job", job.JobId } };
-        FlmTelemetry.StepDuration.Record(elapsed.TotalMilliseconds, tags);
-        FlmTelemetry.Loss.Record(step.Loss, tags);
-        FlmTelemetry.TokensPerSecond.Record(step.TokensPerSecond, tags);
-        FlmTelemetry.Tokens.Add(step.Tokens, tags);
+        var control = new TagList { { FlmTelemetry.Tags.Job, job.JobId }, { FlmTelemetry.Tags.Part, "fan_out" } };
+        FlmTelemetry.StepControl.Record(fanOutSeconds, control);
+        control[1] = new(FlmTelemetry.Tags.Part, "commit");
+        FlmTelemetry.StepControl.Record(Stopwatch.GetElapsedTime(commit).TotalSeconds, control);
     }
 
     /// <summary>How long the step may take before it counts as hung: hang_factor × the recent median step time, at least hang_min_seconds.</summary>
@@ -81,7 +80,7 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
             $"{s.Median / s.Typical:0.0}× the other ranks' median {s.Typical:0} ms over the last {config.StragglerWindow} steps"));
         job.Log("straggler", message);
         foreach (var s in found)
-            FlmTelemetry.Stragglers.Add(1, new TagList { { "job", job.JobId }, { "rank", s.Rank }, { "worker", workers[s.Rank] } });
+            FlmTelemetry.Stragglers.Add(1, new TagList { { FlmTelemetry.Tags.Job, job.JobId }, { FlmTelemetry.Tags.Rank, s.Rank }, { FlmTelemetry.Tags.Worker, workers[s.Rank] } });
         if (config.ReplaceStragglers)
             throw new StragglerException($"straggler: {message}", [.. found.Select(s => workers[s.Rank])]);
     }
@@ -110,11 +109,11 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
     {
         job.Log("recovered", $"at step {job.Cursor.NextStep - 1} in {phases.Total:0.0} s: detect {phases.Detect:0.0} s, decide {phases.Decide:0.0} s, " +
             $"allocate {phases.Allocate:0.0} s, rebuild {phases.Rebuild:0.0} s, restore {phases.Restore:0.0} s, first step {phases.FirstStep:0.0} s, waiting {phases.Waiting:0.0} s");
-        var tags = new TagList { { "job", job.JobId } };
+        var tags = new TagList { { FlmTelemetry.Tags.Job, job.JobId } };
         FlmTelemetry.Recoveries.Add(1, tags);
         foreach (var (phase, seconds) in new[] { ("detect", phases.Detect), ("decide", phases.Decide), ("allocate", phases.Allocate), ("rebuild", phases.Rebuild),
                      ("restore", phases.Restore), ("first_step", phases.FirstStep), ("waiting", phases.Waiting) })
-            FlmTelemetry.RecoveryPhase.Record(seconds, new TagList { { "job", job.JobId }, { "phase", phase } });
+            FlmTelemetry.RecoveryPhase.Record(seconds, new TagList { { FlmTelemetry.Tags.Job, job.JobId }, { FlmTelemetry.Tags.Phase, phase } });
     }
 
     /// <summary>Mean token loss of the next global batch under the workers' current model, without training.</summary>
@@ -127,5 +126,5 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
 
     private static RankStepReport ToEngine(WorkerStepReport r) =>
         new(r.Step, r.Rank, r.ReportsLoss, r.LossSum, r.Tokens, r.GradNorm, r.Skipped,
-            TimeSpan.FromMilliseconds(r.ElapsedMs), TimeSpan.FromMilliseconds(r.CommMs), r.CommBytes);
+            TimeSpan.FromMilliseconds(r.ElapsedMs), TimeSpan.FromMilliseconds(r.CommMs + r.PipelineIdleMs), r.CommBytes, TimeSpan.FromMilliseconds(r.PipelineIdleMs));
 }

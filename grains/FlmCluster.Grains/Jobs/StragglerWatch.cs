@@ -6,7 +6,8 @@ namespace FlmCluster.Grains.Jobs;
 /// <summary>
 /// Per-rank compute time (a step's time on the device less its time in collectives, which is where the others
 /// wait for a slow one) over the last recovery.straggler_window steps. A rank whose median is more than
-/// recovery.straggler_factor times the median of the other ranks' is a straggler. In memory, for the current incarnation.
+/// recovery.straggler_factor times the median of the other ranks', and at least recovery.straggler_min_ms slower,
+/// is a straggler. In memory, for the current incarnation.
 /// </summary>
 public sealed class StragglerWatch
 {
@@ -44,7 +45,7 @@ public sealed class StragglerWatch
         var medians = _compute.Select(kv => (Rank: kv.Key, Median: Median(kv.Value))).OrderBy(m => m.Median).ToList();
         var sorted = medians.Select(m => m.Median).ToArray();
         return medians.Select((m, i) => (m.Rank, m.Median, Typical: MedianWithout(sorted, i)))
-            .Where(r => r.Median > config.StragglerFactor * r.Typical && _reported.Add(r.Rank)).OrderBy(r => r.Rank).ToList();
+            .Where(r => r.Median > config.StragglerFactor * r.Typical && r.Median - r.Typical >= config.StragglerMinMs && _reported.Add(r.Rank)).OrderBy(r => r.Rank).ToList();
     }
 
     private static double Median(IEnumerable<double> values)

@@ -7,8 +7,8 @@ using Orleans.Runtime.Placement;
 
 namespace FlmCluster.Grains.Placement;
 
-/// <summary>Which server a silo is, and its devices.</summary>
-public sealed record NodeIdentity(string Node, DeviceSpec Devices);
+/// <summary>Which server a silo is, its devices, and where its socket data plane listens (when it runs one).</summary>
+public sealed record NodeIdentity(string Node, DeviceSpec Devices, string? DataEndpoint = null);
 
 /// <summary>
 /// Which server every silo is. First from the silo metadata Orleans caches; a silo whose metadata is not in
@@ -26,7 +26,7 @@ public sealed class NodeDirectory(ISiloMetadataCache metadata, IServiceProvider 
     {
         var meta = metadata.GetSiloMetadata(silo).Metadata;
         if (meta.TryGetValue(NodeMetadata.Node, out var node) && meta.TryGetValue(NodeMetadata.Devices, out var devices) && DeviceSpec.TryParse(devices, out var spec))
-            return new NodeIdentity(node, spec);
+            return new NodeIdentity(node, spec, meta.GetValueOrDefault(NodeMetadata.DataEndpoint));
         return _answers.GetValueOrDefault(silo);
     }
 
@@ -41,7 +41,7 @@ public sealed class NodeDirectory(ISiloMetadataCache metadata, IServiceProvider 
             var answer = await grains.GetGrain<INodeInfoGrain>(silo.ToParsableString()).Describe().WaitAsync(AskTimeout);
             if (!DeviceSpec.TryParse(answer.Devices, out var spec))
                 return null;
-            return _answers[silo] = new NodeIdentity(answer.Node, spec);
+            return _answers[silo] = new NodeIdentity(answer.Node, spec, answer.DataEndpoint);
         }
         catch (Exception ex) when (ex is OrleansException or TimeoutException or SiloUnavailableException)
         {
@@ -52,7 +52,7 @@ public sealed class NodeDirectory(ISiloMetadataCache metadata, IServiceProvider 
 
 /// <summary>What a silo says about itself.</summary>
 [GenerateSerializer, Immutable, Alias("flm.NodeDescription")]
-public sealed record NodeDescription([property: Id(0)] string Node, [property: Id(1)] string Devices);
+public sealed record NodeDescription([property: Id(0)] string Node, [property: Id(1)] string Devices, [property: Id(2)] string? DataEndpoint = null);
 
 /// <summary>One per silo (key: the silo's address), living on that silo: tells which server it is.</summary>
 public interface INodeInfoGrain : IGrainWithStringKey
@@ -61,9 +61,10 @@ public interface INodeInfoGrain : IGrainWithStringKey
 }
 
 [SiloPinnedPlacement]
-public sealed class NodeInfoGrain(FlmNodeOptions node) : Grain, INodeInfoGrain
+public sealed class NodeInfoGrain(FlmNodeOptions node, IServiceProvider services) : Grain, INodeInfoGrain
 {
-    public Task<NodeDescription> Describe() => Task.FromResult(new NodeDescription(node.Node, node.Devices.ToString()));
+    public Task<NodeDescription> Describe() =>
+        Task.FromResult(new NodeDescription(node.Node, node.Devices.ToString(), services.GetService<DataPlane.Sockets.SocketDataPlane>()?.Endpoint.ToString()));
 }
 
 /// <summary>Places a grain whose key is a silo address on that silo, and nowhere else.</summary>

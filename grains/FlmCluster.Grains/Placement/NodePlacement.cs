@@ -14,6 +14,9 @@ public static class NodeMetadata
     /// <summary>The server's devices, e.g. "cpu:2" or "cuda:8" ("cpu:0" for a control-plane-only silo).</summary>
     public const string Devices = "flm.devices";
 
+    /// <summary>Where the silo's socket data plane listens, "address:port" (only silos that run it).</summary>
+    public const string DataEndpoint = "flm.data";
+
     /// <summary>Node name of a worker key "node/gpuK".</summary>
     public static string NodeOfWorker(string workerKey) =>
         NodeOfWorkerOrNull(workerKey) ?? throw new ArgumentException($"worker key '{workerKey}' is not node/gpuK");

@@ -45,25 +45,47 @@ public sealed class ClusterSchedulerGrain(
     [PersistentState("scheduler", FlmSiloBuilderExtensions.StorageName)] IPersistentState<SchedulerState> store,
     IClusterMembershipService membership,
     NodeDirectory directory,
+    FlmNodeOptions node,
     IGrainFactory grains,
     [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;
+    private int _totalGpus;
+
+    public override Task OnActivateAsync(CancellationToken cancellationToken)
+    {
+        Publish();
+        return Task.CompletedTask;
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        FlmTelemetry.PublishScheduler(new SchedulerFigures(0, 0, 0, Published: false));
+        return Task.CompletedTask;
+    }
+
+    /// <summary>The queue and GPU figures the scheduler's gauges report.</summary>
+    private void Publish() => FlmTelemetry.PublishScheduler(new SchedulerFigures(
+        S.Jobs.Values.Count(j => j.Phase == JobPhase.Queued),
+        S.Jobs.Values.Where(j => j.Phase == JobPhase.Running).Sum(j => j.RankWorkers.Count),
+        _totalGpus));
 
     public async Task<string> Submit(JobSubmission submission)
     {
         ArgumentNullException.ThrowIfNull(submission);
+        using var activity = FlmTelemetry.Source.StartActivity("scheduler.submit");
         var submittedAt = time.GetUtcNow().UtcDateTime; // the job's time is accounted from here
         var nodes = await ActiveNodes();
         if (nodes.Count == 0)
             throw new ClusterRequestException("the cluster has no GPU servers; start silos with devices");
         var id = RunIdentity.NewId(JobNameOf(submission));
-        var job = SubmissionValidator.Validate(submission, id, nodes, submittedAt);
+        var job = SubmissionValidator.Validate(submission, id, nodes, node.Roots, submittedAt);
         await grains.GetGrain<IJobCoordinatorGrain>(id).Initialize(job);
         S.Jobs[id] = new ScheduledJob { Job = job, Sequence = S.NextSequence++ };
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(1);
+        activity?.SetTag(FlmTelemetry.Tags.Job, id);
+        Publish();
         log.LogInformation("Job {Job} queued ({World} GPUs, priority {Priority})", id, job.WorldSize, submission.Priority);
         await TrySchedule();
         return id;
@@ -101,7 +123,7 @@ public sealed class ClusterSchedulerGrain(
         {
             if (identity is null)
                 continue;
-            var (node, spec) = identity;
+            var (node, spec, _) = identity;
             var status = member.Status.ToString().ToLowerInvariant();
             if (member.Status == SiloStatus.Dead && !holders.Keys.Any(w => NodeMetadata.NodeOfWorker(w) == node))
                 continue;
@@ -123,8 +145,8 @@ public sealed class ClusterSchedulerGrain(
         if (job.Phase == JobPhase.Queued)
         {
             job.Phase = JobPhase.Cancelled;
-            FlmTelemetry.QueueLength.Add(-1);
             await store.WriteStateAsync();
+            Publish();
         }
         await grains.GetGrain<IJobCoordinatorGrain>(jobId!).Cancel("cancelled by the user");
         return true;
@@ -134,13 +156,10 @@ public sealed class ClusterSchedulerGrain(
     {
         if (!S.Jobs.TryGetValue(jobId, out var job) || job.Phase.IsFinal() || !final.IsFinal())
             return;
-        if (job.Phase == JobPhase.Running)
-            FlmTelemetry.AllocatedGpus.Add(-job.RankWorkers.Count);
-        else if (job.Phase == JobPhase.Queued)
-            FlmTelemetry.QueueLength.Add(-1);
         job.Phase = final;
         log.LogInformation("Job {Job} ended ({State}); its {Count} GPUs are free", jobId, final, job.RankWorkers.Count);
         await store.WriteStateAsync();
+        Publish();
         await TrySchedule();
     }
 
@@ -164,10 +183,10 @@ public sealed class ClusterSchedulerGrain(
         {
             if (GangAllocator.Allocate(free, dp, tp, pp) is not { } ranks)
                 continue;
-            FlmTelemetry.AllocatedGpus.Add(ranks.Count - job.RankWorkers.Count);
             log.LogInformation("Job {Job}: {Before} GPUs → {After} (dp={Dp},tp={Tp},pp={Pp})", jobId, job.RankWorkers.Count, ranks.Count, dp, tp, pp);
             job.RankWorkers = [.. ranks];
             await store.WriteStateAsync();
+            Publish();
             return new JobAllocation(ranks);
         }
         return null;
@@ -212,10 +231,12 @@ public sealed class ClusterSchedulerGrain(
         if (starts.Count == 0)
             return;
         await store.WriteStateAsync();
-        FlmTelemetry.QueueLength.Add(-starts.Count);
+        Publish();
         foreach (var (id, job) in starts)
         {
-            FlmTelemetry.AllocatedGpus.Add(job.RankWorkers.Count);
+            using var activity = FlmTelemetry.Source.StartActivity("scheduler.start");
+            activity?.SetTag(FlmTelemetry.Tags.Job, id);
+            activity?.SetTag("flm.gpus", job.RankWorkers.Count);
             await grains.GetGrain<IJobCoordinatorGrain>(id).Start(new JobAllocation(job.RankWorkers));
         }
     }
@@ -225,7 +246,9 @@ public sealed class ClusterSchedulerGrain(
     {
         var silos = await ActiveSilos();
         ForgetRestarted(silos);
-        return silos.ToDictionary(n => n.Key, n => n.Value.Devices);
+        var nodes = silos.ToDictionary(n => n.Key, n => n.Value.Devices);
+        _totalGpus = nodes.Values.Sum(d => d.Count);
+        return nodes;
     }
 
     /// <summary>Active GPU servers: the silo each runs in and its devices.</summary>

@@ -21,11 +21,11 @@ public static class SubmissionValidator
     public const int MaxPriority = 1000;
 
     /// <param name="jobId">The id the job gets; a job that does not resume starts a run of that id.</param>
-    public static AcceptedJob Validate(JobSubmission submission, string jobId, IReadOnlyDictionary<string, DeviceSpec> servers, DateTime now)
+    public static AcceptedJob Validate(JobSubmission submission, string jobId, IReadOnlyDictionary<string, DeviceSpec> servers, FileRoots roots, DateTime now)
     {
         try
         {
-            return Accept(submission, jobId, servers, now);
+            return Accept(submission, jobId, servers, roots, now);
         }
         catch (Exception ex) when (ex is FlmUserException or InvalidCheckpointException)
         {
@@ -33,7 +33,7 @@ public static class SubmissionValidator
         }
     }
 
-    private static AcceptedJob Accept(JobSubmission s, string jobId, IReadOnlyDictionary<string, DeviceSpec> servers, DateTime now)
+    private static AcceptedJob Accept(JobSubmission s, string jobId, IReadOnlyDictionary<string, DeviceSpec> servers, FileRoots roots, DateTime now)
     {
         Require(s.JobJson is { Length: > 0 and <= MaxJobJsonChars }, $"the submitted job must be a JSON object of at most {MaxJobJsonChars} characters");
         Require(s.Priority is >= -MaxPriority and <= MaxPriority, $"priority {s.Priority} is outside [-{MaxPriority}, {MaxPriority}]");
@@ -44,6 +44,7 @@ public static class SubmissionValidator
         Require(string.IsNullOrWhiteSpace(dir) || Path.IsPathFullyQualified(dir), $"checkpoint.dir '{dir}' is relative; give the absolute path of a folder every server reaches");
         foreach (var path in job.Job.Data.Paths.Where(p => p != Training.Data.Corpus.Bundled))
             Require(Path.IsPathFullyQualified(path), $"data path '{path}' is relative; give its absolute path on the servers");
+        Refuse(RootsProblem(job, roots));
 
         var device = DeviceSpec.KindOf(job.Job.Train.Device);
         var fitting = servers.Where(n => n.Value.Kind == device).ToDictionary();
@@ -59,6 +60,7 @@ public static class SubmissionValidator
         if (s.ResumeFrom is { } from)
         {
             Require(Path.IsPathFullyQualified(from), $"the checkpoint to resume from, '{from}', is relative; give its absolute path on the servers");
+            Refuse(roots.CheckpointProblem(from, "the checkpoint to resume from"));
             var reader = CheckpointStore.Resolve(from);
             new JobProgress(job).CheckResume(reader);
             run = RunIdentity.Continuing(reader.Manifest, job);
@@ -67,6 +69,21 @@ public static class SubmissionValidator
         if (!string.IsNullOrWhiteSpace(dir) && !s.OverwriteCheckpoints && CheckpointOwnership.Problem(dir, run, resumedStep) is { } owned)
             throw new FlmUserException(owned);
         return new AcceptedJob(job.Name, s, run.RunId, widest.Dp, widest.Tp, widest.Pp, job.TotalSteps, device, now);
+    }
+
+    /// <summary>Why the job's checkpoint folder or data files are outside the server's roots, or null.</summary>
+    public static string? RootsProblem(ResolvedJob job, FileRoots roots)
+    {
+        var dir = job.Job.Checkpoint.Dir;
+        if (!string.IsNullOrWhiteSpace(dir) && roots.CheckpointProblem(dir, "checkpoint.dir") is { } problem)
+            return problem;
+        return job.Job.Data.Paths.Where(p => p != Training.Data.Corpus.Bundled).Select(p => roots.DataProblem(p, "data path")).FirstOrDefault(p => p is not null);
+    }
+
+    private static void Refuse(string? problem)
+    {
+        if (problem is not null)
+            throw new FlmUserException(problem);
     }
 
     private static void Require(bool condition, string message)

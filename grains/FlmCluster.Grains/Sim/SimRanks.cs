@@ -39,7 +39,8 @@ public sealed class SimRankExecutors(FlmNodeOptions node) : IRankExecutors
         var coords = layout.CoordsOf(a.Rank);
         var cluster = _sim.Cluster;
         var microBatch = layout.MicroBatchSize(job.Train.GlobalBatch);
-        var state = MemoryPlanner.ForStage(job.Model, layout, coords.Pp, job.Train.Precision, "cuda").TotalDistributed;
+        var memory = MemoryPlanner.ForStage(job.Model, layout, coords.Pp, job.Train.Precision, "cuda");
+        var state = memory.TotalDistributed;
         var activations = MemoryPlanner.ActivationBytes(job.Model, layout, coords.Pp, microBatch, cluster.Recompute);
         if (state + activations > cluster.Hardware.DeviceMemoryBytes)
             throw new SimulatedOutOfMemoryException($"out of memory on {setup.Worker} ({cluster.Hardware.Name}): rank {a.Rank} (stage {coords.Pp} of layout {layout}) needs " +
@@ -53,7 +54,7 @@ public sealed class SimRankExecutors(FlmNodeOptions node) : IRankExecutors
             RebuildKind.Replicas => ReplicaSeconds(setup, costs),
             _ => 0,
         };
-        var rank = new SimRank(_sim, setup, cost, costs);
+        var rank = new SimRank(_sim, setup, cost, costs, memory);
         rank.Model(restore);
         return new BuiltRank(rank, TimeSpan.Zero, TimeSpan.FromSeconds(restore));
     }
@@ -71,7 +72,7 @@ public sealed class SimRankExecutors(FlmNodeOptions node) : IRankExecutors
 }
 
 /// <summary>One simulated rank: its stage's modelled step, and the modelled cost of moving its state.</summary>
-internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost, StateCosts costs) : IRankExecutor
+internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost, StateCosts costs, RankMemory memory) : IRankExecutor
 {
     private readonly RankCoords _coords = setup.Layout.CoordsOf(setup.Assignment.Rank);
     private readonly JobConfig _job = setup.StageJob;
@@ -79,6 +80,10 @@ internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost,
 
     /// <summary>The rank's data reads nothing: its fingerprint names the data it stands for.</summary>
     public string DataFingerprint { get; } = Fingerprint(setup.StageJob);
+
+    public long ParameterBytes => memory.WeightBytes + memory.GradientBytes;
+
+    public long OptimizerBytes => memory.OptimizerBytesDistributed;
 
     private bool ReportsLoss => _coords.Pp == setup.Layout.Pp - 1 && _coords.Tp == 0;
 
@@ -100,7 +105,8 @@ internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost,
             sim.Samples?.Record(setup.Assignment.JobId, setup.Assignment.Incarnation, plan.Step, setup.Layout.Dp, first, _share);
         var (loss, tokens) = Loss(first, plan.MaskValue);
         return new RankStepReport(plan.Step, setup.Assignment.Rank, ReportsLoss, loss, tokens, 0, false,
-            TimeSpan.FromSeconds(stage.Total), TimeSpan.FromSeconds(stage.Communication), (long)cost.CommBytes[_coords.Pp]);
+            TimeSpan.FromSeconds(stage.Total), TimeSpan.FromSeconds(stage.Communication + stage.Bubble), (long)cost.CommBytes[_coords.Pp],
+            TimeSpan.FromSeconds(stage.Bubble)); // as on a real rank: time in communication with the pipeline's wait in it
     }
 
     public (double LossSum, long Tokens) EvaluateLoss(long firstSample, double maskValue)

@@ -2,13 +2,14 @@ using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.DataPlane;
 using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Telemetry;
 using FlmCluster.Training.Checkpoint;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
-using FlmCluster.Training.Telemetry;
 using Microsoft.Extensions.Logging;
 using Orleans.Concurrency;
+using Orleans.Dashboard;
 using Orleans.Placement;
 
 namespace FlmCluster.Grains.Workers;
@@ -31,6 +32,7 @@ public sealed class GpuWorkerGrain(
     private IRankThread? _thread;
     private WorkerAssignment? _assignment;
     private IRankExecutor? _rank;
+    private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
     private RankBuildReport? _built;
 
@@ -72,7 +74,10 @@ public sealed class GpuWorkerGrain(
 
     public async Task<RankBuildReport> Assign(WorkerAssignment a)
     {
-        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && !_mailbox.IsClosed(a.JobId, a.Incarnation))
+        // The same build again (a coordinator that moved): nothing to do. A rebuild of the same incarnation brings
+        // another session key, which every rank must hold to connect, so the rank is built again.
+        if (_assignment is { } current && current.JobId == a.JobId && current.Incarnation == a.Incarnation && current.SessionKey == a.SessionKey
+            && !_mailbox.IsClosed(a.JobId, a.Incarnation))
             return _built ?? new RankBuildReport(0, 0);
         await DropJob();
         var whole = Parse(a);
@@ -80,6 +85,11 @@ public sealed class GpuWorkerGrain(
         var layout = ParallelLayout.FromConfig(job.Layout);
         if (a.RankWorkers.Count != layout.WorldSize || a.Rank < 0 || a.Rank >= layout.WorldSize || a.RankWorkers[a.Rank] != Key)
             throw new ClusterRequestException($"assignment of job {a.JobId} does not give rank {a.Rank} to worker {Key}");
+        // This server's own roots: a coordinator elsewhere may allow folders this server does not.
+        var outside = Scheduling.SubmissionValidator.RootsProblem(whole, node.Roots)
+            ?? (a.Rebuild.Checkpoint is { Length: > 0 } from ? node.Roots.CheckpointProblem(from, "the checkpoint to rebuild from") : null);
+        if (outside is not null)
+            throw new ClusterRequestException($"server {node.Node}: {outside}");
         if (DeviceSpec.KindOf(job.Train.Device) != node.Devices.Kind)
             throw new ClusterRequestException($"job {a.JobId} trains on {job.Train.Device}, but server {node.Node} has {node.Devices}");
         var gpu = int.Parse(Key[(Key.IndexOf('/') + 4)..]);
@@ -89,7 +99,7 @@ public sealed class GpuWorkerGrain(
         _state = WorkerState.Loading;
         _detail = $"rank {a.Rank} of {layout.WorldSize}";
         _mailbox.Accept(a.JobId, a.Incarnation);
-        var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox));
+        var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, a.SessionKey));
         var started = Stopwatch.GetTimestamp();
         BuiltRank built;
         TimeSpan fetched;
@@ -108,6 +118,7 @@ public sealed class GpuWorkerGrain(
         }
         _rank = built.Rank;
         _assignment = a;
+        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, layout.CoordsOf(a.Rank), a.Rank, built.Rank);
         _nextStep = a.NextStep;
         _lastReport = null;
         _state = WorkerState.Ready;
@@ -144,14 +155,10 @@ public sealed class GpuWorkerGrain(
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
         if (step.Step != _nextStep)
             throw new RankFailedException(Key, a.Rank, "StepOutOfOrder", $"worker {Key} is at step {_nextStep}, asked for step {step.Step}");
-        var tags = new TagList { { "job", a.JobId }, { "rank", a.Rank } };
-        FlmTelemetry.WorkerIdle.Record(Stopwatch.GetElapsedTime(_idleSince).TotalMilliseconds, tags);
+        _telemetry!.Idle(Stopwatch.GetElapsedTime(_idleSince));
         _state = WorkerState.Training;
         _detail = $"step {step.Step}";
-        using var activity = FlmTelemetry.Source.StartActivity("worker.step");
-        activity?.SetTag("job", a.JobId);
-        activity?.SetTag("rank", a.Rank);
-        activity?.SetTag("step", step.Step);
+        using var activity = _telemetry.StartStep(step.Step, step.TraceParent);
         RankStepReport report;
         try
         {
@@ -166,11 +173,10 @@ public sealed class GpuWorkerGrain(
         _nextStep = step.Step + 1;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        FlmTelemetry.WorkerCompute.Record((report.Elapsed - report.CommTime).TotalMilliseconds, tags);
-        FlmTelemetry.WorkerCommunication.Record(report.CommTime.TotalMilliseconds, tags);
-        FlmTelemetry.WorkerBytes.Add(report.CommBytes, tags);
+        _telemetry.Stepped(report, activity);
         _lastReport = new WorkerStepReport(report.Step, report.Rank, report.ReportsLoss, report.LossSum, report.Tokens, report.GradNorm,
-            report.Skipped, report.Elapsed.TotalMilliseconds, report.CommTime.TotalMilliseconds, report.CommBytes);
+            report.Skipped, report.Elapsed.TotalMilliseconds, (report.CommTime - report.PipelineWait).TotalMilliseconds, report.CommBytes,
+            report.PipelineWait.TotalMilliseconds, node.PeakFlops);
         return _lastReport;
     }
 
@@ -246,11 +252,12 @@ public sealed class GpuWorkerGrain(
             ChunkedBytes bytes;
             using (copy)
                 bytes = await copy.Serialize(command.Step, TensorChunk.MaxBytes);
-            _replicas.Put(command.JobId, rank, command.Step, bytes);
+            var checksum = bytes.Checksum();
+            _replicas.Put(command.JobId, rank, command.Step, bytes, checksum);
             for (var i = 0; i < bytes.Chunks.Count; i++)
             {
                 stopped.ThrowIfCancellationRequested();
-                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i]));
+                await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i], checksum));
             }
             return bytes.Length;
         }), stop);
@@ -267,6 +274,7 @@ public sealed class GpuWorkerGrain(
         return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task HoldReplica(ReplicaChunk chunk)
     {
         _replicas.Receive(chunk);
@@ -279,14 +287,18 @@ public sealed class GpuWorkerGrain(
         return Task.CompletedTask;
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task<ReplicaChunk?> FetchReplica(string jobId, int rank, long step, int index) =>
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
-    /// <summary>This rank's replica of a step: kept here, or fetched from the first holder that has it whole.</summary>
+    /// <summary>
+    /// This rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
+    /// match the checksum they were sent with (a holder with a damaged copy is passed over for the next).
+    /// </summary>
     private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)
     {
-        if (_replicas.Get(jobId, rank, source.Step) is { } own)
-            return own;
+        if (_replicas.Get(jobId, rank, source.Step) is { } own && own.Bytes.Checksum() == own.Checksum)
+            return own.Bytes;
         var holders = source.Holders[rank];
         var problems = new List<string>();
         foreach (var holder in holders.Where(h => h != Key))
@@ -303,8 +315,11 @@ public sealed class GpuWorkerGrain(
                 var chunks = new byte[first.Count][];
                 chunks[0] = first.Data;
                 for (var i = 1; i < first.Count; i++)
-                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new InvalidOperationException($"{holder} dropped it")).Data;
-                return new ChunkedBytes(chunks);
+                    chunks[i] = (await worker.FetchReplica(jobId, rank, source.Step, i) ?? throw new ReplicaUnavailableException(rank, source.Step, $"{holder} dropped it")).Data;
+                var bytes = new ChunkedBytes(chunks);
+                if (bytes.Checksum() == first.Checksum)
+                    return bytes;
+                problems.Add($"{holder}'s copy does not match its checksum");
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -349,6 +364,7 @@ public sealed class GpuWorkerGrain(
             await DropJob();
     }
 
+    [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
     public Task Deliver(TensorChunk chunk)
     {
         try
@@ -378,7 +394,7 @@ public sealed class GpuWorkerGrain(
         _state = WorkerState.Probing;
         try
         {
-            var comm = collectives.Create(new CollectivesSession(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox));
+            var comm = collectives.Create(new CollectivesSession(request.ProbeId, 0, request.Rank, request.RankWorkers, _mailbox, request.SessionKey));
             var silo = RuntimeIdentity;
             return await OnDevice(request.Rank, () => ProbeRunner.Run(request, comm, silo));
         }
@@ -447,6 +463,7 @@ public sealed class GpuWorkerGrain(
         if (_rank is { } held && !_hung.Task.IsCompleted)
             await _thread!.Run(held.Dispose); // a hung device's rank stays with its thread
         _rank = null;
+        _telemetry = null;
         _assignment = null;
         _lastReport = null;
         _state = WorkerState.Idle;

@@ -13,6 +13,12 @@ public interface IRankExecutor : IDisposable
     /// <summary>Fingerprint of the data the rank reads (recorded in checkpoints).</summary>
     string DataFingerprint { get; }
 
+    /// <summary>Bytes of the rank's parameters and their gradients on its device.</summary>
+    long ParameterBytes { get; }
+
+    /// <summary>Bytes of the rank's optimizer state on its device.</summary>
+    long OptimizerBytes { get; }
+
     RankStepReport TrainStep(StepPlan plan);
 
     /// <summary>Σ token losses of the global batch at <paramref name="firstSample"/> without training (every rank of the job must be asked).</summary>

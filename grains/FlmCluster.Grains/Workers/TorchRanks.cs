@@ -58,9 +58,14 @@ public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, 
         }
     }
 
-    private sealed class TorchRank(RankTrainer trainer) : IRankExecutor
+    /// <summary>A TorchSharp rank as a worker's executor; disposing it disposes the trainer.</summary>
+    public sealed class TorchRank(RankTrainer trainer) : IRankExecutor
     {
         public string DataFingerprint => trainer.DataFingerprint;
+
+        public long ParameterBytes => trainer.Flat.Bytes * 2; // parameters and their gradients, same size
+
+        public long OptimizerBytes => trainer.Optimizer.StateBytes;
 
         public RankStepReport TrainStep(StepPlan plan) => trainer.TrainStep(plan);
 

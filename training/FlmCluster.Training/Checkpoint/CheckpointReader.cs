@@ -11,8 +11,8 @@ public sealed class InvalidCheckpointException(string message) : Exception(messa
 
 /// <summary>
 /// Reads a sharded checkpoint: the manifest (a directory without a valid one is not a checkpoint), shard
-/// sizes, checksums on demand, and any global tensor by name, assembled from its pieces (reading only the
-/// byte ranges it needs), whatever layout saved it.
+/// sizes, checksums on demand, any global tensor by name, assembled from its pieces whatever layout saved it,
+/// and where each piece's bytes are (for <see cref="SliceReader"/>, which reads only the ranges a slice needs).
 /// </summary>
 public sealed class CheckpointReader
 {
@@ -179,6 +179,19 @@ public sealed class CheckpointReader
 
     public bool Has(string kind, string name) => _tensors.ContainsKey((kind, name));
 
+    /// <summary>The manifest's record of a global tensor.</summary>
+    public TensorRecord Record(string kind, string name) =>
+        _tensors.TryGetValue((kind, name), out var record) ? record : throw new InvalidCheckpointException($"checkpoint '{Directory}' has no {kind} tensor '{name}'");
+
+    /// <summary>Where a piece's bytes start in its shard (the piece checked against the shard's header).</summary>
+    public long ByteOffset(PieceRecord piece, ScalarType dtype)
+    {
+        var (entry, dataStart) = Entry(piece);
+        if (entry.DType != dtype)
+            throw new InvalidCheckpointException($"shard {piece.File}: tensor '{piece.Key}' is {entry.DType}, the manifest says {dtype}");
+        return dataStart + entry.Begin;
+    }
+
     public IEnumerable<TensorRecord> Records(string kind) => Manifest.Tensors.Where(t => t.Kind == kind);
 
     /// <summary>The whole global tensor (CPU), assembled from the tensor-parallel slices and their flat pieces.</summary>
@@ -211,13 +224,19 @@ public sealed class CheckpointReader
 
     private Tensor ReadPiece(PieceRecord piece)
     {
-        var file = Path.Combine(Directory, piece.File);
+        var (entry, dataStart) = Entry(piece);
+        return SafeTensors.ReadTensor(Path.Combine(Directory, piece.File), entry, dataStart);
+    }
+
+    /// <summary>A piece's entry in its shard's header (headers read once), checked against the manifest.</summary>
+    private (SafeTensors.Entry Entry, long DataStart) Entry(PieceRecord piece)
+    {
         (Dictionary<string, SafeTensors.Entry> Entries, long DataStart) header;
         lock (_headers) // ranks of one process read through one reader
         {
             if (!_headers.TryGetValue(piece.File, out header))
             {
-                var (entries, _, dataStart) = SafeTensors.ReadHeaderWithOffset(file);
+                var (entries, _, dataStart) = SafeTensors.ReadHeaderWithOffset(Path.Combine(Directory, piece.File));
                 header = (entries.ToDictionary(e => e.Name), dataStart);
                 _headers[piece.File] = header;
             }
@@ -226,6 +245,6 @@ public sealed class CheckpointReader
             throw new InvalidCheckpointException($"shard {piece.File} has no tensor '{piece.Key}'");
         if (entry.Shape.Aggregate(1L, (a, b) => a * b) != piece.FlatLength)
             throw new InvalidCheckpointException($"shard {piece.File}: tensor '{piece.Key}' has shape [{string.Join(",", entry.Shape)}], the manifest says {piece.FlatLength} elements");
-        return SafeTensors.ReadTensor(file, entry, header.DataStart);
+        return (entry, header.DataStart);
     }
 }

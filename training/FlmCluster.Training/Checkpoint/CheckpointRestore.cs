@@ -23,41 +23,55 @@ public static class CheckpointRestore
         reader.RequireParameters(m);
     }
 
-    /// <summary>Loads parameters and this rank's optimizer shard (call on the rank's device thread).</summary>
-    public static void Load(RankTrainer rank, CheckpointReader reader)
+    /// <summary>
+    /// Loads parameters and this rank's optimizer shard (call on the rank's device thread). Each slice is read from
+    /// just the byte ranges of the shards that hold it, whatever layout saved them, so memory beyond the rank's
+    /// own state stays within the budget (default: the job's checkpoint.reshard_budget_mib).
+    /// </summary>
+    public static void Load(RankTrainer rank, CheckpointReader reader, ReshardBudget? budget = null)
     {
-        using var scope = NewDisposeScope();
         using var _ = no_grad();
+        using var files = new ShardFiles(reader.Directory);
+        var slices = new SliceReader(reader, files, budget ?? ReshardBudget.For(rank.Job.Checkpoint));
         var tp = rank.Model.Tp;
         foreach (var p in rank.Model.Parameters)
         {
-            using var whole = reader.ReadWhole("param", p.Name);
-            if (!whole.shape.SequenceEqual(p.Spec.Shape))
-                throw new FlmUserException($"checkpoint '{reader.Directory}': '{p.Name}' is [{string.Join(",", whole.shape)}], the model needs [{string.Join(",", p.Spec.Shape)}]");
-            p.Tensor.copy_(p.Spec.Slice(whole, tp.Rank, tp.Size));
+            var record = reader.Record("param", p.Name);
+            if (!record.Shape.SequenceEqual(p.Spec.Shape))
+                throw new FlmUserException($"checkpoint '{reader.Directory}': '{p.Name}' is [{string.Join(",", record.Shape)}], the model needs [{string.Join(",", p.Spec.Shape)}]");
+            slices.ReadSlice("param", p.Name, tp.Rank, tp.Size, 0, p.Tensor);
         }
         var shards = ShardsOf(rank);
         foreach (var entry in rank.Flat.Entries.Where(e => InShard(rank, e)))
         {
+            var name = entry.Parameter.Name;
             foreach (var (kind, shard) in shards)
             {
                 // Master weights missing (an fp32 checkpoint loaded as bf16): from the parameters. Moments missing
                 // (an import of weights only): a fresh optimizer, zero moments.
-                var source = reader.Has(kind, entry.Parameter.Name) ? kind : kind == "master" ? "param" : null;
-                using var whole = source is null ? null : reader.ReadWhole(source, entry.Parameter.Name);
-                FillShard(rank, entry, shard, whole);
+                var source = reader.Has(kind, name) ? kind : kind == "master" ? "param" : null;
+                var (target, from) = ShardPart(rank, entry, shard);
+                using (target)
+                {
+                    if (source is null)
+                        target.zero_();
+                    else
+                        slices.ReadSlice(source, name, tp.Rank, tp.Size, from, target);
+                }
             }
         }
         rank.Optimizer.Step = reader.Records("exp_avg").Any() ? reader.Manifest.AdamStep : 0;
     }
+
     /// <summary>
-    /// Loads a checkpoint taken at the end of stage k−1 into one rank of stage k, grown. Tensor by tensor, the
-    /// rank reads the old tensors a new one comes from, grows it (<see cref="TensorGrowth"/>, the stage's seed,
-    /// so every rank grows the same new weights) and keeps its slice — and, for the tensors in its optimizer
-    /// shard, the grown Adam moments (and master weights). Memory beyond the rank's own state is one whole
-    /// tensor at a time. Adam's step count carries over.
+    /// Loads a checkpoint taken at the end of stage k−1 into one rank of stage k, grown, slice by slice: for each
+    /// of its parameters the rank makes only its own slice of the grown tensor — the new weights (<see cref="TensorGrowth"/>,
+    /// the stage's seed, generated in pieces so every rank draws the same values without holding the whole tensor),
+    /// then the old block read from just the shard bytes that hold it — and likewise the grown Adam moments (and
+    /// master weights) of the part in its optimizer shard. Memory beyond the rank's own state stays within the
+    /// budget, whatever the model's size. Adam's step count carries over.
     /// </summary>
-    public static void LoadGrown(RankTrainer rank, CheckpointReader reader, JobConfig job, IReadOnlyList<ResolvedStage> stages, int stage)
+    public static void LoadGrown(RankTrainer rank, CheckpointReader reader, JobConfig job, IReadOnlyList<ResolvedStage> stages, int stage, ReshardBudget? budget = null)
     {
         var (from, to) = (stages[stage - 1], stages[stage]);
         if (reader.Manifest.Stage != from.Index)
@@ -65,32 +79,47 @@ public static class CheckpointRestore
         CheckCompatible(reader, from.Job.Model, job.Tokenizer);
         var growth = new TensorGrowth(from.Job.Model, to.Job.Model, to.Options, GrowthSchedule.SeedFor(job, to));
         var whole = Model.ParamCatalog.Whole(to.Job.Model).ToDictionary(spec => spec.Name);
-        var kinds = ModelGrowth.OptimizerStates.Select(prefix => prefix.TrimEnd('.')).Where(kind => reader.Has(kind, Model.ParamCatalog.Embedding));
-        var states = kinds.Select(kind => (Prefix: kind + ".", DType: DTypeOf(reader, kind))).ToList();
+        var grownStates = ModelGrowth.OptimizerStates.Select(prefix => prefix.TrimEnd('.')).Where(kind => reader.Has(kind, Model.ParamCatalog.Embedding))
+            .ToDictionary(kind => kind, kind => DTypeOf(reader, kind));
         var valueType = DTypeOf(reader, "param");
-        Tensor ReadParam(string name) => reader.ReadWhole("param", name);
-        Tensor ReadState(string prefix, string name) => reader.ReadWhole(prefix.TrimEnd('.'), name);
 
         using var _ = no_grad();
+        using var files = new ShardFiles(reader.Directory);
+        budget ??= ReshardBudget.For(rank.Job.Checkpoint);
+        var grower = new SliceGrowth(new SliceReader(reader, files, budget), budget, growth);
         var tp = rank.Model.Tp;
         var shards = ShardsOf(rank);
         foreach (var entry in rank.Flat.Entries)
         {
-            using var scope = NewDisposeScope(); // one grown tensor (and its states) at a time
             var p = entry.Parameter;
-            var inShard = InShard(rank, entry);
-            var (value, grown) = growth.Grow(whole[p.Name], valueType, inShard ? states : [], ReadParam, ReadState, ownsOld: true);
-            p.Tensor.copy_(p.Spec.Slice(value, tp.Rank, tp.Size));
-            if (!inShard)
+            var spec = whole[p.Name];
+            var (oldName, copyValues, newLayer) = growth.SourceOf(p.Name);
+            var valueSource = copyValues ? oldName : null;
+            grower.Fill(spec, tp.Rank, tp.Size, 0, p.Tensor, fresh: valueType, old: valueSource is null ? null : ("param", valueSource));
+            if (!InShard(rank, entry))
                 continue;
             foreach (var (kind, shard) in shards)
             {
-                // No moments in the checkpoint (weights only): zero; no master weights: the values.
-                var source = grown.FirstOrDefault(g => g.Prefix == kind + ".").State ?? (kind == "master" ? value : null);
-                FillShard(rank, entry, shard, source);
+                var (target, start) = ShardPart(rank, entry, shard);
+                using (target)
+                {
+                    if (grownStates.TryGetValue(kind, out var stateType))
+                    {
+                        // Master weights are the parameters in fp32 (new ones drawn, old ones copied); moments start at
+                        // zero, with the old block copied only for old layers and shared tensors.
+                        if (kind == "master")
+                            grower.Fill(spec, tp.Rank, tp.Size, start, target, fresh: stateType, old: valueSource is null ? null : (kind, valueSource));
+                        else
+                            grower.Fill(spec, tp.Rank, tp.Size, start, target, fresh: null, old: oldName is null || newLayer ? null : (kind, oldName));
+                    }
+                    else if (kind == "master")
+                        grower.Fill(spec, tp.Rank, tp.Size, start, target, fresh: valueType, old: valueSource is null ? null : ("param", valueSource)); // no master weights saved: the values
+                    else
+                        target.zero_(); // no moments saved (weights only)
+                }
             }
         }
-        rank.Optimizer.Step = states.Any(s => s.Prefix != "master.") ? reader.Manifest.AdamStep : 0;
+        rank.Optimizer.Step = grownStates.Keys.Any(kind => kind != "master") ? reader.Manifest.AdamStep : 0;
     }
 
     /// <summary>This rank's optimizer shards by state kind: the moments, and the master weights when kept apart from the values.</summary>
@@ -108,16 +137,11 @@ public static class CheckpointRestore
 
     private static bool InShard(RankTrainer rank, Optim.FlatEntry entry) => ShardRange(rank, entry) is var (lo, hi) && hi > lo;
 
-    /// <summary>Writes the part of a whole tensor's state that falls in this rank's optimizer shard (zero when there is none).</summary>
-    private static void FillShard(RankTrainer rank, Optim.FlatEntry entry, Tensor shard, Tensor? whole)
+    /// <summary>The part of this rank's optimizer shard that holds <paramref name="entry"/>'s elements, and where it begins in the parameter's slice.</summary>
+    private static (Tensor Target, long From) ShardPart(RankTrainer rank, Optim.FlatEntry entry, Tensor shard)
     {
         var (lo, hi) = ShardRange(rank, entry);
-        var tp = rank.Model.Tp;
-        var target = shard.narrow(0, lo - rank.Optimizer.ShardStart, hi - lo);
-        if (whole is null)
-            target.zero_();
-        else
-            target.copy_(entry.Parameter.Spec.Slice(whole, tp.Rank, tp.Size).reshape(-1).narrow(0, lo - entry.Offset, hi - lo));
+        return (shard.narrow(0, lo - rank.Optimizer.ShardStart, hi - lo), lo - entry.Offset);
     }
 
     private static ScalarType DTypeOf(CheckpointReader reader, string kind) =>

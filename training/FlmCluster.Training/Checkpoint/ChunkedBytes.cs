@@ -9,6 +9,15 @@ public sealed class ChunkedBytes(IReadOnlyList<byte[]> chunks)
     public IReadOnlyList<byte[]> Chunks { get; } = chunks;
     public long Length { get; } = chunks.Sum(c => (long)c.Length);
 
+    /// <summary>A checksum of the bytes (XxHash128, hex: fast, against corruption in memory and on the way).</summary>
+    public string Checksum()
+    {
+        var hash = new System.IO.Hashing.XxHash128();
+        foreach (var chunk in Chunks)
+            hash.Append(chunk);
+        return Convert.ToHexStringLower(hash.GetCurrentHash());
+    }
+
     /// <summary>A stream that appends to chunks of <paramref name="chunkSize"/> bytes; <see cref="Writer.ToBytes"/> ends it.</summary>
     public sealed class Writer(int chunkSize) : Stream
     {

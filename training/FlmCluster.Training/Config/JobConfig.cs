@@ -78,6 +78,12 @@ public sealed record RecoveryConfig
     /// <summary>A rank whose compute time is this many times the median rank's, over straggler_window steps, is a straggler; 0 = off.</summary>
     public double StragglerFactor { get; init; } = 1.5;
 
+    /// <summary>
+    /// How much slower, in ms per step, a straggler must also be than the others: on short steps scheduling
+    /// jitter alone makes ratios of 2 and more, which is not a slow GPU.
+    /// </summary>
+    public double StragglerMinMs { get; init; } = 50;
+
     /// <summary>Steps the straggler statistics use.</summary>
     public int StragglerWindow { get; init; } = 20;
 
@@ -109,6 +115,12 @@ public sealed record CheckpointConfig
     /// copies, losing at most this many steps; a different layout needs a persistent checkpoint.
     /// </summary>
     public long MemoryInterval { get; init; }
+
+    /// <summary>
+    /// MiB of temporary host memory a rank may use to load its slices from a checkpoint saved under another layout,
+    /// or to grow them into the next stage, whatever the size of the model's tensors.
+    /// </summary>
+    public int ReshardBudgetMiB { get; init; } = 256;
 }
 
 public sealed record DataConfig

@@ -59,6 +59,7 @@ public static class JobValidator
         Require(c.Interval >= 0, $"checkpoint.interval must not be negative (got {c.Interval})");
         Require(c.KeepLast >= 1, $"checkpoint.keep_last must be at least 1 (got {c.KeepLast})");
         Require(c.MemoryInterval >= 0, $"checkpoint.memory_interval must not be negative (got {c.MemoryInterval})");
+        Require(c.ReshardBudgetMiB is >= 1 and <= 1 << 20, $"checkpoint.reshard_budget_mib must be 1 … {1 << 20} (got {c.ReshardBudgetMiB})");
         Require(c.KeepEvery >= 0, $"checkpoint.keep_every must not be negative (got {c.KeepEvery})");
         Require((Int128)c.KeepEvery * c.Interval <= long.MaxValue,
             $"checkpoint.keep_every × checkpoint.interval = {c.KeepEvery} × {c.Interval} overflows a step number; give smaller values");
@@ -76,6 +77,7 @@ public static class JobValidator
         Require(double.IsFinite(r.HangFactor) && r.HangFactor >= 2, $"recovery.hang_factor must be at least 2 (got {r.HangFactor})");
         Require(double.IsFinite(r.HangMinSeconds) && r.HangMinSeconds is >= 1 and <= 24 * 3600, $"recovery.hang_min_seconds must be between 1 and one day (got {r.HangMinSeconds})");
         Require(double.IsFinite(r.StragglerFactor) && (r.StragglerFactor == 0 || r.StragglerFactor > 1), $"recovery.straggler_factor must be 0 (off) or above 1 (got {r.StragglerFactor})");
+        Require(double.IsFinite(r.StragglerMinMs) && r.StragglerMinMs >= 0, $"recovery.straggler_min_ms must be a non-negative number of milliseconds (got {r.StragglerMinMs})");
         Require(r.StragglerWindow is >= 2 and <= 100_000, $"recovery.straggler_window must be between 2 and 100000 steps (got {r.StragglerWindow})");
         Require(double.IsFinite(r.StorageWaitSeconds) && r.StorageWaitSeconds is >= 1 and <= 7 * 24 * 3600,
             $"recovery.storage_wait_seconds must be between 1 and one week (got {r.StorageWaitSeconds})");

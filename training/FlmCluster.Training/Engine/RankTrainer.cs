@@ -17,6 +17,8 @@ namespace FlmCluster.Training.Engine;
 public sealed record StepPlan(long Step, long FirstSample, double Lr, double MaskValue = 1.0);
 
 /// <summary>One rank's account of a step.</summary>
+/// <param name="CommTime">Time in communication, pipeline receives included.</param>
+/// <param name="PipelineWait">The part of <paramref name="CommTime"/> spent waiting in pipeline receives for the neighbouring stage.</param>
 public sealed record RankStepReport(
     long Step,
     int Rank,
@@ -27,7 +29,8 @@ public sealed record RankStepReport(
     bool Skipped,
     TimeSpan Elapsed,
     TimeSpan CommTime,
-    long CommBytes);
+    long CommBytes,
+    TimeSpan PipelineWait = default);
 
 /// <summary>
 /// Everything one rank (one GPU) holds and does: its pipeline stage and tensor shard of the model, its
@@ -85,6 +88,7 @@ public sealed class RankTrainer : IDisposable
     {
         var started = Stopwatch.GetTimestamp();
         var (bytes0, comm0) = _comm.Stats.Snapshot();
+        var wait0 = _comm.Stats.ReceiveTime;
         double lossSum;
         using (NewDisposeScope())
         {
@@ -110,7 +114,7 @@ public sealed class RankTrainer : IDisposable
         var (bytes1, comm1) = _comm.Stats.Snapshot();
         return new RankStepReport(plan.Step, Groups.Rank, ReportsLoss, ReportsLoss ? lossSum : 0,
             ReportsLoss ? (long)(_globalBatch / Layout.Dp) * Job.Model.SeqLen : 0,
-            update.GradNorm, update.Skipped, Stopwatch.GetElapsedTime(started), comm1 - comm0, bytes1 - bytes0);
+            update.GradNorm, update.Skipped, Stopwatch.GetElapsedTime(started), comm1 - comm0, bytes1 - bytes0, _comm.Stats.ReceiveTime - wait0);
     }
 
     private double RunMicroBatches(long firstSample, double normalizer)

@@ -159,6 +159,22 @@ public sealed class TensorGrowth
     /// <summary>For each layer of the grown model: the old layer it comes from, and whether it is new.</summary>
     public (int Source, bool IsNew)[] Layers { get; }
 
+    /// <summary>The seed of the weights growth adds.</summary>
+    public ulong Seed => _seed;
+
+    /// <summary>The grown model.</summary>
+    public ModelConfig To => _to;
+
+    /// <summary>
+    /// Where a grown tensor comes from: the old tensor (null for none), whether its old values are copied in (not
+    /// for a new layer initialised at random), and whether its layer is new (its Adam moments start at zero).
+    /// </summary>
+    public (string? OldName, bool CopyValues, bool NewLayer) SourceOf(string name)
+    {
+        var (oldName, copyValues, layer) = Source(name);
+        return (oldName, copyValues, layer.IsNew);
+    }
+
     /// <summary>The whole grown tensor of <paramref name="spec"/> (a whole-model spec) and its optimizer states by prefix.</summary>
     /// <param name="dtype">dtype of the values when the tensor has no old source.</param>
     /// <param name="states">The optimizer states to grow: prefix and dtype.</param>

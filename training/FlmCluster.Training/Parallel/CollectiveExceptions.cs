@@ -6,5 +6,8 @@ namespace FlmCluster.Training.Parallel;
 /// </summary>
 public sealed class CollectiveAbortedException(string message, Exception? cause = null) : OperationCanceledException(message, cause);
 
-/// <summary>A collective that waited longer than its timeout for a peer: the peer is gone or hung.</summary>
+/// <summary>
+/// A collective that lost a peer: it waited longer than its timeout (the peer is gone or hung), or the connection
+/// to the peer broke or fell silent.
+/// </summary>
 public sealed class CollectiveTimeoutException(string message) : TimeoutException(message);

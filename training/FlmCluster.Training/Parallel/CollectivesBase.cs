@@ -112,7 +112,7 @@ public abstract unsafe class CollectivesBase : ICollectives
         if (sourceRank == Rank)
             throw new ArgumentException("a rank cannot receive from itself");
         Timed(tensor.NumberOfElements * tensor.ElementSize, () =>
-            WithBytes(tensor, writeBack: true, data => RecvRaw(data, sourceRank, tag)));
+            WithBytes(tensor, writeBack: true, data => RecvRaw(data, sourceRank, tag)), receive: true);
     }
 
     public void Barrier(ProcessGroup group)
@@ -123,11 +123,11 @@ public abstract unsafe class CollectivesBase : ICollectives
         Timed(0, () => BarrierRaw(group, index));
     }
 
-    private void Timed(long bytes, Action action)
+    private void Timed(long bytes, Action action, bool receive = false)
     {
         var start = Stopwatch.GetTimestamp();
         action();
-        Stats.Add(bytes, Stopwatch.GetElapsedTime(start));
+        Stats.Add(bytes, Stopwatch.GetElapsedTime(start), receive);
     }
 
     /// <summary>

@@ -12,7 +12,7 @@ public enum ReduceOp
 /// Collective communication among the ranks of a job. Every member of a group calls the same operations
 /// in the same order. Tensors travel as raw bytes; reductions run in group-rank order, so every member gets
 /// bit-identical results. Operations block the calling (device) thread until complete. Implementations:
-/// in-process (threads, shared memory) and Orleans messaging between silos; NCCL would be a third.
+/// in-process (threads, shared memory); between silos, Orleans messages, sockets, or NCCL on GPU builds.
 /// </summary>
 public interface ICollectives
 {
@@ -49,18 +49,26 @@ public interface ICollectives
     void Barrier(ProcessGroup group);
 }
 
-/// <summary>Per-rank communication counters (not thread-safe: one device thread per rank).</summary>
+/// <summary>
+/// Per-rank communication counters (not thread-safe: one device thread per rank). Point-to-point receives are
+/// also counted apart: in a pipeline they are the time a stage waits for its neighbour (the bubble).
+/// </summary>
 public sealed class CommStats
 {
     public long Bytes { get; private set; }
     public long Operations { get; private set; }
     public TimeSpan Time { get; private set; }
 
-    public void Add(long bytes, TimeSpan time)
+    /// <summary>The part of <see cref="Time"/> spent in point-to-point receives.</summary>
+    public TimeSpan ReceiveTime { get; private set; }
+
+    public void Add(long bytes, TimeSpan time, bool receive = false)
     {
         Bytes += bytes;
         Operations++;
         Time += time;
+        if (receive)
+            ReceiveTime += time;
     }
 
     public (long Bytes, TimeSpan Time) Snapshot() => (Bytes, Time);

@@ -5,8 +5,9 @@ namespace FlmCluster.Training.Telemetry;
 
 /// <summary>
 /// The figures FlmCluster emits, through System.Diagnostics.Metrics (meter "FlmCluster") and tracing
-/// (ActivitySource "FlmCluster"). Exporters (OpenTelemetry, Prometheus) subscribe by these names; nothing
-/// here depends on one.
+/// (ActivitySource "FlmCluster"). Exporters (OpenTelemetry: OTLP, Prometheus, console) subscribe by these names;
+/// nothing here depends on one. Names and units follow OpenTelemetry's conventions (durations in seconds, bytes
+/// "By", counts as {annotations}); attributes are <see cref="Tags"/>. docs/operations.md lists every instrument.
 /// </summary>
 public static class FlmTelemetry
 {
@@ -15,50 +16,130 @@ public static class FlmTelemetry
     public static readonly Meter Meter = new(Name, "1.0");
     public static readonly ActivitySource Source = new(Name, "1.0");
 
-    /// <summary>Wall time of a committed step as the coordinator saw it (fan-out to fan-in), ms; tag job.</summary>
-    public static readonly Histogram<double> StepDuration = Meter.CreateHistogram<double>("flm.job.step.duration", "ms", "Step time, fan-out to fan-in");
+    /// <summary>Histogram buckets for durations in seconds: a millisecond to ten minutes (steps, checkpoints, stalls).</summary>
+    public static readonly IReadOnlyList<double> SecondBuckets =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600];
+
+    private static Histogram<double> Seconds(string name, string description) =>
+        Meter.CreateHistogram(name, "s", description, tags: null, advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = SecondBuckets });
+
+    /// <summary>Attribute names (Prometheus turns the dots into underscores: flm_job, flm_rank, …).</summary>
+    public static class Tags
+    {
+        public const string Job = "flm.job";
+        public const string Stage = "flm.stage";
+        public const string Node = "flm.node";
+        public const string Gpu = "flm.gpu";
+        public const string Rank = "flm.rank";
+        public const string Dp = "flm.dp";
+        public const string Tp = "flm.tp";
+        public const string Pp = "flm.pp";
+        public const string Step = "flm.step";
+        public const string Event = "flm.event";
+        public const string Rebuild = "flm.rebuild";
+        public const string Worker = "flm.worker";
+        public const string Phase = "flm.phase";
+        public const string Part = "flm.part";
+    }
+
+    // The job, at its coordinator (tags job, stage).
+
+    /// <summary>Wall time of a committed step as the coordinator saw it (fan-out to fan-in).</summary>
+    public static readonly Histogram<double> StepDuration = Seconds("flm.job.step.duration", "Step time, fan-out to fan-in");
 
     /// <summary>
-    /// Real (wall-clock) time of the coordinator's part of a committed step, ms; tags job and part: "fan_out" (the
-    /// step sent to every rank and every report back — with real devices this includes their compute) and
-    /// "commit" (aggregating the reports and persisting the step). Unlike <see cref="StepDuration"/> never on a
-    /// simulation's virtual clock.
+    /// Real (wall-clock) time of the coordinator's part of a committed step; tag part: "fan_out" (the step sent to
+    /// every rank and every report back — with real devices this includes their compute) or "commit" (aggregating
+    /// the reports, persisting the step, its telemetry). Unlike <see cref="StepDuration"/> never on a simulation's
+    /// virtual clock: on simulated devices it is all of the step's real time.
     /// </summary>
-    public static readonly Histogram<double> StepControl = Meter.CreateHistogram<double>("flm.job.step.control", "ms", "Real time of a step's fan-out and commit");
+    public static readonly Histogram<double> StepControl = Seconds("flm.job.step.control", "Real time of a step's fan-out and commit");
 
-    /// <summary>Mean token loss of a committed step; tag job.</summary>
-    public static readonly Histogram<double> Loss = Meter.CreateHistogram<double>("flm.job.loss", null, "Training loss per step");
+    public static readonly Counter<long> Steps = Meter.CreateCounter<long>("flm.job.steps", "{step}", "Committed steps");
 
-    /// <summary>Tokens per second of a committed step; tag job.</summary>
-    public static readonly Histogram<double> TokensPerSecond = Meter.CreateHistogram<double>("flm.job.tokens_per_second", "tokens/s", "Throughput per step");
+    public static readonly Counter<long> Tokens = Meter.CreateCounter<long>("flm.job.tokens", "{token}", "Tokens trained in committed steps");
 
-    /// <summary>Tokens trained; tag job.</summary>
-    public static readonly Counter<long> Tokens = Meter.CreateCounter<long>("flm.job.tokens", "tokens", "Tokens trained");
+    public static readonly Gauge<double> Throughput = Meter.CreateGauge<double>("flm.job.throughput", "{token}/s", "Tokens per second of the last committed step");
 
-    /// <summary>Per worker and step: time computing, ms; tags job, rank.</summary>
-    public static readonly Histogram<double> WorkerCompute = Meter.CreateHistogram<double>("flm.worker.compute", "ms", "Worker time computing per step");
+    public static readonly Gauge<double> Loss = Meter.CreateGauge<double>("flm.job.loss", null, "Mean token loss (nats) of the last committed step");
 
-    /// <summary>Per worker and step: time in collectives and point-to-point transfers (including waiting for peers), ms.</summary>
-    public static readonly Histogram<double> WorkerCommunication = Meter.CreateHistogram<double>("flm.worker.communication", "ms", "Worker time communicating per step");
+    public static readonly Gauge<double> GradNorm = Meter.CreateGauge<double>("flm.job.grad_norm", null, "Gradient norm before clipping, last committed step");
 
-    /// <summary>Per worker: time between the end of one step and the start of the next (waiting for the coordinator), ms.</summary>
-    public static readonly Histogram<double> WorkerIdle = Meter.CreateHistogram<double>("flm.worker.idle", "ms", "Worker idle time between steps");
+    public static readonly Gauge<double> LearningRate = Meter.CreateGauge<double>("flm.job.learning_rate", null, "Peak-group learning rate of the last committed step");
 
-    /// <summary>Bytes a worker moved per step.</summary>
-    public static readonly Counter<long> WorkerBytes = Meter.CreateCounter<long>("flm.worker.communication.bytes", "By", "Bytes moved by a worker");
+    public static readonly Gauge<double> ModelFlops = Meter.CreateGauge<double>("flm.job.step.model_flops", "{FLOP}", "Model FLOPs of one step (6N + attention per token)");
 
-    /// <summary>Jobs waiting in the scheduler's queue (added and removed as jobs queue and start).</summary>
-    public static readonly UpDownCounter<int> QueueLength = Meter.CreateUpDownCounter<int>("flm.scheduler.queue.length", "jobs", "Jobs waiting for GPUs");
+    public static readonly Gauge<double> Mfu = Meter.CreateGauge<double>("flm.job.mfu", "1", "Model FLOPs utilization of the last committed step against the devices' peak");
 
-    /// <summary>GPUs allocated to jobs.</summary>
-    public static readonly UpDownCounter<int> AllocatedGpus = Meter.CreateUpDownCounter<int>("flm.scheduler.gpus.allocated", "gpus", "GPUs allocated to jobs");
+    /// <summary>Job events by kind (flm.event): recoveries are the workers-lost, restoring, replaced, shrunk and grown-back ones.</summary>
+    public static readonly Counter<long> Events = Meter.CreateCounter<long>("flm.job.events", "{event}", "Job events by kind");
 
     /// <summary>Recoveries that ended with a committed step.</summary>
     public static readonly Counter<long> Recoveries = Meter.CreateCounter<long>("flm.job.recoveries", "{recovery}", "Recoveries of jobs from lost workers");
 
-    /// <summary>Seconds of each recovery phase (tag phase: detect, decide, allocate, rebuild, restore, first_step, waiting).</summary>
-    public static readonly Histogram<double> RecoveryPhase = Meter.CreateHistogram<double>("flm.job.recovery.phase.duration", "s", "Duration of a recovery phase");
+    /// <summary>Seconds of each recovery phase (tag flm.phase: detect, decide, allocate, rebuild, restore, first_step, waiting).</summary>
+    public static readonly Histogram<double> RecoveryPhase = Seconds("flm.job.recovery.phase.duration", "Duration of a recovery phase");
 
     /// <summary>Ranks found straggling (tags job, rank, worker).</summary>
     public static readonly Counter<long> Stragglers = Meter.CreateCounter<long>("flm.job.stragglers", "{rank}", "Ranks found computing far slower than their peers");
+
+    // Recovery points, at the coordinator (tags job).
+
+    public static readonly Counter<long> CheckpointBytes = Meter.CreateCounter<long>("flm.checkpoint.size", "By", "Bytes of committed checkpoints");
+
+    public static readonly Histogram<double> CheckpointDuration = Seconds("flm.checkpoint.duration", "Checkpoint time, snapshot to committed manifest");
+
+    public static readonly Histogram<double> CheckpointStall = Seconds("flm.checkpoint.stall", "Time steps stood still for a checkpoint (ranks snapshotting)");
+
+    public static readonly Counter<long> ReplicaBytes = Meter.CreateCounter<long>("flm.replica.size", "By", "Bytes of in-memory replicas sent to peers");
+
+    public static readonly Histogram<double> ReplicaDuration = Seconds("flm.replica.duration", "In-memory replica time, snapshot to held by every peer");
+
+    public static readonly Histogram<double> ReplicaStall = Seconds("flm.replica.stall", "Time steps stood still for an in-memory replica");
+
+    // One rank, at its worker (tags job, stage, node, gpu, rank, dp, tp, pp).
+
+    public static readonly Histogram<double> RankStepDuration = Seconds("flm.rank.step.duration", "A rank's time in a step");
+
+    public static readonly Histogram<double> RankCompute = Seconds("flm.rank.step.compute.duration", "A rank's time computing in a step");
+
+    public static readonly Histogram<double> RankCommunication = Seconds("flm.rank.step.communication.duration", "A rank's time in collectives and sends in a step");
+
+    public static readonly Histogram<double> RankPipelineIdle = Seconds("flm.rank.step.pipeline_idle.duration", "A rank's time waiting for its neighbouring pipeline stage in a step");
+
+    public static readonly Gauge<double> RankLastStep = Meter.CreateGauge<double>("flm.rank.step.last_duration", "s", "A rank's time in its last step (straggler view)");
+
+    public static readonly Histogram<double> RankIdle = Seconds("flm.rank.idle.duration", "A rank's time between steps (waiting for the coordinator)");
+
+    public static readonly Counter<long> RankBytes = Meter.CreateCounter<long>("flm.rank.communication.size", "By", "Bytes a rank moved in collectives and transfers");
+
+    public static readonly Gauge<long> RankParameterMemory = Meter.CreateGauge<long>("flm.rank.memory.parameters", "By", "A rank's parameters and gradients (flat buffers)");
+
+    public static readonly Gauge<long> RankOptimizerMemory = Meter.CreateGauge<long>("flm.rank.memory.optimizer", "By", "A rank's optimizer state (fp32 master weights and moments of its shard)");
+
+    // The scheduler (one per cluster): observed from its latest figures.
+
+    private static SchedulerFigures _scheduler = new(0, 0, 0, false);
+
+    /// <summary>The scheduler's activation publishes its figures after every change (Published false: not on this silo).</summary>
+    public static void PublishScheduler(SchedulerFigures figures) => _scheduler = figures;
+
+    public static readonly ObservableGauge<int> QueueLength = Meter.CreateObservableGauge("flm.scheduler.queue.length", () => Observe(f => f.Queued), "{job}", "Jobs waiting for GPUs");
+
+    public static readonly ObservableGauge<int> AllocatedGpus = Meter.CreateObservableGauge("flm.scheduler.gpus.allocated", () => Observe(f => f.AllocatedGpus), "{gpu}", "GPUs allocated to jobs");
+
+    public static readonly ObservableGauge<int> TotalGpus = Meter.CreateObservableGauge("flm.scheduler.gpus.total", () => Observe(f => f.TotalGpus), "{gpu}", "GPUs of active servers");
+
+    private static IEnumerable<Measurement<int>> Observe(Func<SchedulerFigures, int> figure)
+    {
+        var f = _scheduler;
+        return f.Published ? [new Measurement<int>(figure(f))] : [];
+    }
+
+    /// <summary>Starts an activity that began earlier (recorded when it ends, e.g. a checkpoint at its commit).</summary>
+    public static Activity? StartedAt(string name, DateTimeOffset start, ActivityContext parent = default) =>
+        Source.StartActivity(name, ActivityKind.Internal, parent, startTime: start);
 }
+
+/// <summary>The scheduler's queue and GPUs, as its activation last saw them.</summary>
+public sealed record SchedulerFigures(int Queued, int AllocatedGpus, int TotalGpus, bool Published = true);

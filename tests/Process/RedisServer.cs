@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 
-namespace FlmCluster.EndToEnd.Tests;
+namespace FlmCluster.Tests.Process;
 
 /// <summary>
 /// A private redis-server process on a free port (Debian's redis-server package). Its data is kept in an
@@ -11,7 +11,7 @@ namespace FlmCluster.EndToEnd.Tests;
 public sealed class RedisServer : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("flm-redis-").FullName;
-    private Process _process = null!;
+    private System.Diagnostics.Process _process = null!;
 
     public int Port { get; }
     public string ConnectionString => $"127.0.0.1:{Port}";
@@ -42,7 +42,7 @@ public sealed class RedisServer : IDisposable
         var start = new ProcessStartInfo(binary) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { "--port", $"{Port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", _dir, "--daemonize", "no" })
             start.ArgumentList.Add(a);
-        _process = Process.Start(start)!;
+        _process = System.Diagnostics.Process.Start(start)!;
         _process.OutputDataReceived += (_, _) => { };
         _process.ErrorDataReceived += (_, _) => { };
         _process.BeginOutputReadLine();
