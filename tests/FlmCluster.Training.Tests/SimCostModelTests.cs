@@ -1,7 +1,9 @@
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Growth;
 using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Sim;
+using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Training.Tests;
 
@@ -19,6 +21,28 @@ public class SimCostModelTests
         Assert.Equal(2, CostConstants.FittedCount);
         Assert.All(errors, e => Assert.InRange(e, -0.05, 0.05));
         Assert.Equal(errors, CostModelFit.Errors(targets, ClusterHardware.DgxA800, CostConstants.Fitted));
+    }
+
+    [Fact]
+    public void Each_stage_s_steps_take_the_card_s_days_within_10_percent()
+    {
+        // A stage's days are its steps (the card's tokens ÷ (batch × 2048), rounded to hundreds) at the modelled step
+        // time, with the 2 constants fitted to the card's throughput. The card's days are wall time with whatever else
+        // happened in it (checkpoints, evaluations, restarts), so the steps alone take somewhat less — never more:
+        // even at the card's own TFLOP/s the 51B stage's tokens take 4.84 of its 5.37 days.
+        var stages = GrowthSchedule.Resolve(JobValidator.Validate(Presets.Get("flm-101b")));
+        var days = new List<double>();
+        foreach (var (stage, card) in stages.Zip(PublishedSchedule.Flm101b))
+        {
+            Assert.Equal(card.Name, stage.Name);
+            var job = stage.Job;
+            var cost = StepCostModel.For(job.Model, ParallelLayout.FromConfig(job.Layout), job.Train.GlobalBatch, "bf16", A800);
+            Assert.Equal(card.Tokens, (double)job.Train.Steps * job.Train.GlobalBatch * job.Model.SeqLen, card.Tokens * 0.002);
+            var modelled = job.Train.Steps * cost.Seconds / 86400;
+            days.Add(modelled);
+            Assert.InRange(modelled / card.Days - 1, -0.10, 0);
+        }
+        Assert.InRange(days.Sum() / PublishedSchedule.StageDays - 1, -0.10, 0);
     }
 
     [Fact]

@@ -1,6 +1,7 @@
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Engine;
 using FlmCluster.Training.Parallel;
+using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Training.Sim;
 
