@@ -86,6 +86,7 @@ public sealed class StragglerTests() : ClusterTestClass(TimeSpan.FromSeconds(30)
     public async Task A_hung_device_is_abandoned_and_its_rank_rebuilt_on_a_spare_gpu()
     {
         var job = Job("hang", new RecoveryConfig { HangMinSeconds = 2, HangFactor = 2, StragglerFactor = 0 });
+        Release.Reset(); // an earlier test's end released hung devices
         // Planned before the job starts (its steps take milliseconds): rank 1's device hangs at step 6, once.
         Planned["hang"] = (null, 1, 6, TimeSpan.Zero, true);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
