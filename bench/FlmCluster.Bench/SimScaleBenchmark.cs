@@ -66,9 +66,9 @@ public static class SimScaleBenchmark
             listener.SetMeasurementEventCallback<double>((_, value, tags, _) =>
             {
                 foreach (var tag in tags)
-                    if (tag.Key == "part" && tag.Value is string part)
+                    if (tag.Key == FlmTelemetry.Tags.Part && tag.Value is string part)
                         lock (parts)
-                            parts[part].Add(value);
+                            parts[part].Add(value * 1000);
             });
             listener.Start();
             var grains = cluster.Grains(cluster.Nodes[0]);

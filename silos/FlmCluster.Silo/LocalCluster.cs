@@ -119,6 +119,10 @@ public sealed class LocalCluster : IAsyncDisposable
 
     public bool IsRunning(string node) => _silos[IndexOf(node)].Host is not null;
 
+    /// <summary>The node of a silo of this cluster named by its runtime identity ("S127.0.0.1:PORT:EPOCH"), or null.</summary>
+    public string? NodeOfSilo(string identity) =>
+        identity.Split(':') is [_, var port, ..] && int.TryParse(port, out var p) ? _silos.FirstOrDefault(s => s.Settings.SiloPort == p).Settings?.Node : null;
+
     /// <summary>A running silo's grain factory (for calls from inside the process).</summary>
     public IGrainFactory Grains(string node) => (_silos[IndexOf(node)].Host ?? throw new InvalidOperationException($"node {node} is not running")).Services.GetRequiredService<IGrainFactory>();
 
