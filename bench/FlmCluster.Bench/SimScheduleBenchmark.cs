@@ -34,7 +34,7 @@ public static partial class SimScheduleBenchmark
         var dir = Directory.CreateDirectory(Path.Combine(storage, $"flm-sim-{Guid.NewGuid():N}")).FullName;
         try
         {
-            var ok = await Schedule(servers, spares, failures, seed, scale, dir);
+            var ok = await Schedule(servers, spares, failures, seed, scale, dir, args.Text("timeline", ""));
             Console.WriteLine();
             if (args.Int("scale-steps", 300) is var steps and > 0)
                 await SimScaleBenchmark.Run(new BenchArgs(new() { ["steps"] = steps.ToString(CultureInfo.InvariantCulture), ["gpus"] = args.Text("gpus", "8,32,64,192"), ["storage"] = storage }));
@@ -46,7 +46,7 @@ public static partial class SimScheduleBenchmark
         }
     }
 
-    private static async Task<bool> Schedule(int servers, int spares, int failures, int seed, double scale, string dir)
+    private static async Task<bool> Schedule(int servers, int spares, int failures, int seed, double scale, string dir, string timeline)
     {
         var sim = new FlmSimulation(SimCluster.Default, new VirtualClock(), new SampleLedger());
         var preset = Presets.Get("flm-101b");
@@ -136,7 +136,11 @@ public static partial class SimScheduleBenchmark
         }
 
         // Stages: from their first step to the start of the growth out of them; growth transitions between.
-        var growth = events.Where(ev => ev.Kind == "growth").Select(ev => (End: ev.At, Seconds: GrowthSeconds(ev.Message))).ToList();
+        foreach (var ev in events.Where(ev => ev.Kind is "growth" or "started" or "completed"))
+            Console.WriteLine($"  {(ev.At - status.SubmittedAt).TotalDays:0.0000} d {ev.Kind}: {ev.Message}");
+        // The last report of each transition (one repeated after a failure reports again).
+        var growth = stages.Skip(1).Select(to => events.Last(ev => ev.Kind == "growth" && ev.Message.Contains($" → {to.Name} at step", StringComparison.Ordinal)))
+            .Select(ev => (End: ev.At, Seconds: GrowthSeconds(ev.Message))).ToList();
         var started = events.First(ev => ev.Kind == "started").At;
         var completed = events.Last(ev => ev.Kind == "completed").At;
         Console.WriteLine();
@@ -178,6 +182,11 @@ public static partial class SimScheduleBenchmark
             Console.WriteLine($"  {node} ({kind}) at step {step}, {(at - status.SubmittedAt).TotalDays:0.000} days in");
         foreach (var ev in events.Where(ev => ev.Kind is "workers-lost" or "replaced" or "recovered" or "growing-back" or "restoring"))
             Console.WriteLine($"  {(ev.At - status.SubmittedAt).TotalDays:0.000} d {ev.Kind}: {ev.Message}");
+        if (timeline.Length > 0)
+        {
+            File.WriteAllText(timeline, Timeline(status.SubmittedAt, completed, stages.Select(s => s.Name).ToList(), started, growth, events));
+            Console.WriteLine($"timeline: {timeline}");
+        }
         var problems = SampleProblems(sim.Samples!.Of(id), stages);
         Console.WriteLine(problems.Count == 0 ? $"samples: every one of the {total} steps trained its batch once, the batches back to back" : $"samples: {string.Join("; ", problems.Take(5))}");
         return problems.Count == 0;
@@ -204,6 +213,53 @@ public static partial class SimScheduleBenchmark
         if (ledger.Count != step)
             problems.Add($"{ledger.Count} steps recorded, {step} expected");
         return problems;
+    }
+
+    /// <summary>
+    /// The run as an SVG on a time axis in days: each stage's span, the growth transitions between them, every
+    /// recovery from the loss of workers to its first committed step, and each loss as a red line.
+    /// </summary>
+    private static string Timeline(DateTime submitted, DateTime completed, IReadOnlyList<string> stageNames, DateTime started,
+        IReadOnlyList<(DateTime End, double Seconds)> growth, IReadOnlyList<JobEvent> events)
+    {
+        const double width = 1200, left = 60;
+        var days = (completed - submitted).TotalDays;
+        string X(DateTime t) => (left + (t - submitted).TotalDays / days * (width - left - 20)).ToString("0.0", CultureInfo.InvariantCulture);
+        string W(DateTime a, DateTime b) => Math.Max(1, (b - a).TotalDays / days * (width - left - 20)).ToString("0.0", CultureInfo.InvariantCulture);
+        var svg = new System.Text.StringBuilder();
+        svg.AppendLine(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"170\" font-family=\"sans-serif\" font-size=\"12\">");
+        string[] colours = ["#4e79a7", "#59a14f", "#9c755f"];
+        for (var i = 0; i < stageNames.Count; i++)
+        {
+            var from = i == 0 ? started : growth[i - 1].End;
+            var to = i == stageNames.Count - 1 ? completed : growth[i].End.AddSeconds(-growth[i].Seconds);
+            svg.AppendLine(CultureInfo.InvariantCulture, $"<rect x=\"{X(from)}\" y=\"20\" width=\"{W(from, to)}\" height=\"40\" fill=\"{colours[i % colours.Length]}\"/>");
+            svg.AppendLine(CultureInfo.InvariantCulture, $"<text x=\"{X(from)}\" y=\"15\">{stageNames[i]}: {(to - from).TotalDays:0.00} d</text>");
+            if (i < growth.Count)
+                svg.AppendLine(CultureInfo.InvariantCulture, $"<rect x=\"{X(to)}\" y=\"20\" width=\"{W(to, growth[i].End)}\" height=\"40\" fill=\"#f28e2b\"><title>growth {growth[i].Seconds / 60:0.0} min</title></rect>");
+        }
+        DateTime? lost = null;
+        foreach (var ev in events)
+        {
+            if (ev.Kind == "workers-lost")
+            {
+                lost ??= ev.At;
+                svg.AppendLine(CultureInfo.InvariantCulture, $"<line x1=\"{X(ev.At)}\" x2=\"{X(ev.At)}\" y1=\"65\" y2=\"110\" stroke=\"#e15759\" stroke-width=\"2\"><title>{System.Security.SecurityElement.Escape(ev.Message)}</title></line>");
+            }
+            else if (ev.Kind == "recovered" && lost is { } since)
+            {
+                svg.AppendLine(CultureInfo.InvariantCulture, $"<rect x=\"{X(since)}\" y=\"80\" width=\"{W(since, ev.At)}\" height=\"20\" fill=\"#e15759\" opacity=\"0.6\"><title>{System.Security.SecurityElement.Escape(ev.Message)}</title></rect>");
+                lost = null;
+            }
+        }
+        for (var d = 0; d <= (int)days; d++)
+        {
+            var x = X(submitted.AddDays(d));
+            svg.AppendLine(CultureInfo.InvariantCulture, $"<line x1=\"{x}\" x2=\"{x}\" y1=\"120\" y2=\"125\" stroke=\"black\"/><text x=\"{x}\" y=\"140\" text-anchor=\"middle\">{d}</text>");
+        }
+        svg.AppendLine(CultureInfo.InvariantCulture, $"<text x=\"{left}\" y=\"160\">simulated days; stages (blue, green, brown), growth (orange), server losses (red lines) and recoveries until their first step (red)</text>");
+        svg.AppendLine("</svg>");
+        return svg.ToString();
     }
 
     private static double GrowthSeconds(string message) =>

@@ -99,6 +99,41 @@ public sealed class SimJobTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_growth_schedule_on_simulated_gpus_changes_shape_and_layout_twice_and_trains_every_sample_once()
+    {
+        // Three stages of a small model, each in a layout of its own on 16 of the 24 simulated GPUs.
+        var micro = TestClusters.MicroJob(8, 2, 1, 1, 10);
+        var job = JobValidator.Validate(micro with
+        {
+            Name = "sim-growth",
+            Train = micro.Train with { Precision = "bf16", Device = JobValidator.SimDevice },
+            Checkpoint = new CheckpointConfig { Dir = _checkpoints, Interval = 5, MemoryInterval = 2 },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = 10 },
+                new StageConfig { Name = "b", Hidden = 128, Heads = 8, Steps = 10, MaskRampSteps = 3, Layout = new LayoutConfig { Dp = 2, Tp = 4, Pp = 2, MicroBatches = 4 } },
+                new StageConfig { Name = "c", Layers = 4, Steps = 10, MaskRampSteps = 3, Layout = new LayoutConfig { Dp = 1, Tp = 4, Pp = 4, MicroBatches = 8 } },
+            ],
+        });
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => s.State.IsFinal());
+        var events = await TestClusters.Events(_cluster.Client, id);
+        string Events() => string.Join("\n", events.Select(e => $"{e.Kind}: {e.Message}"));
+        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events()}");
+
+        var growth = events.Where(e => e.Kind == "growth").Select(e => e.Message).ToList();
+        Assert.Equal(2, growth.Count);
+        Assert.StartsWith("a → b at step 10:", growth[0]);
+        Assert.Contains("layout dp=8,tp=2,pp=1,micro=1 → dp=2,tp=4,pp=2,micro=4", growth[0]);
+        Assert.StartsWith("b → c at step 20:", growth[1]);
+        Assert.Contains("layout dp=2,tp=4,pp=2,micro=4 → dp=1,tp=4,pp=4,micro=8", growth[1]);
+        Assert.Equal(["a", "b", "c"], (await TestClusters.Steps(_cluster.Client, id)).Select(p => p.Stage).Distinct());
+        Assert.True(status.Time!.Growth > 0, Events()); // the modelled checkpoint, load and evaluations of each transition
+        AssertAccountsForTheWallTime(status);
+        AssertEverySampleOnce(id, 30, 8);
+    }
+
+    [Fact]
     public async Task A_layout_whose_state_does_not_fit_a_gpu_fails_like_a_real_one()
     {
         // 101B on 16 GPUs without data parallelism: the optimizer state is not sharded and needs 76 GB per GPU.

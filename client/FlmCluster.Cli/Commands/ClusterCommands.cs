@@ -20,13 +20,14 @@ public static partial class ClusterCommands
         var basePort = new Option<int>("--base-port") { Description = "Silo ports start here, gateway ports at base+1000, web ports (dashboards, /metrics) at base+2000", DefaultValueFactory = _ => 11111 };
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
-        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout };
+        var sim = new Option<bool>("--sim") { Description = "Simulated GPUs (sim devices, docs/simulation.md): jobs with train.device=sim run on one virtual clock the silos share" };
+        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout, sim };
         up.SetAction(parse =>
         {
             if (parse.GetValue(controls) < 0)
                 throw new FlmUserException($"--control-nodes must not be negative (got {parse.GetValue(controls)})");
             return Up(parse.GetValue(nodes), parse.GetValue(gpus), Math.Max(parse.GetValue(controls), parse.GetValue(control) ? 1 : 0), parse.GetValue(redis),
-                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)));
+                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(sim));
         });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
@@ -82,7 +83,7 @@ public static partial class ClusterCommands
     private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
-    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout)
+    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout, bool sim)
     {
         if (nodes < 1 || gpus < 1)
             throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
@@ -108,8 +109,10 @@ public static partial class ClusterCommands
         Directory.CreateDirectory(Path.Combine(home, "logs"));
         Directory.CreateDirectory(Path.Combine(home, "ready"));
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
-        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
+        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"{(sim ? "sim" : "cpu")}:{gpus}")).ToList();
         specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
+        if (sim)
+            File.Delete(Path.Combine(home, "sim-clock")); // a new cluster's clock starts at real time
         var clusterId = $"flm-{Guid.NewGuid():N}"[..12];
         var started = new List<SiloProcess>();
         for (var i = 0; i < specs.Count; i++)
@@ -126,6 +129,8 @@ public static partial class ClusterCommands
             ];
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
+            if (sim)
+                args.AddRange(["--sim-clock", Path.Combine(home, "sim-clock")]);
             started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, ready, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
