@@ -27,24 +27,31 @@ public sealed class SimEndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Trim();
 
-        // Once a replica is held, the first server of the job dies.
+        // Once a replica is held, the server of the job's rank 0 dies (the job holds two of the three).
         var watch = Stopwatch.StartNew();
+        string victim;
         while (true)
         {
             var status = _flm.Run("status", jobId);
             if (Regex.IsMatch(status.Output, @"in-memory replicas at step \d+"))
+            {
+                victim = Regex.Match(status.Output, @"^  (\w+): rank", RegexOptions.Multiline).Groups[1].Value;
                 break;
+            }
             Assert.True(watch.Elapsed < TimeSpan.FromMinutes(3), status.Output + status.Error);
         }
-        Process.GetProcessById(_flm.SiloPid("node0")).Kill();
+        Process.GetProcessById(_flm.SiloPid(victim)).Kill();
 
         var follow = _flm.Run(TimeSpan.FromMinutes(5), "status", jobId, "--watch");
+        output.WriteLine(follow.Output);
         output.WriteLine(follow.Error);
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
         Assert.Contains($"{jobId}: completed at step {steps}/{steps}", follow.Output);
         Assert.Matches(@"replaced: .*: 16 GPUs, layout dp=8,tp=2,pp=1,micro=24 → 16 GPUs, layout dp=8,tp=2,pp=1,micro=24; from the in-memory replicas of step \d+", follow.Error);
         var final = _flm.Run("status", jobId);
-        Assert.DoesNotMatch(@"^  node0: rank", final.Output);
+        var nodes = Regex.Matches(final.Output, @"^  (\w+): rank", RegexOptions.Multiline).Select(m => m.Groups[1].Value).ToList();
+        Assert.Equal(2, nodes.Count);
+        Assert.DoesNotContain(victim, nodes);
 
         // Real checkpoints of simulated ranks: one small shard per rank under a manifest the verifier accepts.
         var list = _flm.Run("checkpoint", "list", dir, "--checksums", "--json");
@@ -54,9 +61,10 @@ public sealed class SimEndToEndTests(ITestOutputHelper output) : IDisposable
         Assert.True(last.GetProperty("valid").GetBoolean(), list.Output);
         Assert.Equal(16, Directory.GetFiles(Path.Combine(dir, "step-00000300"), "shard-*.sim.json").Length);
 
-        // The steps took their modelled time on the shared clock: 300 steps of 15.25 s (cost model, this layout).
+        // The steps took their modelled time on the shared clock (15.25 s each at this layout, by the cost model): all
+        // but the first after the recovery, which is the recovery's last phase, are productive.
         var productive = Regex.Match(final.Output, @"productive ([0-9.]+) s");
         Assert.True(productive.Success, final.Output);
-        Assert.InRange(double.Parse(productive.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), steps * 15.25, steps * 15.25 + watch.Elapsed.TotalSeconds + 60);
+        Assert.InRange(double.Parse(productive.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), (steps - 1) * 15.25, steps * 15.25 + watch.Elapsed.TotalSeconds);
     }
 }
