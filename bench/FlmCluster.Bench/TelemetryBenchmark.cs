@@ -72,11 +72,12 @@ public static class TelemetryBenchmark
         var reports = last.Ranks.Select(r => new WorkerStepReport(last.Point.Step, r.Rank, r.Rank == 0, 1.0, 8, 0.5, false, r.StepMs, r.CommunicationMs, 4096,
             r.PipelineIdleMs, 0)).ToList();
         var workers = last.Ranks.Select(r => r.Worker).ToList();
+        var time = new TimeAccount(2, 5, 300, 10, 4, 0, 0, 3, new RecoveryTime(2.7, 0.1, 0.1, 1.1, 0.1, 0.3, 0, 1));
         var coordinator = Median(2000, () =>
         {
             using var activity = StepTelemetry.Start(id, "main", last.Point.Step);
             var record = StepTelemetry.Record(last.Point, job.Model, last.Layout, workers, reports, TimeSpan.FromMilliseconds(last.Point.StepMs), DateTime.UtcNow);
-            StepTelemetry.Committed(id, record, activity);
+            StepTelemetry.Committed(id, record, time, activity);
         });
 
         // One rank: its span and metrics of a step.

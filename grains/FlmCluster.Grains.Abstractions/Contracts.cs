@@ -102,13 +102,15 @@ public static class SessionKeys
 }
 
 /// <summary>
-/// Where the in-memory replicas of a step are: for every rank, the workers that hold its replica (the rank's
-/// own worker first, then its peer on another server).
+/// Where the in-memory replicas of a step are: for every rank of the layout that took them, the workers that
+/// hold its shard (the rank's own worker first, then its peer on another server), and the checkpoint manifest
+/// of those shards, so that a rank of any layout restores from them as from a checkpoint.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaSource")]
 public sealed record ReplicaSource(
     [property: Id(0)] long Step,
-    [property: Id(1)] IReadOnlyList<IReadOnlyList<string>> Holders);
+    [property: Id(1)] IReadOnlyList<IReadOnlyList<string>> Holders,
+    [property: Id(2)] string ManifestJson);
 
 /// <summary>An in-memory snapshot the coordinator asks for: every worker copies its rank now and sends the copy to Peer.</summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaCommand")]
@@ -129,13 +131,18 @@ public sealed record ReplicaChunk(
     [property: Id(5)] byte[] Data,
     [property: Id(6)] string Checksum);
 
-/// <summary>Where a worker's replica stands: still being sent, held by its peer (Done), or failed (Error).</summary>
+/// <summary>
+/// Where a worker's replica stands: still being sent, held by its peer (Done: with the shard's description, as a
+/// checkpoint's shard is described, and the rank's data fingerprint), or failed (Error).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("flm.ReplicaStatus")]
 public sealed record ReplicaStatus(
     [property: Id(0)] long Step,
     [property: Id(1)] bool Done,
     [property: Id(2)] long Bytes,
-    [property: Id(3)] string? Error);
+    [property: Id(3)] string? Error,
+    [property: Id(4)] string? ShardJson = null,
+    [property: Id(5)] string? DataFingerprint = null);
 
 /// <summary>A checkpoint the coordinator asks for: every worker snapshots now and writes its shard into Directory.</summary>
 [GenerateSerializer, Immutable, Alias("flm.SaveCommand")]

@@ -97,6 +97,9 @@ public sealed class DashboardEndToEndTests : IDisposable
         var lost = Array.IndexOf(kinds, "workers-lost");
         Assert.True(lost >= 0 && Array.IndexOf(kinds, "shrunk") > lost && Array.LastIndexOf(kinds, "started") > lost, string.Join(", ", kinds));
         Assert.Contains("layout dp=1,tp=2,pp=1", await page.Locator(".timeline .ev[data-kind='shrunk']").InnerTextAsync());
+        // The recovery cost training time: the job's ETTR is below 100 %, and the same in the jobs list.
+        var ettr = await page.Locator(".stat", new() { Has = page.Locator(".k", new() { HasTextRegex = new System.Text.RegularExpressions.Regex("^ETTR$") }) }).Locator(".v").InnerTextAsync();
+        Assert.Matches(@"^\d{1,2}\.\d %$", ettr);
         await Browser.Screenshot(page, "dashboard-job-after-server-loss.png");
 
         Assert.Empty(browser.Errors);

@@ -31,6 +31,10 @@ public sealed class TelemetryEndToEndTests : IDisposable
         _flm.Environment["Flm__Exporters"] = "prometheus,otlp";
         _flm.Environment["Flm__OtlpEndpoint"] = _otlp.Endpoint;
         _flm.Environment["Flm__PeakTflops"] = "0.5";
+        // Every span must arrive: on a loaded test machine an export may wait past the default 10 s, and a batch
+        // that times out is dropped unless the exporter retries it.
+        _flm.Environment["OTEL_EXPORTER_OTLP_TIMEOUT"] = "60000";
+        _flm.Environment["OTEL_DOTNET_EXPERIMENTAL_OTLP_RETRY"] = "in_memory";
         _flm.Up(nodes: 2, gpusPerNode: 2, basePort: 21511);
         var metrics = _flm.SiloHttpPorts().Select(p => $"http://127.0.0.1:{p}/metrics").ToList();
         Assert.Equal(3, metrics.Count);
@@ -95,6 +99,11 @@ public sealed class TelemetryEndToEndTests : IDisposable
         Assert.Equal(history[^1].GetProperty("loss").GetDouble(), loss.Value);
         var mfu = Assert.Single(samples, s => s.Name == "flm_job_mfu");
         Assert.Equal(history[^1].GetProperty("mfu").GetDouble(), mfu.Value);
+        // Where the job's time went, as of its last committed step: every use one series, ETTR their productive share.
+        var time = samples.Where(s => s.Name == "flm_job_time_seconds").ToDictionary(s => s["flm_use"]!, s => s.Value);
+        Assert.Equal(["checkpoint_stall", "growth", "overhead", "paused", "productive", "queued", "recovery", "redone", "startup"], time.Keys.Order());
+        var ettr = Assert.Single(samples, s => s.Name == "flm_job_ettr").Value;
+        Assert.Equal(time["productive"] / (time.Values.Sum() - time["queued"]), ettr, 1e-9);
 
         for (var rank = 0; rank < Ranks; rank++)
         {
@@ -179,6 +188,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
         }
         var all = _otlp.Spans;
         Assert.True(steps.Count == Steps, $"{steps.Count} job.step spans of {job} after {watch.Elapsed.TotalSeconds:F0} s; "
+            + $"missing steps {string.Join(",", Enumerable.Range(0, Steps).Except(steps.Select(x => (int)x.Long("flm.step"))))}; "
             + $"{_otlp.Exports} exports received, {all.Count} spans in all: "
             + string.Join(", ", all.GroupBy(s => s.Name).Select(g => $"{g.Key} ×{g.Count()}")));
         Assert.Equal(Enumerable.Range(0, Steps).Select(i => (long)i), steps.Select(s => s.Long("flm.step")).Order());

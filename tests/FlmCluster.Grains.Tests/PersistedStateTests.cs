@@ -33,7 +33,7 @@ public sealed class PersistedStateTests
         {
             Job = new AcceptedJob("tiny", new JobSubmission("{}", 3, "/ckpt/step-00000010", true), "tiny-1a2b3c4d", 2, 2, 1, 200, "cpu", new DateTime(2026, 12, 1, 12, 0, 0, DateTimeKind.Utc)),
             Phase = JobPhase.Waiting,
-            Rebuild = Rebuild.FromReplicas(new ReplicaSource(45, [new List<string> { "node0/gpu0", "node1/gpu0" }])),
+            Rebuild = Rebuild.FromReplicas(new ReplicaSource(45, [new List<string> { "node0/gpu0", "node1/gpu0" }], "{\"step\": 45}")),
             Incarnation = 7,
             Cursor = at,
             RankWorkers = ["node0/gpu0", "node0/gpu1", "node1/gpu0", "node1/gpu1"],
@@ -42,7 +42,7 @@ public sealed class PersistedStateTests
             Recent = [new StepPoint(49, 3.2, 1000, 12.5, 0.8, 0.1, 1e-3, 4096, false, "b")],
             Pending = new PendingCheckpoint(at, "/ckpt/step-00000050", "abc", DateTime.UtcNow),
             LastCheckpoint = new PendingCheckpoint(at with { NextStep = 40 }, "/ckpt/step-00000040", "abc", DateTime.UtcNow),
-            LastReplica = ReplicaPoint.Of(at with { NextStep = 45 }, ["node0/gpu0", "node1/gpu0"], ["node1/gpu0", "node0/gpu0"], DateTime.UtcNow),
+            LastReplica = ReplicaPoint.Of(at with { NextStep = 45 }, ["node0/gpu0", "node1/gpu0"], ["node1/gpu0", "node0/gpu0"], DateTime.UtcNow) with { ManifestJson = "{\"step\": 45}" },
             RestoresWithoutProgress = 2,
             Growth = new GrowthTransition(3.1, DateTime.UtcNow),
             GrowBackDp = 2,
@@ -65,6 +65,8 @@ public sealed class PersistedStateTests
         Assert.Equal(state.Cursor, back.Cursor);
         Assert.Equal(state.Time.Account(), back.Time.Account());
         Assert.Equal(state.Rebuild!.Replicas!.Step, back.Rebuild!.Replicas!.Step);
+        Assert.Equal(state.Rebuild.Replicas.ManifestJson, back.Rebuild.Replicas!.ManifestJson);
+        Assert.Equal(state.LastReplica.ManifestJson, back.LastReplica.ManifestJson);
         // Reading filled nothing shared: a new job still starts at step 0.
         Assert.Equal(new JobCursor(0, 0, 0, 0, 0), new JobState().Cursor);
     }

@@ -160,36 +160,102 @@ public sealed class CheckpointTests : IDisposable
     [Theory]
     [InlineData("fp32")]
     [InlineData("bf16")] // separate fp32 master weights
-    public void A_rank_replica_restores_its_own_rank_bit_identically_and_no_other(string precision)
+    public void In_memory_replicas_are_checkpoint_shards_and_restore_into_the_same_layout_and_into_another(string precision)
     {
         using var data = TestJobs.SharedBytes();
         var job = Job(2, 1, 2, precision: precision) with { Checkpoint = new CheckpointConfig() };
         using var straight = LocalEngine.Create(job, data);
         for (var i = 0; i < 3; i++)
             straight.RunStep();
-        // Small chunks, so that every tensor spans several of them.
-        var replicas = straight.Fan(r =>
+        // Each rank's shard in host memory (small chunks, so that tensors span several) and, from the same
+        // snapshot, on disk: the same bytes.
+        var disk = Path.Combine(_root, "same-state");
+        Directory.CreateDirectory(disk);
+        var held = straight.Fan(r =>
         {
-            using var snapshot = RankSnapshot.Capture(straight.Ranks[r], allParameters: true);
-            return RankReplica.Serialize(snapshot, straight.NextStep, chunkSize: 64 << 10);
+            using var snapshot = RankSnapshot.Capture(straight.Ranks[r]);
+            var written = ShardWriter.Write(snapshot, disk);
+            var (bytes, shard) = ShardWriter.Serialize(snapshot, chunkSize: 64 << 10);
+            Assert.Equal(written, shard with { Tensors = written.Tensors }); // same file, size and SHA-256
+            Assert.Equal(written.Tensors.Select(t => t.Pieces.Single()), shard.Tensors.Select(t => t.Pieces.Single()));
+            Assert.Equal(File.ReadAllBytes(Path.Combine(disk, shard.Shard.File)), bytes.Chunks.SelectMany(c => c).ToArray());
+            return (Bytes: bytes, Shard: shard);
         });
-        Assert.All(replicas, b => Assert.True(b.Chunks.Count > 4));
+        Assert.All(held, h => Assert.True(h.Bytes.Chunks.Count > 1));
+        var manifest = straight.Progress.Manifest(straight.Cursor, RunIdentity.New(straight.Progress.Job), "job", straight.Data.Fingerprint, held.Select(h => h.Shard).ToList());
+        CheckpointStore.Commit(disk, manifest);
+        var byFile = held.ToDictionary(h => h.Shard.Shard.File, h => h.Bytes);
         var expected = Enumerable.Range(0, 3).Select(_ => straight.RunStep().Loss).ToList();
         var expectedParams = StateAssembler.GatherParameters(straight.Ranks);
 
-        using var restored = LocalEngine.Create(job, data);
-        var steps = restored.Fan(r => RankReplica.Restore(restored.Ranks[r], replicas[r]));
-        Assert.All(steps, s => Assert.Equal(3, s));
-        Assert.All(restored.Ranks, r => Assert.Equal(3, r.Optimizer.Step));
-        restored.SetCursor(new JobCursor(3, 3 * job.Train.GlobalBatch, 3, 0, 0));
-        Assert.Equal(expected, Enumerable.Range(0, 3).Select(_ => restored.RunStep().Loss));
-        foreach (var (name, t) in StateAssembler.GatherParameters(restored.Ranks))
-            Assert.True(t.equal(expectedParams[name]).all().item<bool>(), name);
+        // The same layout: bit for bit, each rank fetching only the shards its slices are in (its own for the
+        // moments, data-parallel rank 0's of its stage for the parameters).
+        var fetched = new FetchedShards[4];
+        using (var restored = LocalEngine.Create(job, data))
+        {
+            restored.Fan(r =>
+            {
+                fetched[r] = new FetchedShards(file => byFile[file]);
+                CheckpointRestore.Load(restored.Ranks[r], CheckpointReader.InMemory("replicas", manifest, fetched[r]));
+            });
+            Assert.All(restored.Ranks, r => Assert.Equal(3, r.Optimizer.Step));
+            restored.SetCursor(JobCursor.Of(manifest));
+            Assert.Equal(expected, Enumerable.Range(0, 3).Select(_ => restored.RunStep().Loss));
+            foreach (var (name, t) in StateAssembler.GatherParameters(restored.Ranks))
+                Assert.True(t.equal(expectedParams[name]).all().item<bool>(), name);
+        }
+        var ranksOf = new[] { "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors", "shard-00003.safetensors" };
+        var layout = new FlmCluster.Training.Parallel.ParallelLayout(2, 1, 2, 2);
+        for (var r = 0; r < 4; r++)
+        {
+            var coords = layout.CoordsOf(r);
+            var paramsFrom = layout.RankOf(coords with { Dp = 0 });
+            // The last stage's output head is tied to the embedding, saved by the first stage: its values are in
+            // data-parallel rank 0's shard there, its moments in the shard of the same data-parallel rank.
+            var tiedFrom = coords.Pp == layout.Pp - 1 ? new[] { ranksOf[0], ranksOf[layout.RankOf(coords with { Pp = 0 })] } : [];
+            Assert.Equal(new[] { ranksOf[r], ranksOf[paramsFrom] }.Concat(tiedFrom).Distinct().Order(StringComparer.Ordinal), fetched[r].Fetched);
+        }
 
-        // Rank 1's replica does not go into rank 0.
-        using var other = LocalEngine.Create(job, data);
-        var ex = Assert.Throws<InvalidDataException>(() => RankReplica.Restore(other.Ranks[0], replicas[1]));
-        Assert.Contains("the replica is of rank 1, this rank is 0", ex.Message);
+        // Another layout (tp = 2 on one pipeline stage): the same state as from the checkpoint on disk, bit for bit.
+        var other = Job(1, 2, 1, precision: precision) with { Checkpoint = new CheckpointConfig() };
+        using var fromMemory = LocalEngine.Create(other, data);
+        using var fromDisk = LocalEngine.Create(other, data);
+        fromMemory.Fan(r => CheckpointRestore.Load(fromMemory.Ranks[r], CheckpointReader.InMemory("replicas", manifest, new FetchedShards(file => byFile[file]))));
+        fromDisk.Fan(r => CheckpointRestore.Load(fromDisk.Ranks[r], CheckpointReader.Open(disk)));
+        foreach (var gather in new Func<IReadOnlyList<RankTrainer>, Dictionary<string, Tensor>>[] { StateAssembler.GatherParameters, StateAssembler.GatherOptimizer })
+        {
+            var (memory, onDisk) = (gather(fromMemory.Ranks), gather(fromDisk.Ranks));
+            Assert.Equal(onDisk.Keys.Order(), memory.Keys.Order());
+            foreach (var (name, t) in memory)
+                Assert.True(t.equal(onDisk[name]).all().item<bool>(), name);
+        }
+        fromMemory.SetCursor(JobCursor.Of(manifest));
+        fromDisk.SetCursor(JobCursor.Of(manifest));
+        Assert.Equal(Enumerable.Range(0, 3).Select(_ => fromDisk.RunStep().Loss), Enumerable.Range(0, 3).Select(_ => fromMemory.RunStep().Loss));
+    }
+
+    [Fact]
+    public void An_in_memory_checkpoint_missing_a_shard_or_with_a_bad_manifest_is_refused()
+    {
+        using var data = TestJobs.SharedBytes();
+        var job = Job(2, 1, 1) with { Checkpoint = new CheckpointConfig() };
+        using var engine = LocalEngine.Create(job, data);
+        engine.RunStep();
+        var held = engine.Fan(r =>
+        {
+            using var snapshot = RankSnapshot.Capture(engine.Ranks[r]);
+            return ShardWriter.Serialize(snapshot, chunkSize: 64 << 10);
+        });
+        var manifest = engine.Progress.Manifest(engine.Cursor, RunIdentity.New(engine.Progress.Job), "job", engine.Data.Fingerprint, held.Select(h => h.Shard).ToList());
+        var escaping = manifest with { Shards = [manifest.Shards[0] with { File = "../shard-00000.safetensors" }, manifest.Shards[1]] };
+        Assert.Contains("not a plain file name", Assert.Throws<InvalidCheckpointException>(() =>
+            CheckpointReader.InMemory("replicas", escaping, new FetchedShards(_ => held[0].Bytes))).Message);
+
+        // A holder that answers with fewer bytes than the manifest says: refused before any tensor is touched.
+        using var target = LocalEngine.Create(job, data);
+        var truncated = new ChunkedBytes([held[1].Bytes.Chunks[0]]);
+        var reader = CheckpointReader.InMemory("replicas", manifest, new FetchedShards(file => file == held[0].Shard.Shard.File ? held[0].Bytes : truncated));
+        Assert.Throws<InvalidCheckpointException>(() => target.Fan(r => CheckpointRestore.Load(target.Ranks[r], reader)));
     }
 
     [Fact]

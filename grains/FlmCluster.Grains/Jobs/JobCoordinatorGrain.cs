@@ -282,18 +282,7 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
         if (await Recovery.GrowingBack())
             return;
         await _steps.RunStep();
-        if (S.Pending is null && progress.CheckpointDue(S.Cursor, S.SaveRequested))
-        {
-            _job.Spend(TimeUse.CheckpointStall);
-            await _points.BeginCheckpoint();
-            _job.Spend(TimeUse.Overhead);
-        }
-        if (progress.ReplicaDue(S.Cursor) && _points.CanReplicate)
-        {
-            _job.Spend(TimeUse.CheckpointStall);
-            await _points.BeginReplica();
-            _job.Spend(TimeUse.Overhead);
-        }
+        await _points.BeginDue();
     }
 
     /// <summary>What is left of a recovery decision for the grain: ending a job the policy gave up on (saying what to resume from).</summary>
@@ -303,14 +292,4 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
             : Task.CompletedTask;
 
     private static string Text(JobPhase phase) => phase.ToString().ToLowerInvariant();
-}
-
-internal static class ReminderExtensions
-{
-    public static async Task UnregisterReminderIfExists(this Grain grain, string name)
-    {
-        var reminder = await grain.GetReminder(name);
-        if (reminder is not null)
-            await grain.UnregisterReminder(reminder);
-    }
 }

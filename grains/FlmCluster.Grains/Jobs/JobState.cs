@@ -74,7 +74,8 @@ public sealed class JobState
 public sealed record ReplicaPoint(
     [property: Id(0)] JobCursor Cursor,
     [property: Id(1)] IReadOnlyList<IReadOnlyList<string>> Holders,
-    [property: Id(2)] DateTime StartedAt)
+    [property: Id(2)] DateTime StartedAt,
+    [property: Id(3)] string ManifestJson = "")
 {
     public long Step => Cursor.NextStep;
 

@@ -164,8 +164,8 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         {
             case RecoverySource.Replicas:
                 var replica = S.LastReplica!;
-                var replicas = Abstractions.Rebuild.FromReplicas(new ReplicaSource(replica.Step, replica.Holders));
-                return (replicas, replica.Cursor, $"{replicas} (each rank's own copy, or its peer's)");
+                var replicas = Abstractions.Rebuild.FromReplicas(new ReplicaSource(replica.Step, replica.Holders, replica.ManifestJson));
+                return (replicas, replica.Cursor, $"{replicas} (each shard from its rank's server, or its peer's)");
             case RecoverySource.StageCheckpoint:
                 var grown = Abstractions.Rebuild.GrowFrom(S.LastCheckpoint!.Directory);
                 return (grown, job.Cursor, grown.ToString());

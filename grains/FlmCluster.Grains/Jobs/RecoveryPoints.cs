@@ -9,8 +9,9 @@ namespace FlmCluster.Grains.Jobs;
 /// <summary>
 /// A job's recovery points: persistent checkpoints (every worker snapshots and writes its shard in the
 /// background; the coordinator commits the manifest once every shard is durable, then prunes the run's old ones)
-/// and in-memory replicas (every worker keeps a copy of its rank and sends one to a peer on another server; the
-/// coordinator records the step once every copy arrived and tells workers to drop older ones). Steps go on while
+/// and in-memory replicas (every worker keeps its shard — a checkpoint shard, in host memory — and sends a copy to
+/// a peer on another server; the coordinator records the step with the shards' manifest once every copy arrived,
+/// and tells workers to drop older ones). Steps go on while
 /// both are written.
 /// </summary>
 public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
@@ -67,6 +68,24 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         if (S.Pending is null)
             await BeginCheckpoint();
         return false;
+    }
+
+    /// <summary>Begins the checkpoint and the replica the committed step is due for; steps wait only for the snapshots.</summary>
+    public async Task BeginDue()
+    {
+        var progress = job.Progress;
+        if (S.Pending is null && progress.CheckpointDue(job.Cursor, S.SaveRequested))
+        {
+            job.Spend(TimeUse.CheckpointStall);
+            await BeginCheckpoint();
+            job.Spend(TimeUse.Overhead);
+        }
+        if (progress.ReplicaDue(job.Cursor) && CanReplicate)
+        {
+            job.Spend(TimeUse.CheckpointStall);
+            await BeginReplica();
+            job.Spend(TimeUse.Overhead);
+        }
     }
 
     /// <summary>Every worker snapshots its rank now and writes its shard in the background; steps go on.</summary>
@@ -148,6 +167,10 @@ public sealed class RecoveryPoints(JobStateMachine job, RankCalls ranks)
         }
         if (!statuses.All(s => s.Done))
             return;
+        // The shards of every rank make a checkpoint manifest, so that a rank of any layout can restore from them.
+        var shards = statuses.Select(s => JsonSerializer.Deserialize<WrittenShard>(s.ShardJson!, CheckpointManifest.Json)!).ToList();
+        var manifest = job.Progress.Manifest(pending.Cursor, job.Run, job.JobId, statuses[0].DataFingerprint!, shards);
+        pending = pending with { ManifestJson = JsonSerializer.Serialize(manifest, CheckpointManifest.Json) };
         if (S.LastReplica is null)
             job.Log("replica", $"in-memory snapshots every {job.Job.Job.Checkpoint.MemoryInterval} steps, each rank's kept by a peer on another server: " +
                 $"step {pending.Step}, {statuses.Sum(s => s.Bytes) / 1e6:0.0} MB in {(job.Now.UtcDateTime - pending.StartedAt).TotalSeconds:0.0} s");

@@ -9,7 +9,7 @@ public enum RecoverySource
     /// <summary>Nothing was trained yet: from the job's seed (or the checkpoint it resumes from).</summary>
     Start,
 
-    /// <summary>The newest in-memory replicas: each rank's own copy or its peer's (same layout).</summary>
+    /// <summary>The newest in-memory replicas (each rank's shard from its own server or its peer's), into any layout.</summary>
     Replicas,
 
     /// <summary>The newest valid checkpoint on disk, into any layout.</summary>
@@ -48,9 +48,9 @@ public abstract record RecoveryDecision(string Reason)
 /// <param name="Dp">Data-parallel size of the job's widest layout now.</param>
 /// <param name="SubmittedDp">… and as submitted.</param>
 /// <param name="NextStep">The committed step.</param>
-/// <param name="ReplicaStep">The step of the newest in-memory replicas every rank's holders have (same layout as now), or null.</param>
+/// <param name="ReplicaStep">The step of the newest in-memory replicas every rank's holders have, or null.</param>
 /// <param name="CheckpointStep">The step of the newest committed checkpoint (in the job's folder, or the one it resumes from), or null.</param>
-/// <param name="CanCheckpoint">The job has a checkpoint folder (a resize goes through a checkpoint).</param>
+/// <param name="CanCheckpoint">The job has a checkpoint folder (a grow-back goes through a checkpoint).</param>
 /// <param name="OutageSince">When the current loss of workers began, or null.</param>
 /// <param name="Anomalies">For an anomaly: the rollbacks already done at its step.</param>
 /// <param name="StorageDownSince">When saving the job's state began to fail, or null.</param>
@@ -88,8 +88,8 @@ public sealed record RecoverySettings(
 /// How a job recovers, as a pure function of where it stands, what failed, what the cluster can offer and the
 /// time. The order of preference when ranks are lost: rebuild in place when their servers are back; replace
 /// them with free GPUs of the same shape; wait for the servers; after the wait, shrink onto fewer replicas. The
-/// newest recovery point is used: in-memory replicas when they are at least as new as the newest checkpoint and
-/// the layout stays, else the checkpoint.
+/// newest recovery point is used, in whatever layout the job continues: in-memory replicas when they are at
+/// least as new as the newest checkpoint, else the checkpoint.
 /// </summary>
 public static class RecoveryPolicy
 {
@@ -134,10 +134,9 @@ public static class RecoveryPolicy
         }
         if (settings.Replace && cluster.FittingDp.Contains(job.Dp))
             return new RecoveryDecision.Replace(job.Dp, source, failure.Message);
-        // Fewer replicas means another layout: replicas cannot be resharded, a checkpoint can.
-        var resharded = source == RecoverySource.Replicas ? (job.CheckpointStep is not null ? RecoverySource.Checkpoint : (RecoverySource?)null) : source;
-        if (waited >= settings.Wait && settings.Shrink && job.CanCheckpoint && resharded is { } from && cluster.FittingDp.FirstOrDefault(dp => dp < job.Dp) is > 0 and var dp)
-            return new RecoveryDecision.Shrink(dp, from, $"servers gone for more than {settings.Wait.TotalSeconds:0} s ({failure.Message})");
+        // Fewer replicas means another layout: replicas reshard like a checkpoint, so the newest point serves.
+        if (waited >= settings.Wait && settings.Shrink && cluster.FittingDp.FirstOrDefault(dp => dp < job.Dp) is > 0 and var dp)
+            return new RecoveryDecision.Shrink(dp, source, $"servers gone for more than {settings.Wait.TotalSeconds:0} s ({failure.Message})");
         return new RecoveryDecision.Wait(now + settings.RetryEvery,
             waited < settings.Wait
                 ? $"{failure.Message}; waiting up to {settings.Wait.TotalSeconds:0} s for the servers to come back"

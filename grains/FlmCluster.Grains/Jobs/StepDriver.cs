@@ -48,7 +48,7 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         var layout = job.StageLayout;
         var record = StepTelemetry.Record(point, job.StageJob.Model, $"dp={layout.Dp},tp={layout.Tp},pp={layout.Pp}", job.Ranks, reports, elapsed, job.Now.UtcDateTime);
         await job.CommitStep(next, record);
-        StepTelemetry.Committed(job.JobId, record, activity);
+        StepTelemetry.Committed(job.JobId, record, job.State.Time.Account(), activity);
         if (recovered is not null)
             Report(recovered);
         WatchStragglers(reports);

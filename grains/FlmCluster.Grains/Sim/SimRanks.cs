@@ -59,15 +59,24 @@ public sealed class SimRankExecutors(FlmNodeOptions node) : IRankExecutors
         return new BuiltRank(rank, TimeSpan.Zero, TimeSpan.FromSeconds(restore));
     }
 
-    /// <summary>Loading the replica: from host memory when this worker kept it, else over the network from its peer first.</summary>
+    /// <summary>
+    /// Loading this rank's state from the in-memory replicas: from host memory when this worker kept its own, else
+    /// over the network from a peer. The replicas' manifest must be of simulated shards, with this rank's among them
+    /// when the layout is the one they were taken in. (The shard's bytes are not read here: the fetch blocks, and a
+    /// simulated rank's work runs on its grain's turn.)
+    /// </summary>
     private static double ReplicaSeconds(RankSetup setup, StateCosts costs)
     {
         var a = setup.Assignment;
-        var replica = SimReplica.Read(setup.Replica!);
-        if (replica.Job != a.JobId || replica.Rank != a.Rank || replica.Step != a.Rebuild.Replicas!.Step)
-            throw new ReplicaUnavailableException(a.Rank, a.Rebuild.Replicas!.Step, $"the replica found for rank {a.Rank} is of rank {replica.Rank}, step {replica.Step} of job {replica.Job}");
-        var own = a.Rebuild.Replicas.Holders[a.Rank].FirstOrDefault() == setup.Worker;
-        return costs.HostCopySeconds(replica.Bytes) + (own ? 0 : costs.NetworkSeconds(replica.Bytes));
+        var source = a.Rebuild.Replicas!;
+        var manifest = setup.Replicas!.Manifest;
+        if (!SimCheckpoint.IsSimulated(manifest))
+            throw new InvalidCheckpointException($"the in-memory replicas of step {source.Step} were not taken by simulated devices");
+        if (manifest.Layout is { } taken && (taken.Dp, taken.Tp, taken.Pp) == (setup.Layout.Dp, setup.Layout.Tp, setup.Layout.Pp) && !manifest.Shards.Any(s => s.Rank == a.Rank && s.File == SimCheckpoint.ShardFile(a.Rank)))
+            throw new ReplicaUnavailableException(a.Rank, source.Step, $"the in-memory replicas of step {source.Step} have no shard of rank {a.Rank}");
+        var own = source.Holders[a.Rank].FirstOrDefault() == setup.Worker;
+        var bytes = costs.RankBytes(parameters: true);
+        return costs.HostCopySeconds(bytes) + (own ? 0 : costs.NetworkSeconds(bytes));
     }
 }
 
@@ -128,9 +137,9 @@ internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost,
         return (ModelledLoss.At(parameters, (double)(first + _share) * _job.Model.SeqLen) * tokens, tokens);
     }
 
-    public IRankCopy Copy(bool allParameters)
+    public IRankCopy Copy()
     {
-        var bytes = costs.RankBytes(allParameters || _coords.Dp == 0);
+        var bytes = costs.RankBytes(_coords.Dp == 0);
         var copied = Model(costs.HostCopySeconds(bytes));
         // The background work starts when this rank's copy is done, on the clock's time line.
         var copiedAt = sim.Clock.GetUtcNow() + (copied - sim.Clock.Modelled);
@@ -145,25 +154,30 @@ internal sealed class SimRank(FlmSimulation sim, RankSetup setup, StepCost cost,
         "sim-" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes($"{job.Tokenizer}|{string.Join("|", job.Data.Paths)}|{job.Data.Seed}")))[..16];
 }
 
-/// <summary>A simulated rank's state in host memory: a small real shard or replica, ready when the modelled write or send would be.</summary>
+/// <summary>A simulated rank's state in host memory: a small real shard, written or kept as a replica when the modelled write or send would be done.</summary>
 internal sealed class SimCopy(VirtualClock clock, RankSetup setup, double bytes, DateTimeOffset copiedAt, StateCosts costs) : IRankCopy
 {
     public async Task<WrittenShard> WriteShard(string directory)
     {
-        var a = setup.Assignment;
-        var file = SimCheckpoint.ShardFile(a.Rank);
-        var content = JsonSerializer.SerializeToUtf8Bytes(new SimShard(SimCheckpoint.Format, a.JobId, a.Rank, a.Stage, setup.Layout.ToString(), (long)bytes));
-        CheckpointStore.WriteDurably(Path.Combine(directory, file), s => s.Write(content));
+        var (content, shard) = Shard();
+        CheckpointStore.WriteDurably(Path.Combine(directory, shard.Shard.File), s => s.Write(content));
         await clock.WhenReached(copiedAt + TimeSpan.FromSeconds(costs.CheckpointWriteSeconds));
-        return new WrittenShard(new ShardRecord(file, a.Rank, content.Length, Convert.ToHexStringLower(SHA256.HashData(content))), []);
+        return shard;
     }
 
-    public async Task<ChunkedBytes> Serialize(long step, int chunkBytes)
+    public async Task<(ChunkedBytes Bytes, WrittenShard Shard)> Serialize(long step, int chunkBytes)
+    {
+        var (content, shard) = Shard();
+        await clock.WhenReached(copiedAt + TimeSpan.FromSeconds(costs.NetworkSeconds(bytes)));
+        return (new ChunkedBytes([content]), shard);
+    }
+
+    /// <summary>The shard's content and its record: which rank of which layout, and the bytes it stands for.</summary>
+    private (byte[] Content, WrittenShard Shard) Shard()
     {
         var a = setup.Assignment;
-        var payload = JsonSerializer.SerializeToUtf8Bytes(new SimReplica(a.JobId, a.Rank, step, (long)bytes));
-        await clock.WhenReached(copiedAt + TimeSpan.FromSeconds(costs.NetworkSeconds(bytes)));
-        return new ChunkedBytes([payload]);
+        var content = JsonSerializer.SerializeToUtf8Bytes(new SimShard(SimCheckpoint.Format, a.JobId, a.Rank, a.Stage, setup.Layout.ToString(), (long)bytes));
+        return (content, new WrittenShard(new ShardRecord(SimCheckpoint.ShardFile(a.Rank), a.Rank, content.Length, Convert.ToHexStringLower(SHA256.HashData(content))), []));
     }
 
     public void Dispose()
@@ -173,22 +187,6 @@ internal sealed class SimCopy(VirtualClock clock, RankSetup setup, double bytes,
 
 /// <summary>What a simulated rank's checkpoint shard file holds: which rank of which layout, and the bytes it stands for.</summary>
 internal sealed record SimShard(string Format, string Job, int Rank, int Stage, string Layout, long Bytes);
-
-/// <summary>What a simulated rank's replica holds.</summary>
-internal sealed record SimReplica(string Job, int Rank, long Step, long Bytes)
-{
-    public static SimReplica Read(ChunkedBytes bytes)
-    {
-        try
-        {
-            return JsonSerializer.Deserialize<SimReplica>(bytes.Chunks.SelectMany(c => c).ToArray()) ?? throw new JsonException("empty");
-        }
-        catch (JsonException ex)
-        {
-            throw new InvalidOperationException($"not a simulated rank's replica ({ex.Message})");
-        }
-    }
-}
 
 /// <summary>
 /// Checkpoints of simulated ranks: the real manifest and commit protocol, with one small JSON shard per rank
@@ -202,11 +200,15 @@ internal static class SimCheckpoint
 
     public static string ShardFile(int rank) => $"shard-{rank:D5}{Suffix}";
 
+    /// <summary>Whether every shard of a manifest is a simulated rank's.</summary>
+    public static bool IsSimulated(CheckpointManifest manifest) =>
+        manifest.Shards.Count > 0 && manifest.Shards.All(s => s.File.EndsWith(Suffix, StringComparison.Ordinal));
+
     /// <summary>Opens a checkpoint (manifest, shard sizes) and checks it was written by simulated ranks at <paramref name="stage"/>; returns that stage's model.</summary>
     public static (CheckpointReader Reader, ModelConfig Model) Open(string directory, int stage, Training.Jobs.ResolvedJob job)
     {
         var reader = CheckpointReader.Open(directory);
-        if (reader.Manifest.Shards.Count == 0 || reader.Manifest.Shards.Any(s => !s.File.EndsWith(Suffix, StringComparison.Ordinal)))
+        if (!IsSimulated(reader.Manifest))
             throw new InvalidCheckpointException($"'{directory}' was not written by simulated devices; sim devices restore only their own checkpoints");
         if (reader.Manifest.Stage != stage || stage < 0 || stage >= job.Stages.Count)
             throw new InvalidCheckpointException($"'{directory}' is a checkpoint of stage {reader.Manifest.Stage}, not of stage {stage} of the job");

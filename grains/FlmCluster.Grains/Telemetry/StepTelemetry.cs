@@ -32,11 +32,19 @@ public static class StepTelemetry
         return new StepRecord(point, flops, mfu, layout, ranks, at);
     }
 
-    /// <summary>Records a step's metrics once it is committed.</summary>
-    public static void Committed(string jobId, StepRecord record, Activity? activity)
+    /// <summary>Records a step's metrics once it is committed, and where the job's time went so far.</summary>
+    public static void Committed(string jobId, StepRecord record, TimeAccount time, Activity? activity)
     {
         var p = record.Point;
         var tags = new TagList { { FlmTelemetry.Tags.Job, jobId }, { FlmTelemetry.Tags.Stage, p.Stage } };
+        FlmTelemetry.Ettr.Record(time.Ettr, new TagList { { FlmTelemetry.Tags.Job, jobId } });
+        foreach (var (use, seconds) in new[]
+                 {
+                     ("queued", time.Queued), ("startup", time.Startup), ("productive", time.Productive), ("redone", time.Redone),
+                     ("checkpoint_stall", time.CheckpointStall), ("growth", time.Growth), ("paused", time.Paused), ("overhead", time.Overhead),
+                     ("recovery", time.Recovery.Total),
+                 })
+            FlmTelemetry.TimeUsed.Record(seconds, new TagList { { FlmTelemetry.Tags.Job, jobId }, { FlmTelemetry.Tags.Use, use } });
         FlmTelemetry.StepDuration.Record(p.StepMs / 1000, tags);
         FlmTelemetry.Steps.Add(1, tags);
         FlmTelemetry.Tokens.Add(p.Tokens, tags);

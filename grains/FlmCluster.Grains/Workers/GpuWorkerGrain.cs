@@ -46,7 +46,7 @@ public sealed class GpuWorkerGrain(
     private string? _detail;
     private long _idleSince = Stopwatch.GetTimestamp();
     private (long Step, Task<WrittenShard> Write)? _save;
-    private (long Step, Task<long> Send, CancellationTokenSource Stop)? _replica;
+    private (long Step, Task<(long Bytes, WrittenShard Shard)> Send, CancellationTokenSource Stop)? _replica;
     private ReplicaStore _replicas = null!;
 
     private string Key => this.GetPrimaryKeyString();
@@ -102,12 +102,10 @@ public sealed class GpuWorkerGrain(
         var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, a.SessionKey));
         var started = Stopwatch.GetTimestamp();
         BuiltRank built;
-        TimeSpan fetched;
         try
         {
-            var replica = a.Rebuild.Kind == RebuildKind.Replicas ? await FindReplica(a.JobId, a.Rank, a.Rebuild.Replicas!) : null;
-            fetched = Stopwatch.GetElapsedTime(started);
-            built = await OnDevice(a.Rank, () => executors.Build(new RankSetup(Key, a, whole, job, layout, comm, replica)));
+            var replicas = a.Rebuild.Kind == RebuildKind.Replicas ? ReplicaCheckpoint(a.JobId, a.Rebuild.Replicas!) : null;
+            built = await OnDevice(a.Rank, () => executors.Build(new RankSetup(Key, a, whole, job, layout, comm, replicas)));
         }
         catch (Exception ex)
         {
@@ -123,7 +121,7 @@ public sealed class GpuWorkerGrain(
         _lastReport = null;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        _built = new RankBuildReport(built.Build.TotalMilliseconds, (fetched + built.Restore).TotalMilliseconds);
+        _built = new RankBuildReport(built.Build.TotalMilliseconds, built.Restore.TotalMilliseconds);
         log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
         return _built;
     }
@@ -203,7 +201,7 @@ public sealed class GpuWorkerGrain(
                 log.LogWarning("Worker {Worker}: the previous shard failed: {Message}", Key, ex.Message);
             }
         }
-        var copy = await OnDevice(_assignment!.Rank, () => rank.Copy(allParameters: false));
+        var copy = await OnDevice(_assignment!.Rank, () => rank.Copy());
         Directory.CreateDirectory(command.Directory);
         _save = (command.Step, WriteShard(copy, command.Directory));
         return rank.DataFingerprint;
@@ -243,15 +241,16 @@ public sealed class GpuWorkerGrain(
                 log.LogWarning("Worker {Worker}: the previous replica failed: {Message}", Key, ex.Message);
             }
         }
-        var copy = await OnDevice(rank, () => held.Copy(allParameters: true));
+        var copy = await OnDevice(rank, () => held.Copy());
         var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
         var stop = new CancellationTokenSource();
         var stopped = stop.Token;
         _replica = (command.Step, Task.Run(async () =>
         {
             ChunkedBytes bytes;
+            WrittenShard shard;
             using (copy)
-                bytes = await copy.Serialize(command.Step, TensorChunk.MaxBytes);
+                (bytes, shard) = await copy.Serialize(command.Step, TensorChunk.MaxBytes);
             var checksum = bytes.Checksum();
             _replicas.Put(command.JobId, rank, command.Step, bytes, checksum);
             for (var i = 0; i < bytes.Chunks.Count; i++)
@@ -259,7 +258,7 @@ public sealed class GpuWorkerGrain(
                 stopped.ThrowIfCancellationRequested();
                 await peer.HoldReplica(new ReplicaChunk(command.JobId, rank, command.Step, i, bytes.Chunks.Count, bytes.Chunks[i], checksum));
             }
-            return bytes.Length;
+            return (bytes.Length, shard);
         }), stop);
     }
 
@@ -271,7 +270,8 @@ public sealed class GpuWorkerGrain(
             return Task.FromResult(new ReplicaStatus(step, false, 0, null));
         if (replica.Send.IsFaulted)
             return Task.FromResult(new ReplicaStatus(step, false, 0, replica.Send.Exception!.InnerException!.Message));
-        return Task.FromResult(new ReplicaStatus(step, true, replica.Send.Result, null));
+        var (bytes, shard) = replica.Send.Result;
+        return Task.FromResult(new ReplicaStatus(step, true, bytes, null, System.Text.Json.JsonSerializer.Serialize(shard, CheckpointManifest.Json), _rank!.DataFingerprint));
     }
 
     [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
@@ -292,7 +292,32 @@ public sealed class GpuWorkerGrain(
         Task.FromResult(_replicas.Chunk(jobId, rank, step, index));
 
     /// <summary>
-    /// This rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
+    /// The in-memory replicas of a step as a checkpoint: the manifest the coordinator made of their shards, each
+    /// shard fetched when a slice of this rank first needs it. The fetches run on the device thread, which may
+    /// wait for grain calls (the holders answer replica fetches whatever else they are doing).
+    /// </summary>
+    private CheckpointReader ReplicaCheckpoint(string jobId, ReplicaSource source)
+    {
+        var name = $"the in-memory replicas of step {source.Step}";
+        CheckpointManifest manifest;
+        try
+        {
+            manifest = System.Text.Json.JsonSerializer.Deserialize<CheckpointManifest>(source.ManifestJson, CheckpointManifest.Json)
+                ?? throw new InvalidCheckpointException($"{name}: no manifest");
+        }
+        catch (System.Text.Json.JsonException ex)
+        {
+            throw new ClusterRequestException($"{name}: unreadable manifest ({ex.Message})");
+        }
+        var ranks = manifest.Shards.ToDictionary(s => s.File, s => s.Rank);
+        var shards = new FetchedShards(file => ranks.TryGetValue(file, out var rank) && rank < source.Holders.Count
+            ? FindReplica(jobId, rank, source).GetAwaiter().GetResult()
+            : throw new InvalidCheckpointException($"{name} have no shard {file}"));
+        return CheckpointReader.InMemory(name, manifest, shards);
+    }
+
+    /// <summary>
+    /// A rank's replica of a step: kept here, or fetched from the first holder that has it whole and whose bytes
     /// match the checksum they were sent with (a holder with a damaged copy is passed over for the next).
     /// </summary>
     private async Task<ChunkedBytes> FindReplica(string jobId, int rank, ReplicaSource source)

@@ -25,10 +25,10 @@ public interface IRankExecutor : IDisposable
     (double LossSum, long Tokens) EvaluateLoss(long firstSample, double maskValue);
 
     /// <summary>
-    /// Copies the rank's state to host memory now, between steps: what a checkpoint shard holds, or with
-    /// <paramref name="allParameters"/> everything this rank needs to restore itself (an in-memory replica).
+    /// Copies the rank's state to host memory now, between steps: its shard of a checkpoint (parameters once per
+    /// stage, its optimizer shard), written to storage or kept as an in-memory replica.
     /// </summary>
-    IRankCopy Copy(bool allParameters);
+    IRankCopy Copy();
 }
 
 /// <summary>A rank's state copied to host memory; written or serialized in the background while training goes on.</summary>
@@ -37,12 +37,18 @@ public interface IRankCopy : IDisposable
     /// <summary>Writes the copy as the rank's shard of a checkpoint in <paramref name="directory"/> (durably).</summary>
     Task<WrittenShard> WriteShard(string directory);
 
-    /// <summary>The copy as an in-memory replica of <paramref name="step"/>, in chunks of at most <paramref name="chunkBytes"/>.</summary>
-    Task<ChunkedBytes> Serialize(long step, int chunkBytes);
+    /// <summary>
+    /// The copy as an in-memory replica of <paramref name="step"/>: the bytes of its checkpoint shard, in chunks of at
+    /// most <paramref name="chunkBytes"/>, and the shard's record for the replicas' manifest.
+    /// </summary>
+    Task<(ChunkedBytes Bytes, WrittenShard Shard)> Serialize(long step, int chunkBytes);
 }
 
-/// <summary>What a rank is built from: the worker, its assignment, the job, and the replica it restores from (when it does).</summary>
-public sealed record RankSetup(string Worker, WorkerAssignment Assignment, ResolvedJob Job, JobConfig StageJob, ParallelLayout Layout, ICollectives Comm, ChunkedBytes? Replica);
+/// <summary>
+/// What a rank is built from: the worker, its assignment, the job, and the in-memory replicas it restores from
+/// (when it does), as a checkpoint whose shards are fetched when first read.
+/// </summary>
+public sealed record RankSetup(string Worker, WorkerAssignment Assignment, ResolvedJob Job, JobConfig StageJob, ParallelLayout Layout, ICollectives Comm, CheckpointReader? Replicas);
 
 /// <summary>A built rank, with how long building its model slice and loading its state took.</summary>
 public sealed record BuiltRank(IRankExecutor Rank, TimeSpan Build, TimeSpan Restore);

@@ -9,7 +9,7 @@ using FlmCluster.Training.Parallel;
 namespace FlmCluster.Grains.Workers;
 
 /// <summary>Ranks on real devices: a <see cref="RankTrainer"/> (TorchSharp) on a dedicated device thread.</summary>
-public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, IEnumerable<IStepFaults> faults) : IRankExecutors
+public sealed class TorchRankExecutors(FlmNodeOptions node, SiloDatasets datasets, IEnumerable<IStepFaults> faults) : IRankExecutors
 {
     public IRankThread CreateThread(string worker) => new DeviceThread(worker);
 
@@ -19,7 +19,9 @@ public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, 
     {
         var started = Stopwatch.GetTimestamp();
         var a = setup.Assignment;
-        TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, local.Count));
+        // Threads per rank from the server's device count, not from the workers active so far: a count that
+        // changed with activation order would change how libtorch splits its reductions, and so the rounding.
+        TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, node.Devices.Count));
         var data = datasets.For(setup.StageJob);
         var trainer = new RankTrainer(setup.StageJob, new RankGroups(setup.Layout, a.Rank), setup.Comm, data, setup.Job.GrowthShapeOf(a.Stage));
         foreach (var fault in faults)
@@ -53,7 +55,8 @@ public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, 
                 CheckpointRestore.Load(trainer, reader);
                 break;
             case RebuildKind.Replicas:
-                RankReplica.Restore(trainer, setup.Replica!);
+                new JobProgress(setup.Job).CheckResume(setup.Replicas!, dataFingerprint, stepsLeft: false);
+                CheckpointRestore.Load(trainer, setup.Replicas!);
                 break;
         }
     }
@@ -71,7 +74,7 @@ public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, 
 
         public (double LossSum, long Tokens) EvaluateLoss(long firstSample, double maskValue) => trainer.EvaluateLoss(firstSample, maskValue);
 
-        public IRankCopy Copy(bool allParameters) => new TorchRankCopy(RankSnapshot.Capture(trainer, allParameters));
+        public IRankCopy Copy() => new TorchRankCopy(RankSnapshot.Capture(trainer));
 
         public void Dispose() => trainer.Dispose();
     }
@@ -80,7 +83,7 @@ public sealed class TorchRankExecutors(FlmNodeOptions node, LocalWorkers local, 
     {
         public Task<WrittenShard> WriteShard(string directory) => Task.Run(() => ShardWriter.Write(snapshot, directory));
 
-        public Task<ChunkedBytes> Serialize(long step, int chunkBytes) => Task.Run(() => RankReplica.Serialize(snapshot, step, chunkBytes));
+        public Task<(ChunkedBytes Bytes, WrittenShard Shard)> Serialize(long step, int chunkBytes) => Task.Run(() => ShardWriter.Serialize(snapshot, chunkBytes));
 
         public void Dispose() => snapshot.Dispose();
     }

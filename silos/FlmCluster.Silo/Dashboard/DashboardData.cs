@@ -16,7 +16,7 @@ public sealed record NodeView(string Node, string Address, string Status, IReadO
 /// </summary>
 public sealed record JobRow(
     string Id, string Name, string State, long Step, long TotalSteps, string Stage, string Layout, int Priority, DateTime SubmittedAt,
-    double? Loss, double? TokensPerSecond, string? Error);
+    double? Loss, double? TokensPerSecond, string? Error, double? Ettr = null);
 
 /// <summary>A rank of the job's layout: its worker and its (dp, tp, pp) coordinates.</summary>
 public sealed record RankView(int Rank, string Worker, int Dp, int Tp, int Pp);
@@ -107,7 +107,7 @@ public sealed class DashboardData(IGrainFactory grains)
     {
         var last = s.Recent.Count > 0 ? s.Recent[^1] : null;
         return new JobRow(s.JobId, s.Name, s.State.ToString().ToLowerInvariant(), s.Step, s.TotalSteps, s.Stage, s.Layout, s.Priority, s.SubmittedAt,
-            last?.Loss, last?.TokensPerSecond, s.Error);
+            last?.Loss, last?.TokensPerSecond, s.Error, s.Time is { } time && time.Accounted - time.Queued > 0 ? time.Ettr : null);
     }
 
     private IJobCoordinatorGrain Coordinator(string id) => grains.GetGrain<IJobCoordinatorGrain>(id);

@@ -21,15 +21,39 @@ public sealed class CheckpointReader
     private readonly Dictionary<string, (Dictionary<string, SafeTensors.Entry> Entries, long DataStart)> _headers = [];
     private readonly Dictionary<(string Kind, string Name), TensorRecord> _tensors;
 
+    /// <summary>Where the shards' bytes are when they are not files in <see cref="Directory"/> (in-memory replicas).</summary>
+    private readonly IShardBytes? _memory;
+
+    /// <summary>The checkpoint's folder, or for an in-memory one, what it is in words.</summary>
     public string Directory { get; }
     public CheckpointManifest Manifest { get; }
 
-    private CheckpointReader(string directory, CheckpointManifest manifest)
+    private CheckpointReader(string directory, CheckpointManifest manifest, IShardBytes? memory = null)
     {
         Directory = directory;
         Manifest = manifest;
+        _memory = memory;
         _tensors = manifest.Tensors.ToDictionary(t => (t.Kind, t.Name));
     }
+
+    /// <summary>
+    /// A checkpoint whose shards are not files but bytes elsewhere (the in-memory replicas of a step, kept by
+    /// the ranks and their peers), with the same checks on its manifest as one read from disk.
+    /// </summary>
+    public static CheckpointReader InMemory(string name, CheckpointManifest manifest, IShardBytes shards)
+    {
+        if (manifest.Format != CheckpointManifest.FormatName || manifest.Version != CheckpointManifest.CurrentVersion)
+            throw new InvalidCheckpointException($"{name}: not an FlmCluster checkpoint manifest of version {CheckpointManifest.CurrentVersion}");
+        if (FindProblem(manifest) is { } problem)
+            throw new InvalidCheckpointException($"{name} is corrupt: {problem}");
+        return new CheckpointReader(name, manifest, shards);
+    }
+
+    /// <summary>
+    /// The shards' bytes to read slices from: the folder's files (a new <see cref="ShardFiles"/>, which the caller
+    /// disposes), or the source an in-memory checkpoint was made with (the caller's to keep).
+    /// </summary>
+    public IShardBytes OpenShards() => _memory ?? new ShardFiles(Directory);
 
     /// <summary>Opens a checkpoint and checks its manifest and shard sizes; throws <see cref="InvalidCheckpointException"/> with the reason.</summary>
     public static CheckpointReader Open(string directory)
@@ -225,7 +249,11 @@ public sealed class CheckpointReader
     private Tensor ReadPiece(PieceRecord piece)
     {
         var (entry, dataStart) = Entry(piece);
-        return SafeTensors.ReadTensor(Path.Combine(Directory, piece.File), entry, dataStart);
+        if (_memory is null)
+            return SafeTensors.ReadTensor(Path.Combine(Directory, piece.File), entry, dataStart);
+        var tensor = empty(entry.Shape, dtype: entry.DType);
+        _memory.Read(piece.File, dataStart + entry.Begin, tensor.bytes);
+        return tensor;
     }
 
     /// <summary>A piece's entry in its shard's header (headers read once), checked against the manifest.</summary>
@@ -236,7 +264,9 @@ public sealed class CheckpointReader
         {
             if (!_headers.TryGetValue(piece.File, out header))
             {
-                var (entries, _, dataStart) = SafeTensors.ReadHeaderWithOffset(Path.Combine(Directory, piece.File));
+                var (entries, _, dataStart) = _memory is null
+                    ? SafeTensors.ReadHeaderWithOffset(Path.Combine(Directory, piece.File))
+                    : SafeTensors.ReadHeaderWithOffset(_memory, piece.File, Manifest.Shards.First(s => s.File == piece.File).Bytes, $"shard {piece.File} of {Directory}");
                 header = (entries.ToDictionary(e => e.Name), dataStart);
                 _headers[piece.File] = header;
             }

@@ -31,7 +31,8 @@ public static class CheckpointRestore
     public static void Load(RankTrainer rank, CheckpointReader reader, ReshardBudget? budget = null)
     {
         using var _ = no_grad();
-        using var files = new ShardFiles(reader.Directory);
+        var files = reader.OpenShards();
+        using var owned = files as IDisposable;
         var slices = new SliceReader(reader, files, budget ?? ReshardBudget.For(rank.Job.Checkpoint));
         var tp = rank.Model.Tp;
         foreach (var p in rank.Model.Parameters)
@@ -84,7 +85,8 @@ public static class CheckpointRestore
         var valueType = DTypeOf(reader, "param");
 
         using var _ = no_grad();
-        using var files = new ShardFiles(reader.Directory);
+        var files = reader.OpenShards();
+        using var owned = files as IDisposable;
         budget ??= ReshardBudget.For(rank.Job.Checkpoint);
         var grower = new SliceGrowth(new SliceReader(reader, files, budget), budget, growth);
         var tp = rank.Model.Tp;

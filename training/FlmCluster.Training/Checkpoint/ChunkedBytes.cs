@@ -18,6 +18,23 @@ public sealed class ChunkedBytes(IReadOnlyList<byte[]> chunks)
         return Convert.ToHexStringLower(hash.GetCurrentHash());
     }
 
+    /// <summary>Copies the bytes from <paramref name="offset"/> into <paramref name="destination"/> (chunks of equal size but the last).</summary>
+    public void ReadAt(long offset, Span<byte> destination)
+    {
+        if (offset < 0 || offset + destination.Length > Length)
+            throw new ArgumentOutOfRangeException(nameof(offset), $"bytes {offset} … {offset + destination.Length} of {Length}");
+        var size = Chunks.Count > 0 ? Chunks[0].Length : 1;
+        while (destination.Length > 0)
+        {
+            var chunk = Chunks[(int)(offset / size)];
+            var at = (int)(offset % size);
+            var n = Math.Min(destination.Length, chunk.Length - at);
+            chunk.AsSpan(at, n).CopyTo(destination);
+            destination = destination[n..];
+            offset += n;
+        }
+    }
+
     /// <summary>A stream that appends to chunks of <paramref name="chunkSize"/> bytes; <see cref="Writer.ToBytes"/> ends it.</summary>
     public sealed class Writer(int chunkSize) : Stream
     {

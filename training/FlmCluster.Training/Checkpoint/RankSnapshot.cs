@@ -44,10 +44,9 @@ public sealed class RankSnapshot : IDisposable
 
     /// <summary>
     /// Copies the rank's state (call on the rank's device thread, between steps). Parameters are copied on
-    /// data-parallel rank 0 only, unless <paramref name="allParameters"/> (a snapshot that must restore this
-    /// very rank on its own).
+    /// data-parallel rank 0 only: the other replicas hold the same values.
     /// </summary>
-    public static RankSnapshot Capture(RankTrainer rank, bool allParameters = false)
+    public static RankSnapshot Capture(RankTrainer rank)
     {
         using var _ = no_grad();
         var opt = rank.Optimizer;
@@ -59,7 +58,7 @@ public sealed class RankSnapshot : IDisposable
         };
         if (separateMaster)
             optimizer["master"] = opt.Master.cpu().clone().DetachFromDisposeScope();
-        var parameters = allParameters || rank.Groups.Coords.Dp == 0 ? rank.Flat.Params.cpu().clone().DetachFromDisposeScope() : null;
+        var parameters = rank.Groups.Coords.Dp == 0 ? rank.Flat.Params.cpu().clone().DetachFromDisposeScope() : null;
         var entries = rank.Flat.Entries
             .Select(e => new Entry(e.Parameter.Spec, e.Parameter.IsTiedCopy, e.Offset, e.Count, e.Parameter.Tensor.shape))
             .ToList();

@@ -217,6 +217,24 @@ public static class SafeTensors
         return ParseHeader(ReadHeaderBytes(stream, path), path, stream.Length);
     }
 
+    /// <summary>
+    /// Reads just the header of shard <paramref name="shard"/> of <paramref name="size"/> bytes from wherever its
+    /// bytes are (<see cref="IShardBytes"/>), checked like a file's.
+    /// </summary>
+    public static (List<Entry> Entries, Dictionary<string, string> Metadata, long DataStart) ReadHeaderWithOffset(IShardBytes bytes, string shard, long size, string source)
+    {
+        if (size < 8)
+            throw new InvalidCheckpointException($"{source}: too short for a safetensors file");
+        Span<byte> length = stackalloc byte[8];
+        bytes.Read(shard, 0, length);
+        var n = BinaryPrimitives.ReadInt64LittleEndian(length);
+        if (n <= 0 || n > MaxHeaderBytes || n > size - 8)
+            throw new InvalidCheckpointException($"{source}: not a safetensors file (header length {n})");
+        var header = new byte[8 + n];
+        bytes.Read(shard, 0, header);
+        return ParseHeader(header, source, size);
+    }
+
     /// <summary>Reads just the header: names, dtypes, shapes (no tensor data).</summary>
     public static (List<Entry> Entries, Dictionary<string, string> Metadata) ReadHeader(string path)
     {

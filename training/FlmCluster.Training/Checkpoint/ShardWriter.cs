@@ -6,12 +6,33 @@ namespace FlmCluster.Training.Checkpoint;
 /// <summary>What a rank wrote: the shard file and the tensor pieces in it.</summary>
 public sealed record WrittenShard(ShardRecord Shard, IReadOnlyList<TensorRecord> Tensors);
 
-/// <summary>Writes one rank's snapshot as a safetensors shard (fsynced) and describes its pieces by global name and slice.</summary>
+/// <summary>
+/// Writes one rank's snapshot as a safetensors shard — to a file (fsynced) for a checkpoint, or into host memory
+/// for an in-memory replica, byte for byte the same — and describes its pieces by global name and slice.
+/// </summary>
 public static class ShardWriter
 {
     public static string FileName(int rank) => $"shard-{rank:D5}.safetensors";
 
     public static WrittenShard Write(RankSnapshot snapshot, string directory)
+    {
+        var (file, tensors, records, meta) = Lay(snapshot);
+        var (bytes, sha) = SafeTensors.Write(Path.Combine(directory, file), tensors, meta);
+        return new WrittenShard(new ShardRecord(file, snapshot.Rank, bytes, sha), records);
+    }
+
+    /// <summary>The shard in host memory, cut into chunks of <paramref name="chunkSize"/> bytes.</summary>
+    public static (ChunkedBytes Bytes, WrittenShard Shard) Serialize(RankSnapshot snapshot, int chunkSize)
+    {
+        var (file, tensors, records, meta) = Lay(snapshot);
+        using var writer = new ChunkedBytes.Writer(chunkSize);
+        var sha = SafeTensors.Write(writer, tensors, meta, hash: true)!;
+        var bytes = writer.ToBytes();
+        return (bytes, new WrittenShard(new ShardRecord(file, snapshot.Rank, bytes.Length, sha), records));
+    }
+
+    /// <summary>The shard's tensors by key, their records, and its metadata.</summary>
+    private static (string File, Dictionary<string, Tensor> Tensors, List<TensorRecord> Records, Dictionary<string, string> Meta) Lay(RankSnapshot snapshot)
     {
         var file = FileName(snapshot.Rank);
         var tensors = new Dictionary<string, Tensor>();
@@ -39,8 +60,7 @@ public static class ShardWriter
             }
         }
         var meta = new Dictionary<string, string> { ["format"] = CheckpointManifest.FormatName, ["rank"] = snapshot.Rank.ToString(CultureInfo.InvariantCulture) };
-        var (bytes, sha) = SafeTensors.Write(Path.Combine(directory, file), tensors, meta);
-        return new WrittenShard(new ShardRecord(file, snapshot.Rank, bytes, sha), records);
+        return (file, tensors, records, meta);
     }
 
     private static TensorRecord Record(string kind, Model.ParamSpec spec, Tensor source, int tpSize, PieceRecord piece) =>

@@ -40,6 +40,7 @@ public static class FlmTelemetry
         public const string Worker = "flm.worker";
         public const string Phase = "flm.phase";
         public const string Part = "flm.part";
+        public const string Use = "flm.use";
     }
 
     // The job, at its coordinator (tags job, stage).
@@ -70,6 +71,12 @@ public static class FlmTelemetry
     public static readonly Gauge<double> ModelFlops = Meter.CreateGauge<double>("flm.job.step.model_flops", "{FLOP}", "Model FLOPs of one step (6N + attention per token)");
 
     public static readonly Gauge<double> Mfu = Meter.CreateGauge<double>("flm.job.mfu", "1", "Model FLOPs utilization of the last committed step against the devices' peak");
+
+    /// <summary>The job's effective training time ratio so far: productive step time over its time since it first started.</summary>
+    public static readonly Gauge<double> Ettr = Meter.CreateGauge<double>("flm.job.ettr", "1", "Effective training time ratio: productive step time over the time since the job started");
+
+    /// <summary>Seconds of the job's life by use (tag flm.use: queued, startup, productive, redone, checkpoint_stall, growth, paused, overhead, recovery).</summary>
+    public static readonly Gauge<double> TimeUsed = Meter.CreateGauge<double>("flm.job.time", "s", "Seconds of a job's life by what they were spent on");
 
     /// <summary>Job events by kind (flm.event): recoveries are the workers-lost, restoring, replaced, shrunk and grown-back ones.</summary>
     public static readonly Counter<long> Events = Meter.CreateCounter<long>("flm.job.events", "{event}", "Job events by kind");

@@ -30,6 +30,7 @@ const JOB_COLUMNS = [
   { title: "stage", html: j => fmt.esc(j.stage) },
   { title: "loss", num: true, html: j => fmt.loss(j.loss) },
   { title: "tokens/s", num: true, html: j => fmt.num(j.tokensPerSecond) },
+  { title: "ETTR", num: true, html: j => j.ettr == null ? "–" : fmt.pct(j.ettr) },
   { title: "layout", html: j => fmt.esc(j.layout) },
   { title: "priority", num: true, html: j => j.priority },
   { title: "submitted (UTC)", html: j => fmt.esc(j.submittedAt.replace("T", " ").slice(0, 19)) },
@@ -43,6 +44,7 @@ const JOB_STATS = [
   { title: "tokens/s", html: (j, last) => fmt.num(last?.point.tokensPerSecond ?? j.tokensPerSecond) },
   { title: "MFU", html: (j, last) => last?.mfu == null ? "–" : fmt.pct(last.mfu) },
   { title: "step time", html: (j, last) => last ? fmt.num(last.point.stepMs, 1) + " ms" : "–" },
+  { title: "ETTR", html: (j, last) => j.ettr == null ? "–" : fmt.pct(j.ettr) },
   { title: "layout", html: (j, last) => fmt.esc(j.layout) },
 ];
 
