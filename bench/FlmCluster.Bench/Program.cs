@@ -12,6 +12,8 @@ var benchmarks = new Dictionary<string, Func<BenchArgs, int>>
     ["layouts"] = LayoutThroughputBenchmark.Run,
     ["growth"] = GrowthBenchmark.Run,
     ["checkpoint"] = CheckpointBenchmark.Run,
+    ["sim"] = a => SimScheduleBenchmark.Run(a).GetAwaiter().GetResult(),
+    ["sim-scale"] = a => SimScaleBenchmark.Run(a).GetAwaiter().GetResult(),
     ["reshard"] = ReshardBenchmark.Run,
     ["soak"] = a => SoakBenchmark.Run(a).GetAwaiter().GetResult(),
     ["telemetry"] = a => TelemetryBenchmark.Run(a).GetAwaiter().GetResult(),

@@ -1,6 +1,7 @@
 using FlmCluster.Client;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.Telemetry;
+using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Engine;
 using FlmCluster.Silo;
 using FlmCluster.Training.Config;
@@ -81,7 +82,8 @@ public static class TelemetryBenchmark
 
         // One rank: its span and metrics of a step.
         using var engine = LocalEngine.Create(job with { Layout = new LayoutConfig() });
-        var rank = new RankTelemetry(id, "main", "node0/gpu0", engine.Ranks[0]);
+        var trainer = engine.Ranks[0];
+        var rank = new RankTelemetry(id, "main", "node0/gpu0", trainer.Groups.Coords, trainer.Groups.Rank, new TorchRankExecutors.TorchRank(trainer));
         var report = new RankStepReport(last.Point.Step, 0, true, 1.0, 8, 0.5, false, TimeSpan.FromMilliseconds(10), TimeSpan.FromMilliseconds(3), 4096,
             TimeSpan.FromMilliseconds(1));
         var perRank = Median(2000, () =>

@@ -78,6 +78,20 @@ public interface IGpuWorkerGrain : IGrainWithStringKey
     Task<ProbeResult> Probe(ProbeRequest request);
 }
 
+/// <summary>
+/// The GPUs of one server, as one grain on its silo (key "node/server"): relays a step to the server's workers
+/// and brings their reports back, so that a coordinator sends one message per server instead of one per GPU.
+/// </summary>
+public interface IServerGrain : IGrainWithStringKey
+{
+    /// <summary>
+    /// Runs the step on <paramref name="workers"/> (all of this server, in the order given) and returns their
+    /// reports in that order; the first worker that fails fails the call at once, with its failure.
+    /// </summary>
+    [ResponseTimeout("01:00:00")]
+    Task<WorkerStepReport[]> RunStep(WorkerStep step, IReadOnlyList<string> workers);
+}
+
 /// <summary>One job (key = job id): persisted spec and progress; drives the steps of its workers.</summary>
 public interface IJobCoordinatorGrain : IGrainWithStringKey
 {

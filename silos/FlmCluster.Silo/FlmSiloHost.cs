@@ -1,6 +1,8 @@
 using System.Net;
 using FlmCluster.Grains;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Sim;
+using FlmCluster.Training.Sim;
 using FlmCluster.Grains.History;
 using FlmCluster.Silo.Dashboard;
 using FlmCluster.Silo.Health;
@@ -33,7 +35,7 @@ public static class FlmSiloHost
     /// collection of grain statistics (benchmark baselines).
     /// </summary>
     public static IHost Build(SiloSettings s, IConfiguration? configuration = null, bool telemetry = true, bool grainStatistics = true,
-        LogLevel minimumLevel = LogLevel.Information)
+        LogLevel minimumLevel = LogLevel.Information, InProcessCluster? inProcess = null)
     {
         IHostApplicationBuilder builder;
         WebApplicationBuilder? web = null;
@@ -61,7 +63,7 @@ public static class FlmSiloHost
             builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
         }
         builder.Logging.SetMinimumLevel(minimumLevel);
-        builder.UseFlmSilo(s, grainStatistics);
+        builder.UseFlmSilo(s, grainStatistics, inProcess);
         if (telemetry)
             builder.AddFlmTelemetry(s);
         if (web is null)
@@ -76,8 +78,22 @@ public static class FlmSiloHost
         return app;
     }
 
-    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, bool grainStatistics = true)
+    /// <param name="inProcess">
+    /// For silos of a cluster inside one process (<see cref="LocalCluster"/>): the membership table they share and,
+    /// for a simulated cluster, the simulation (one virtual clock). Without it, a silo given Flm:SimClock makes its
+    /// own simulation, sharing modelled time through that file.
+    /// </param>
+    public static IHostApplicationBuilder UseFlmSilo(this IHostApplicationBuilder builder, SiloSettings s, bool grainStatistics = true, InProcessCluster? inProcess = null)
     {
+        var simulation = inProcess?.Simulation;
+        if (simulation is null && !string.IsNullOrWhiteSpace(s.SimClock))
+        {
+            var modelled = new SharedModelledTime(Path.GetFullPath(s.SimClock));
+            var clock = new VirtualClock(modelled);
+            simulation = new FlmSimulation(new SimCluster(ClusterHardware.Load(s.SimHardware), CostConstants.Fitted), clock);
+            builder.Services.AddSingleton(_ => modelled); // made by a factory: disposed with the host
+            builder.Services.AddSingleton(_ => clock);
+        }
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
         builder.UseOrleans(silo =>
         {
@@ -106,8 +122,10 @@ public static class FlmSiloHost
             else
             {
                 silo.ConfigureEndpoints(IPAddress.Loopback, s.SiloPort, s.GatewayPort);
-                var primary = s.PrimarySiloPort == s.SiloPort ? null : new IPEndPoint(IPAddress.Loopback, s.PrimarySiloPort);
-                silo.UseDevelopmentClustering(primary ?? new IPEndPoint(IPAddress.Loopback, s.SiloPort));
+                if (inProcess is not null)
+                    silo.Services.AddSingleton<IMembershipTable>(inProcess.Membership);
+                else
+                    silo.UseDevelopmentClustering(new IPEndPoint(IPAddress.Loopback, s.PrimarySiloPort));
                 silo.AddFlmFileStorage(Path.GetFullPath(s.StorageDir));
                 silo.UseInMemoryReminderService();
             }
@@ -122,8 +140,10 @@ public static class FlmSiloHost
                 Roots = s.Roots,
                 TorchThreads = s.TorchThreads,
                 DataPlane = s.DataPlane,
+                Simulation = simulation,
                 Sockets = s.DataPlaneOptions,
-                PeakFlops = s.PeakFlops,
+                // Sim devices are the simulated hardware, whatever the silo says of its own.
+                PeakFlops = simulation is not null && s.DeviceSpec.Kind == "sim" ? simulation.Cluster.Hardware.PeakFlops : s.PeakFlops,
                 Access = s.LoadAccess(),
             });
             if (s.Secure)
@@ -138,6 +158,9 @@ public static class FlmSiloHost
         });
         return builder;
     }
+
+    /// <summary>What the silos of a cluster inside one process share: their membership table, and a simulation when they are simulated.</summary>
+    public sealed record InProcessCluster(InProcessMembershipTable Membership, FlmSimulation? Simulation);
 
     /// <summary>Writes a file once the silo is active, and removes it when the silo stops.</summary>
     private sealed class ReadyFile(string path) : ILifecycleParticipant<ISiloLifecycle>

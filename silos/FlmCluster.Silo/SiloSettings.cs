@@ -1,6 +1,7 @@
 using System.Net;
 using FlmCluster.Grains;
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Training.Sim;
 using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Grains.Security;
 using FlmCluster.Training.Telemetry;
@@ -57,6 +58,15 @@ public sealed record SiloSettings
 
     /// <summary>How tensors travel between workers (<see cref="FlmNodeOptions.DataPlanes"/>).</summary>
     public string DataPlane { get; init; } = FlmNodeOptions.DataPlanes[0];
+
+    /// <summary>
+    /// For a silo of a simulated cluster (<c>flm sim --processes</c>): the file every silo of the cluster shares its
+    /// modelled time through. Sim devices need it; a control-plane silo given it runs its jobs on the virtual clock.
+    /// </summary>
+    public string SimClock { get; init; } = "";
+
+    /// <summary>What sim devices model: a hardware preset (dgx-a800, dgx-a100, dgx-h100, dgx-h200) or a JSON file.</summary>
+    public string SimHardware { get; init; } = ClusterHardware.DgxA800.Name;
 
     /// <summary>The socket data plane's port (0: any free port, published in the silo's metadata).</summary>
     public int DataPort { get; init; }
@@ -154,6 +164,8 @@ public sealed record SiloSettings
         ["--ready-file"] = "Flm:ReadyFile",
         ["--torch-threads"] = "Flm:TorchThreads",
         ["--data-plane"] = "Flm:DataPlane",
+        ["--sim-clock"] = "Flm:SimClock",
+        ["--sim-hardware"] = "Flm:SimHardware",
         ["--data-port"] = "Flm:DataPort",
         ["--data-tls-cert"] = "Flm:DataTlsCertificate",
         ["--data-tls-key"] = "Flm:DataTlsKey",
@@ -190,14 +202,28 @@ public sealed record SiloSettings
         : IPAddress.Parse(AdvertisedAddress);
 
     /// <summary>Throws <see cref="ArgumentException"/> with one line naming the setting and the fix.</summary>
-    public void Validate()
+    /// <param name="simulated">The silo is given its simulation in process (<see cref="LocalCluster"/>): sim devices need no clock file.</param>
+    public void Validate(bool simulated = false)
     {
         if (string.IsNullOrWhiteSpace(Node) || Node.Contains('/'))
             throw new ArgumentException("Flm:Node (--node) must name this server, without '/'");
         if (!FlmCluster.Grains.DeviceSpec.TryParse(Devices, out var spec))
-            throw new ArgumentException($"Flm:Devices (--devices) '{Devices}' is not cpu:N or cuda:N");
-        if (spec.Kind == "sim")
-            throw new ArgumentException("Flm:Devices: sim devices are reserved for the cluster simulator");
+            throw new ArgumentException($"Flm:Devices (--devices) '{Devices}' is not cpu:N, cuda:N or sim:N");
+        if (spec.Kind == "sim" && !simulated && string.IsNullOrWhiteSpace(SimClock))
+            throw new ArgumentException("Flm:Devices: sim devices model their work on a virtual clock; give Flm:SimClock (--sim-clock FILE), the file the simulated cluster's silos share");
+        if (!string.IsNullOrWhiteSpace(SimClock) && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(SimClock))))
+            throw new ArgumentException($"Flm:SimClock (--sim-clock) '{SimClock}': its folder does not exist");
+        if (!string.IsNullOrWhiteSpace(SimClock))
+        {
+            try
+            {
+                ClusterHardware.Load(SimHardware);
+            }
+            catch (FlmCluster.Training.FlmUserException ex)
+            {
+                throw new ArgumentException($"Flm:SimHardware (--sim-hardware): {ex.Message}");
+            }
+        }
         if (Clustering is not ("localhost" or "redis"))
             throw new ArgumentException($"Flm:Clustering (--clustering) '{Clustering}' is not localhost or redis");
         if (Clustering == "redis" && string.IsNullOrWhiteSpace(Redis))

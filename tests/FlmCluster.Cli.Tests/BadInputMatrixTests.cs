@@ -88,7 +88,7 @@ public sealed partial class BadInputMatrixTests : IDisposable
         Train("stage lr infinite", ["--config", "tiny-growth", "--set", "stages.0.lr=1e999"], "stages[0] ('a').lr must be positive and finite"),
         Train("cuda on a CPU build", ["--set", "train.device=cuda"], "train.device 'cuda' needs a CUDA build and a GPU"),
         Train("cuda:N on a CPU build", ["--set", "train.device=cuda:1"], "train.device 'cuda:1' needs a CUDA build"),
-        Train("device not a device", ["--set", "train.device=tpu"], "train.device 'tpu' is not cpu, cuda or cuda:N"),
+        Train("device not a device", ["--set", "train.device=tpu"], "train.device 'tpu' is not cpu, cuda, cuda:N or sim"),
         // --out is part of the job before validation: the README's line passes it, so the next problem is reported.
         new("train --out counts as checkpoint.dir", ["train", "--config", "tiny", "--out", "runs/tiny", "--set", "checkpoint.interval=50", "--set", "train.device=cuda"], "train.device 'cuda' needs a CUDA build")
         {

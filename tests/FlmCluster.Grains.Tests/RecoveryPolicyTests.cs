@@ -138,6 +138,27 @@ public sealed class StragglerWatchTests
     }
 
     [Fact]
+    public void At_hundreds_of_ranks_each_is_measured_against_the_exact_median_of_the_others()
+    {
+        var random = new Random(5);
+        foreach (var ranks in new[] { 191, 192 })
+        {
+            var reports = Step(Enumerable.Range(0, ranks).Select(_ => Math.Round(random.NextDouble() * 100, 3)).ToArray());
+            // What the watch measures: a report's time less its time in collectives.
+            var compute = reports.Select(r => r.ElapsedMs - r.CommMs).ToArray();
+            var found = new StragglerWatch().Observe(1, reports, new FlmCluster.Training.Config.RecoveryConfig { StragglerFactor = 1.0000001, StragglerWindow = 1, StragglerMinMs = 0 });
+            Assert.NotEmpty(found);
+            foreach (var (rank, median, typical) in found)
+            {
+                var others = compute.Where((_, r) => r != rank).Order().ToArray();
+                var expected = others.Length % 2 == 1 ? others[others.Length / 2] : (others[others.Length / 2 - 1] + others[others.Length / 2]) / 2;
+                Assert.Equal(compute[rank], median);
+                Assert.Equal(expected, typical);
+            }
+        }
+    }
+
+    [Fact]
     public void Jitter_on_short_steps_is_not_a_straggler_however_large_the_ratio()
     {
         // 9 ms against 4 ms is 2.3×, but 5 ms of difference is scheduling noise, not a slow GPU.

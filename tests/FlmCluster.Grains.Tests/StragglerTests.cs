@@ -16,8 +16,8 @@ namespace FlmCluster.Grains.Tests;
 [Collection("Cluster jobs")]
 public sealed class StragglerTests() : ClusterTestClass(TimeSpan.FromSeconds(30), silo => silo.Services.AddSingleton<IStepFaults>(Faults), 1, 1, 1, 0)
 {
-    /// <summary>Per job name: what happens on which worker (slow steps, or a hang at a step).</summary>
-    private static readonly ConcurrentDictionary<string, (string Worker, long FromStep, TimeSpan Sleep, bool Hang)> Planned = new();
+    /// <summary>Per job name: what happens on which worker, or on whichever holds a rank (slow steps, or a hang at a step).</summary>
+    private static readonly ConcurrentDictionary<string, (string? Worker, int Rank, long FromStep, TimeSpan Sleep, bool Hang)> Planned = new();
 
     /// <summary>Holds hung devices until the test ends (their threads cannot be interrupted).</summary>
     private static readonly ManualResetEventSlim Release = new(false);
@@ -30,7 +30,7 @@ public sealed class StragglerTests() : ClusterTestClass(TimeSpan.FromSeconds(30)
 
         public void BeforeUpdate(string worker, string jobId, int rank, StepPlan plan, RankTrainer trainer)
         {
-            if (!Planned.TryGetValue(trainer.Job.Name, out var fault) || fault.Worker != worker || plan.Step < fault.FromStep)
+            if (!Planned.TryGetValue(trainer.Job.Name, out var fault) || (fault.Worker ?? worker) != worker || fault.Rank != rank || plan.Step < fault.FromStep)
                 return;
             if (!fault.Hang)
                 Thread.Sleep(fault.Sleep);
@@ -68,7 +68,7 @@ public sealed class StragglerTests() : ClusterTestClass(TimeSpan.FromSeconds(30)
         var id = await Scheduler.Submit(TestClusters.Submission(job));
         var running = await TestClusters.WaitFor(Cluster.Client, id, s => s.Step >= 2 || s.State.IsFinal());
         var slow = running.Workers[1];
-        Planned["slow"] = (slow, 0, TimeSpan.FromMilliseconds(400), false);
+        Planned["slow"] = (slow, 1, 0, TimeSpan.FromMilliseconds(400), false);
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal());
         Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events(status)}");
         var straggler = status.Events.SingleOrDefault(e => e.Kind == "straggler");
@@ -86,10 +86,12 @@ public sealed class StragglerTests() : ClusterTestClass(TimeSpan.FromSeconds(30)
     public async Task A_hung_device_is_abandoned_and_its_rank_rebuilt_on_a_spare_gpu()
     {
         var job = Job("hang", new RecoveryConfig { HangMinSeconds = 2, HangFactor = 2, StragglerFactor = 0 });
+        Release.Reset(); // an earlier test's end released hung devices
+        // Planned before the job starts (its steps take milliseconds): rank 1's device hangs at step 6, once.
+        Planned["hang"] = (null, 1, 6, TimeSpan.Zero, true);
         var id = await Scheduler.Submit(TestClusters.Submission(job));
         var running = await TestClusters.WaitFor(Cluster.Client, id, s => s.Step >= 2 || s.State.IsFinal());
         var hung = running.Workers[1];
-        Planned["hang"] = (hung, 6, TimeSpan.Zero, true);
         var status = await TestClusters.WaitFor(Cluster.Client, id, s => s.State.IsFinal(), TimeSpan.FromMinutes(3));
         Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events(status)}");
         Assert.Contains(status.Events, e => e.Kind == "workers-lost" && e.Message.Contains($"the device of {hung} did not come back"));

@@ -1,4 +1,5 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Sim;
 using FlmCluster.Training.Config;
 using FlmCluster.Training.Data;
 using FlmCluster.Training.Engine;
@@ -18,10 +19,20 @@ public static class TestClusters
     /// every silo gets (e.g. a test's fault injection).
     /// </summary>
     public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, params int[] devices) =>
-        Start(workerWait, configure, "orleans", devices);
+        Start(workerWait, configure, "orleans", null, devices);
 
     /// <summary>As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, with the data plane every silo runs (Flm:DataPlane).</summary>
-    public static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, params int[] devices)
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, params int[] devices) =>
+        Start(workerWait, configure, dataPlane, null, devices);
+
+    /// <summary>
+    /// As <see cref="Start(TimeSpan, Action{ISiloBuilder}?, int[])"/>, the devices simulated GPUs (<c>sim:N</c>) and
+    /// every silo's jobs on the <paramref name="simulation"/>'s virtual clock.
+    /// </summary>
+    public static Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, FlmSimulation simulation, params int[] devices) =>
+        Start(workerWait, configure, "orleans", simulation, devices);
+
+    private static async Task<(InProcessTestCluster Cluster, string StorageDir)> Start(TimeSpan workerWait, Action<ISiloBuilder>? configure, string dataPlane, FlmSimulation? simulation, int[] devices)
     {
         var storage = Directory.CreateTempSubdirectory("flm-grains-").FullName;
         var builder = new InProcessTestClusterBuilder((short)devices.Length);
@@ -31,7 +42,8 @@ public static class TestClusters
             silo.AddFlmNode(new FlmNodeOptions
             {
                 Node = options.SiloName,
-                Devices = new DeviceSpec("cpu", devices[index]),
+                Devices = new DeviceSpec(simulation is null || devices[index] == 0 ? "cpu" : "sim", devices[index]),
+                Simulation = simulation,
                 CollectiveTimeout = TimeSpan.FromSeconds(60),
                 WorkerWait = workerWait,
                 HangGrace = TimeSpan.FromSeconds(3),

@@ -21,13 +21,14 @@ public static partial class ClusterCommands
         var dir = new Option<string?>("--dir") { Description = "Folder for logs, storage and the cluster profile (default: next to the profile)" };
         var timeout = new Option<int>("--timeout") { Description = "Seconds to wait for the silos to become active", DefaultValueFactory = _ => 120 };
         var secure = new Option<bool>("--secure") { Description = "Secure mode: create a certificate authority, silo and client certificates, tokens and a cluster key in the cluster folder (credentials/); TLS and client authentication" };
-        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout, secure };
+        var sim = new Option<bool>("--sim") { Description = "Simulated GPUs (sim devices, docs/simulation.md): jobs with train.device=sim run on one virtual clock the silos share" };
+        var up = new Command("up", "Start a local cluster of silo processes and wait until it is ready") { nodes, gpus, control, controls, redis, basePort, dir, timeout, secure, sim };
         up.SetAction(parse =>
         {
             if (parse.GetValue(controls) < 0)
                 throw new FlmUserException($"--control-nodes must not be negative (got {parse.GetValue(controls)})");
             return Up(parse.GetValue(nodes), parse.GetValue(gpus), Math.Max(parse.GetValue(controls), parse.GetValue(control) ? 1 : 0), parse.GetValue(redis),
-                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(secure));
+                parse.GetValue(basePort), parse.GetValue(dir), TimeSpan.FromSeconds(parse.GetValue(timeout)), parse.GetValue(secure), parse.GetValue(sim));
         });
         var down = new Command("down", "Stop the local cluster started by 'flm cluster up'");
         down.SetAction(_ => Down());
@@ -109,7 +110,7 @@ public static partial class ClusterCommands
     private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
-    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout, bool secure)
+    private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout, bool secure, bool sim)
     {
         if (nodes < 1 || gpus < 1)
             throw new FlmUserException("--nodes and --gpus-per-node must be at least 1");
@@ -138,8 +139,10 @@ public static partial class ClusterCommands
             : File.Exists(new CredentialFiles(Path.Combine(home, "credentials")).Authority) ? new CredentialFiles(Path.Combine(home, "credentials"))
             : CredentialFiles.Create(Path.Combine(home, "credentials"), [], TimeSpan.FromDays(365));
         var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
-        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"cpu:{gpus}")).ToList();
+        var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"{(sim ? "sim" : "cpu")}:{gpus}")).ToList();
         specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
+        if (sim)
+            File.Delete(Path.Combine(home, "sim-clock")); // a new cluster's clock starts at real time
         var clusterId = $"flm-{Guid.NewGuid():N}"[..12];
         var started = new List<SiloProcess>();
         for (var i = 0; i < specs.Count; i++)
@@ -156,6 +159,8 @@ public static partial class ClusterCommands
                 args.AddRange(credentials.SiloArguments);
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
+            if (sim)
+                args.AddRange(["--sim-clock", Path.Combine(home, "sim-clock")]);
             started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, WebPort(basePort, i)));
         }
         var profile = new ClusterProfile

@@ -2,7 +2,7 @@ using System.Globalization;
 
 namespace FlmCluster.Grains;
 
-/// <summary>A server's device list: "cpu:N", "cuda:N" (GPU builds) or "sim:N" (reserved for the simulator).</summary>
+/// <summary>A server's device list: "cpu:N", "cuda:N" (GPU builds) or "sim:N" (simulated GPUs whose work is modelled: <c>flm sim</c>).</summary>
 public readonly record struct DeviceSpec(string Kind, int Count)
 {
     public static bool TryParse(string text, out DeviceSpec spec)
@@ -18,11 +18,17 @@ public readonly record struct DeviceSpec(string Kind, int Count)
     public static DeviceSpec Parse(string text) =>
         TryParse(text, out var spec) ? spec : throw new ArgumentException($"devices '{text}' is not cpu:N, cuda:N or sim:N");
 
-    /// <summary>The kind of device a job's <c>train.device</c> asks for: cuda for "cuda" and "cuda:N", else cpu.</summary>
-    public static string KindOf(string torchDevice) => torchDevice.StartsWith("cuda", StringComparison.Ordinal) ? "cuda" : "cpu";
+    /// <summary>The kind of device a job's <c>train.device</c> asks for: cuda for "cuda" and "cuda:N", sim for "sim", else cpu.</summary>
+    public static string KindOf(string torchDevice) =>
+        torchDevice.StartsWith("cuda", StringComparison.Ordinal) ? "cuda" : torchDevice == "sim" ? "sim" : "cpu";
 
-    /// <summary>The torch device of GPU k on this server.</summary>
-    public string TorchDevice(int index) => Kind == "cuda" ? $"cuda:{index}" : "cpu";
+    /// <summary>The job's device on GPU k of this server.</summary>
+    public string TorchDevice(int index) => Kind switch
+    {
+        "cuda" => $"cuda:{index}",
+        "sim" => "sim",
+        _ => "cpu",
+    };
 
     public override string ToString() => $"{Kind}:{Count}";
 }

@@ -3,6 +3,7 @@ using FlmCluster.Grains.DataPlane.Sockets;
 using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
 using FlmCluster.Grains.Security;
+using FlmCluster.Grains.Sim;
 using FlmCluster.Grains.Storage;
 using FlmCluster.Grains.Workers;
 using Microsoft.Extensions.DependencyInjection;
@@ -62,12 +63,24 @@ public sealed record FlmNodeOptions
 
     /// <summary>Who may call what (<see cref="AccessOptions"/>); null: open, with the key derived from the service id.</summary>
     public AccessOptions? Access { get; init; }
+
+    /// <summary>
+    /// Set on every silo of a simulated cluster: its jobs run on the simulation's virtual clock, and its sim devices
+    /// (<c>sim:N</c>, which need it) model their work with the simulation's cost model.
+    /// </summary>
+    public FlmSimulation? Simulation { get; init; }
 }
 
 public static class FlmSiloBuilderExtensions
 {
     /// <summary>Name of the grain storage provider that coordinators and the scheduler persist to.</summary>
     public const string StorageName = "flm";
+
+    /// <summary>
+    /// Service key of the clock jobs run on (coordinators, the scheduler): the silo's <see cref="TimeProvider"/>
+    /// unless the node is part of a simulation, whose virtual clock it then is. Orleans itself keeps real time.
+    /// </summary>
+    public const string JobClock = "flm.jobs";
 
     /// <summary>
     /// Registers FlmCluster's grains and per-silo services on a silo: node metadata, the node-pinned and
@@ -77,8 +90,8 @@ public static class FlmSiloBuilderExtensions
     /// </summary>
     public static ISiloBuilder AddFlmNode(this ISiloBuilder silo, FlmNodeOptions options)
     {
-        if (options.Devices.Kind == "sim")
-            throw new ArgumentException("device kind 'sim' is reserved for the cluster simulator and cannot train");
+        if (options.Devices.Kind == "sim" && options.Simulation is null)
+            throw new ArgumentException("sim devices model their work: the node needs a simulation (FlmNodeOptions.Simulation: hardware and a virtual clock)");
         if (!FlmNodeOptions.DataPlanes.Contains(options.DataPlane))
             throw new ArgumentException($"data plane '{options.DataPlane}' is not one of {string.Join(", ", FlmNodeOptions.DataPlanes)}");
         if (options.DataPlane == NcclCollectivesFactory.TransportName && options.Devices.Kind != "cuda")
@@ -113,6 +126,10 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<LocalWorkers>();
         silo.Services.AddSingleton<SiloDatasets>();
         silo.Services.AddSingleton<SiloReplicas>();
+        if (options.Devices.Kind == "sim")
+            silo.Services.AddSingleton<IRankExecutors, SimRankExecutors>();
+        else
+            silo.Services.AddSingleton<IRankExecutors, TorchRankExecutors>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
@@ -120,6 +137,9 @@ public static class FlmSiloBuilderExtensions
         silo.Services.AddSingleton<ClientAuthenticator>();
         silo.AddIncomingGrainCallFilter<AccessFilter>();
         silo.AddOutgoingGrainCallFilter<InternalCallMarker>();
+        if (options.Simulation is { } simulation)
+            silo.Services.AddKeyedSingleton<TimeProvider>(JobClock, simulation.Clock);
+        silo.Services.TryAddKeyedSingleton<TimeProvider>(JobClock, (sp, _) => sp.GetRequiredService<TimeProvider>());
         return silo;
     }
 

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Grains.History;
 using FlmCluster.Grains.Placement;
@@ -21,6 +22,9 @@ namespace FlmCluster.Grains.Jobs;
 public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindable, IJobTicks
 {
     public const string ClusterSchedulerKey = "cluster";
+
+    /// <summary>How long one tick may go on running steps.</summary>
+    private static readonly TimeSpan TickBudget = TimeSpan.FromMilliseconds(20);
     private const string ReminderName = "keep-running";
 
     private readonly IPersistentState<JobState> _store;
@@ -44,7 +48,8 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
 
     public JobCoordinatorGrain(
         [PersistentState("job", FlmSiloBuilderExtensions.StorageName)] IPersistentState<JobState> store,
-        IJobHistoryStore history, IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node, TimeProvider time, ILogger<JobCoordinatorGrain> log)
+        IJobHistoryStore history, IGrainFactory grains, IHostApplicationLifetime lifetime, FlmNodeOptions node,
+        [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time, ILogger<JobCoordinatorGrain> log)
     {
         _store = store;
         _history = history;
@@ -215,7 +220,12 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
                     await _builder.Build();
                     break;
                 case JobPhase.Running:
-                    await RunningTick();
+                    // Steps of milliseconds (simulated devices) run several to a tick: a timer tick costs more than
+                    // they do. Pause and cancel wait at most the budget; status is served in between regardless.
+                    var budget = Stopwatch.GetTimestamp();
+                    do
+                        await RunningTick();
+                    while (S.Phase == JobPhase.Running && !_end.Pending && Stopwatch.GetElapsedTime(budget) < TickBudget);
                     break;
                 case JobPhase.Waiting:
                     await Carry(await Recovery.Retry());

@@ -1,10 +1,16 @@
 using FlmCluster.Grains.Abstractions;
+using FlmCluster.Grains.Placement;
+using FlmCluster.Grains.Sim;
+using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Jobs;
 using Microsoft.Extensions.Logging;
 
 namespace FlmCluster.Grains.Jobs;
 
-/// <summary>Calls to the workers of a job's ranks: all at once, with the failure that matters reported.</summary>
+/// <summary>
+/// Calls to the workers of a job's ranks: all at once, with the failure that matters reported. Every call carries
+/// the job's time of issue (<see cref="OperationTime"/>), so that simulated ranks model one operation once.
+/// </summary>
 public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger log)
 {
     public IGpuWorkerGrain Worker(string key) => grains.GetGrain<IGpuWorkerGrain>(key);
@@ -17,10 +23,44 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     /// <param name="deadline">When given: past it, the ranks are stopped as though one had failed (a hung one then fails as hung).</param>
     public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call, TimeSpan? deadline = null)
     {
+        OperationTime.Stamp(job.Now);
+        return await Gather(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList(), deadline);
+    }
+
+    /// <summary>
+    /// A step on every rank, as <see cref="FanOut{T}"/> does it, sent through each server's <see cref="IServerGrain"/>:
+    /// one message per server each way. The reports come back in rank order.
+    /// </summary>
+    public async Task<WorkerStepReport[]> RunStep(WorkerStep step, TimeSpan? deadline)
+    {
+        OperationTime.Stamp(job.Now);
+        var servers = job.Ranks.Select((worker, rank) => (Worker: worker, Rank: rank)).GroupBy(r => NodeMetadata.NodeOfWorker(r.Worker)).ToList();
+        var replies = await Gather(servers.Select(s => grains.GetGrain<IServerGrain>(ServerGrain.KeyOf(s.Key)).RunStep(step, s.Select(r => r.Worker).ToList())).ToList(), deadline);
+        var reports = new WorkerStepReport[job.Ranks.Count];
+        foreach (var (server, reply) in servers.Zip(replies))
+            foreach (var (rank, report) in server.Select(r => r.Rank).Zip(reply))
+                reports[rank] = report;
+        return reports;
+    }
+
+    /// <summary>Waits for calls that together make one collective operation; on the first failure stops every rank and throws the root cause.</summary>
+    private async Task<T[]> Gather<T>(List<Task<T>> tasks, TimeSpan? deadline)
+    {
+        using var stopLate = new CancellationTokenSource(); // the deadline's timer ends with the call
+        try
+        {
+            return await Gather(tasks, deadline is { } limit ? Task.Delay(limit, stopLate.Token) : null, deadline);
+        }
+        finally
+        {
+            await stopLate.CancelAsync();
+        }
+    }
+
+    private async Task<T[]> Gather<T>(List<Task<T>> tasks, Task? late, TimeSpan? deadline)
+    {
         var ranks = job.Ranks;
-        var tasks = ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList();
         var pending = new List<Task<T>>(tasks);
-        var late = deadline is { } limit ? Task.Delay(limit) : null;
         while (pending.Count > 0)
         {
             var done = late is null ? await Task.WhenAny(pending) : await Task.WhenAny(pending.Append<Task>(late));
@@ -54,9 +94,17 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     }
 
     /// <summary>Calls every rank's worker at once for work without collectives (status polls, commands that return at once).</summary>
-    public Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    public async Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call)
+    {
+        OperationTime.Stamp(job.Now);
+        return await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    }
 
-    public Task All(Func<IGpuWorkerGrain, int, Task> call) => Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    public async Task All(Func<IGpuWorkerGrain, int, Task> call)
+    {
+        OperationTime.Stamp(job.Now);
+        await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+    }
 
     /// <summary>Whether every worker the job holds answers a status call within <paramref name="timeout"/>.</summary>
     public async Task<bool> AllAnswer(TimeSpan timeout)

@@ -24,8 +24,11 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         // The first step after a recovery is the recovery's last phase; the others are training time.
         job.Spend(job.State.Time.Current is null ? TimeUse.Step : TimeUse.FirstStep);
         var started = time.GetTimestamp();
-        var reports = await ranks.FanOut((worker, _) => worker.RunStep(command), Deadline());
+        var fanOut = Stopwatch.GetTimestamp();
+        var reports = await ranks.RunStep(command, Deadline());
         var elapsed = time.GetElapsedTime(started);
+        var commit = Stopwatch.GetTimestamp();
+        var fanOutSeconds = Stopwatch.GetElapsedTime(fanOut, commit).TotalSeconds;
         var (step, next) = job.Progress.Complete(at, plan, reports.Select(ToEngine).ToList(), elapsed);
         var recent = job.State.Recent.Where(p => p.Stage == job.StageName).Select(p => p.Loss).ToList();
         if (LossWatch.Check(step, recent, job.Job.Job.Recovery) is { } anomaly)
@@ -49,6 +52,10 @@ public sealed class StepDriver(JobStateMachine job, RankCalls ranks, TimeProvide
         if (recovered is not null)
             Report(recovered);
         WatchStragglers(reports);
+        var control = new TagList { { FlmTelemetry.Tags.Job, job.JobId }, { FlmTelemetry.Tags.Part, "fan_out" } };
+        FlmTelemetry.StepControl.Record(fanOutSeconds, control);
+        control[1] = new(FlmTelemetry.Tags.Part, "commit");
+        FlmTelemetry.StepControl.Record(Stopwatch.GetElapsedTime(commit).TotalSeconds, control);
     }
 
     /// <summary>How long the step may take before it counts as hung: hang_factor × the recent median step time, at least hang_min_seconds.</summary>

@@ -18,10 +18,14 @@ public static class NodeMetadata
     public const string DataEndpoint = "flm.data";
 
     /// <summary>Node name of a worker key "node/gpuK".</summary>
-    public static string NodeOfWorker(string workerKey)
+    public static string NodeOfWorker(string workerKey) =>
+        NodeOfWorkerOrNull(workerKey) ?? throw new ArgumentException($"worker key '{workerKey}' is not node/gpuK");
+
+    /// <summary>Node name of a worker key "node/gpuK", or null when the key has no node.</summary>
+    public static string? NodeOfWorkerOrNull(string workerKey)
     {
         var slash = workerKey.IndexOf('/');
-        return slash > 0 ? workerKey[..slash] : throw new ArgumentException($"worker key '{workerKey}' is not node/gpuK");
+        return slash > 0 ? workerKey[..slash] : null;
     }
 }
 

@@ -47,7 +47,7 @@ public sealed class ClusterSchedulerGrain(
     NodeDirectory directory,
     FlmNodeOptions node,
     IGrainFactory grains,
-    TimeProvider time,
+    [Microsoft.Extensions.DependencyInjection.FromKeyedServices(FlmSiloBuilderExtensions.JobClock)] TimeProvider time,
     ILogger<ClusterSchedulerGrain> log) : Grain, IClusterSchedulerGrain
 {
     private SchedulerState S => store.State;

@@ -37,7 +37,7 @@ public sealed class FileGrainStorage(string directory, IGrainStorageSerializer s
     {
         var path = PathOf(stateName, grainId);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
-        var current = File.Exists(path) ? ReadFile(path).Version : 0L;
+        var current = File.Exists(path) ? ReadVersion(path) : 0L;
         var expected = grainState.ETag is null ? 0L : long.Parse(grainState.ETag, System.Globalization.CultureInfo.InvariantCulture);
         if (current != expected)
             throw new InconsistentStateException($"state of {grainId} changed on disk (version {current}, expected {expected})", current.ToString(System.Globalization.CultureInfo.InvariantCulture), grainState.ETag ?? "");
@@ -77,6 +77,16 @@ public sealed class FileGrainStorage(string directory, IGrainStorageSerializer s
         var hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(id)))[..16];
         var readable = new string(id.Select(c => char.IsLetterOrDigit(c) || c is '-' or '_' ? c : '_').Take(60).ToArray());
         return Path.Combine(directory, stateName, $"{readable}-{hash}.state");
+    }
+
+    /// <summary>The version in a state file's header (a write checks it without reading the state).</summary>
+    private static long ReadVersion(string path)
+    {
+        Span<byte> header = stackalloc byte[16];
+        using (var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1))
+            if (stream.ReadAtLeast(header, header.Length, throwOnEndOfStream: false) < header.Length || BinaryPrimitives.ReadUInt32LittleEndian(header) != Magic)
+                throw new InvalidDataException($"'{path}' is not an FlmCluster grain state file");
+        return BinaryPrimitives.ReadInt64LittleEndian(header[8..]);
     }
 
     private static (long Version, byte[] Payload) ReadFile(string path)

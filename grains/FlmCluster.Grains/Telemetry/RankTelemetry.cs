@@ -1,5 +1,7 @@
 using System.Diagnostics;
+using FlmCluster.Grains.Workers;
 using FlmCluster.Training.Engine;
+using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Telemetry;
 
 namespace FlmCluster.Grains.Telemetry;
@@ -8,7 +10,7 @@ namespace FlmCluster.Grains.Telemetry;
 /// One rank's figures, at its worker: every metric tagged with the job, stage, server, GPU, rank and its
 /// (dp, tp, pp) coordinates; a "rank.step" span per step, child of the coordinator's "job.step".
 /// </summary>
-public sealed class RankTelemetry(string jobId, string stage, string worker, RankTrainer trainer)
+public sealed class RankTelemetry(string jobId, string stage, string worker, RankCoords coords, int rank, IRankExecutor executor)
 {
     private readonly TagList _tags = new()
     {
@@ -16,10 +18,10 @@ public sealed class RankTelemetry(string jobId, string stage, string worker, Ran
         { FlmTelemetry.Tags.Stage, stage },
         { FlmTelemetry.Tags.Node, worker[..worker.IndexOf('/')] },
         { FlmTelemetry.Tags.Gpu, worker[(worker.IndexOf('/') + 1)..] },
-        { FlmTelemetry.Tags.Rank, trainer.Groups.Rank },
-        { FlmTelemetry.Tags.Dp, trainer.Groups.Coords.Dp },
-        { FlmTelemetry.Tags.Tp, trainer.Groups.Coords.Tp },
-        { FlmTelemetry.Tags.Pp, trainer.Groups.Coords.Pp },
+        { FlmTelemetry.Tags.Rank, rank },
+        { FlmTelemetry.Tags.Dp, coords.Dp },
+        { FlmTelemetry.Tags.Tp, coords.Tp },
+        { FlmTelemetry.Tags.Pp, coords.Pp },
     };
 
     /// <summary>The rank's span of a step, under the coordinator's span when the step names one.</summary>
@@ -47,8 +49,8 @@ public sealed class RankTelemetry(string jobId, string stage, string worker, Ran
         FlmTelemetry.RankCommunication.Record(communication.TotalSeconds, _tags);
         FlmTelemetry.RankPipelineIdle.Record(report.PipelineWait.TotalSeconds, _tags);
         FlmTelemetry.RankBytes.Add(report.CommBytes, _tags);
-        FlmTelemetry.RankParameterMemory.Record(trainer.Flat.Bytes * 2, _tags); // parameters and their gradients, same size
-        FlmTelemetry.RankOptimizerMemory.Record(trainer.Optimizer.StateBytes, _tags);
+        FlmTelemetry.RankParameterMemory.Record(executor.ParameterBytes, _tags);
+        FlmTelemetry.RankOptimizerMemory.Record(executor.OptimizerBytes, _tags);
         activity?.SetTag("flm.compute.duration_ms", compute.TotalMilliseconds);
         activity?.SetTag("flm.communication.duration_ms", communication.TotalMilliseconds);
         activity?.SetTag("flm.pipeline_idle.duration_ms", report.PipelineWait.TotalMilliseconds);

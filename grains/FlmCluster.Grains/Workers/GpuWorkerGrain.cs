@@ -16,21 +16,22 @@ namespace FlmCluster.Grains.Workers;
 
 /// <summary>
 /// One GPU ("node/gpuK"), activated only on its node's silo and never moved or collected. It holds one rank
-/// of one job — model slice, flat buffers, optimizer shard — built and run on a dedicated device thread, so
-/// compute never occupies the Orleans scheduler and collectives may block. Holds no durable state: what a
-/// lost worker held is rebuilt by the coordinator. What its work throws reaches the coordinator as a typed
-/// failure (<see cref="WorkerFailures"/>).
+/// of one job, built by the server's <see cref="IRankExecutors"/>: on a real device its model slice, flat
+/// buffers and optimizer shard, built and run on a dedicated device thread, so compute never occupies the
+/// Orleans scheduler and collectives may block; on a simulated device a model of its work. Holds no durable
+/// state: what a lost worker held is rebuilt by the coordinator. What its work throws reaches the coordinator as
+/// a typed failure (<see cref="WorkerFailures"/>).
 /// </summary>
 [NodePinnedPlacement, Immovable, KeepAlive]
 public sealed class GpuWorkerGrain(
-    FlmNodeOptions node, LocalWorkers local, SiloDatasets datasets, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
-    IEnumerable<IStepFaults> faults, ILogger<GpuWorkerGrain> log)
+    FlmNodeOptions node, LocalWorkers local, IRankExecutors executors, SiloReplicas replicas, ICollectivesFactory collectives, IGrainFactory grains,
+    ILogger<GpuWorkerGrain> log)
     : Grain, IGpuWorkerGrain
 {
     private readonly WorkerMailbox _mailbox = new();
-    private DeviceThread? _thread;
+    private IRankThread? _thread;
     private WorkerAssignment? _assignment;
-    private RankTrainer? _trainer;
+    private IRankExecutor? _rank;
     private RankTelemetry? _telemetry;
     private WorkerStepReport? _lastReport;
     private RankBuildReport? _built;
@@ -57,7 +58,7 @@ public sealed class GpuWorkerGrain(
         if (NodeMetadata.NodeOfWorker(key) != node.Node || !key[(slash + 1)..].StartsWith("gpu", StringComparison.Ordinal)
             || !int.TryParse(key[(slash + 4)..], out var index) || index < 0 || index >= node.Devices.Count)
             throw new InvalidOperationException($"worker '{key}' does not exist on node {node.Node} ({node.Devices})");
-        _thread = new DeviceThread(key);
+        _thread = executors.CreateThread(key);
         _replicas = replicas.For(key);
         local.Register(key, _mailbox);
         log.LogInformation("Worker {Worker} activated on {Silo}", key, RuntimeIdentity);
@@ -100,32 +101,11 @@ public sealed class GpuWorkerGrain(
         _mailbox.Accept(a.JobId, a.Incarnation);
         var comm = collectives.Create(new CollectivesSession(a.JobId, a.Incarnation, a.Rank, a.RankWorkers, _mailbox, a.SessionKey));
         var started = Stopwatch.GetTimestamp();
-        var restore = TimeSpan.Zero;
+        BuiltRank built;
         try
         {
             var replicas = a.Rebuild.Kind == RebuildKind.Replicas ? ReplicaCheckpoint(a.JobId, a.Rebuild.Replicas!) : null;
-            _trainer = await OnDevice(a.Rank, () =>
-            {
-                // Threads per rank from the server's device count, not from the workers active so far: a count that
-                // changed with activation order would change how libtorch splits its reductions, and so the rounding.
-                TorchEnvironment.ConfigureThreads(node.TorchThreads, Math.Max(1, node.Devices.Count));
-                var data = datasets.For(job);
-                var trainer = new RankTrainer(job, new RankGroups(layout, a.Rank), comm, data, whole.GrowthShapeOf(a.Stage));
-                foreach (var fault in faults)
-                    trainer.BeforeUpdate += (plan, rank) => fault.BeforeUpdate(Key, a.JobId, a.Rank, plan, rank);
-                try
-                {
-                    var loading = Stopwatch.GetTimestamp();
-                    Rebuild(trainer, whole, a, data.Fingerprint, replicas);
-                    restore += Stopwatch.GetElapsedTime(loading);
-                }
-                catch
-                {
-                    trainer.Dispose();
-                    throw;
-                }
-                return trainer;
-            });
+            built = await OnDevice(a.Rank, () => executors.Build(new RankSetup(Key, a, whole, job, layout, comm, replicas)));
         }
         catch (Exception ex)
         {
@@ -134,14 +114,14 @@ public sealed class GpuWorkerGrain(
             _mailbox.Close(a.JobId, a.Incarnation);
             throw;
         }
+        _rank = built.Rank;
         _assignment = a;
-        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, _trainer);
+        _telemetry = new RankTelemetry(a.JobId, whole.Stages.Count > 1 ? whole.Stages[a.Stage].Name : "main", Key, layout.CoordsOf(a.Rank), a.Rank, built.Rank);
         _nextStep = a.NextStep;
         _lastReport = null;
         _state = WorkerState.Ready;
         _idleSince = Stopwatch.GetTimestamp();
-        var total = Stopwatch.GetElapsedTime(started);
-        _built = new RankBuildReport((total - restore).TotalMilliseconds, restore.TotalMilliseconds);
+        _built = new RankBuildReport(built.Build.TotalMilliseconds, built.Restore.TotalMilliseconds);
         log.LogInformation("Worker {Worker} holds rank {Rank} of job {Job} (incarnation {Incarnation}), {Rebuild}", Key, a.Rank, a.JobId, a.Incarnation, a.Rebuild);
         return _built;
     }
@@ -165,29 +145,9 @@ public sealed class GpuWorkerGrain(
         return job;
     }
 
-    /// <summary>Loads the rank's state from where the assignment says (on the device thread).</summary>
-    private static void Rebuild(RankTrainer trainer, ResolvedJob job, WorkerAssignment a, string dataFingerprint, CheckpointReader? replicas)
-    {
-        switch (a.Rebuild.Kind)
-        {
-            case RebuildKind.Growth:
-                CheckpointRestore.LoadGrown(trainer, CheckpointReader.Open(a.Rebuild.Checkpoint!), job.Job, job.Stages, a.Stage);
-                break;
-            case RebuildKind.Checkpoint:
-                var reader = CheckpointReader.Open(a.Rebuild.Checkpoint!);
-                new JobProgress(job).CheckResume(reader, dataFingerprint, stepsLeft: false);
-                CheckpointRestore.Load(trainer, reader);
-                break;
-            case RebuildKind.Replicas:
-                new JobProgress(job).CheckResume(replicas!, dataFingerprint, stepsLeft: false);
-                CheckpointRestore.Load(trainer, replicas!);
-                break;
-        }
-    }
-
     public async Task<WorkerStepReport> RunStep(WorkerStep step)
     {
-        var trainer = Holding(step.JobId, step.Incarnation);
+        var rank = Holding(step.JobId, step.Incarnation);
         var a = _assignment!;
         if (_lastReport is { } last && last.Step == step.Step)
             return last; // a repeated command (e.g. after the coordinator moved) gets the same answer
@@ -200,7 +160,7 @@ public sealed class GpuWorkerGrain(
         RankStepReport report;
         try
         {
-            report = await OnDevice(a.Rank, () => trainer.TrainStep(new StepPlan(step.Step, step.FirstSample, step.Lr, step.MaskValue)));
+            report = await OnDevice(a.Rank, () => rank.TrainStep(new StepPlan(step.Step, step.FirstSample, step.Lr, step.MaskValue)));
         }
         catch (Exception ex)
         {
@@ -220,18 +180,18 @@ public sealed class GpuWorkerGrain(
 
     public async Task<LossSum> Evaluate(string jobId, int incarnation, long firstSample, double maskValue)
     {
-        var trainer = Holding(jobId, incarnation);
-        var (sum, tokens) = await OnDevice(_assignment!.Rank, () => trainer.EvaluateLoss(firstSample, maskValue));
+        var rank = Holding(jobId, incarnation);
+        var (sum, tokens) = await OnDevice(_assignment!.Rank, () => rank.EvaluateLoss(firstSample, maskValue));
         return new LossSum(sum, tokens);
     }
 
     public async Task<string> BeginSave(SaveCommand command)
     {
-        var trainer = Holding(command.JobId, command.Incarnation);
+        var rank = Holding(command.JobId, command.Incarnation);
         if (_save is { } previous)
         {
             if (previous.Step == command.Step)
-                return trainer.DataFingerprint; // repeated command
+                return rank.DataFingerprint; // repeated command
             try
             {
                 await previous.Write; // at most one snapshot in flight
@@ -241,20 +201,16 @@ public sealed class GpuWorkerGrain(
                 log.LogWarning("Worker {Worker}: the previous shard failed: {Message}", Key, ex.Message);
             }
         }
-        var snapshot = await OnDevice(_assignment!.Rank, () => RankSnapshot.Capture(trainer));
+        var copy = await OnDevice(_assignment!.Rank, () => rank.Copy());
         Directory.CreateDirectory(command.Directory);
-        _save = (command.Step, Task.Run(() =>
-        {
-            try
-            {
-                return ShardWriter.Write(snapshot, command.Directory);
-            }
-            finally
-            {
-                snapshot.Dispose();
-            }
-        }));
-        return trainer.DataFingerprint;
+        _save = (command.Step, WriteShard(copy, command.Directory));
+        return rank.DataFingerprint;
+    }
+
+    private static async Task<WrittenShard> WriteShard(IRankCopy copy, string directory)
+    {
+        using (copy)
+            return await copy.WriteShard(directory);
     }
 
     public Task<ShardStatus> SaveStatus(string jobId, int incarnation, long step)
@@ -270,7 +226,7 @@ public sealed class GpuWorkerGrain(
 
     public async Task BeginReplica(ReplicaCommand command)
     {
-        var trainer = Holding(command.JobId, command.Incarnation);
+        var held = Holding(command.JobId, command.Incarnation);
         var rank = _assignment!.Rank;
         if (_replica is { } previous)
         {
@@ -285,7 +241,7 @@ public sealed class GpuWorkerGrain(
                 log.LogWarning("Worker {Worker}: the previous replica failed: {Message}", Key, ex.Message);
             }
         }
-        var snapshot = await OnDevice(rank, () => RankSnapshot.Capture(trainer));
+        var copy = await OnDevice(rank, () => held.Copy());
         var peer = grains.GetGrain<IGpuWorkerGrain>(command.Peer);
         var stop = new CancellationTokenSource();
         var stopped = stop.Token;
@@ -293,14 +249,8 @@ public sealed class GpuWorkerGrain(
         {
             ChunkedBytes bytes;
             WrittenShard shard;
-            try
-            {
-                (bytes, shard) = ShardWriter.Serialize(snapshot, TensorChunk.MaxBytes);
-            }
-            finally
-            {
-                snapshot.Dispose();
-            }
+            using (copy)
+                (bytes, shard) = await copy.Serialize(command.Step, TensorChunk.MaxBytes);
             var checksum = bytes.Checksum();
             _replicas.Put(command.JobId, rank, command.Step, bytes, checksum);
             for (var i = 0; i < bytes.Chunks.Count; i++)
@@ -321,7 +271,7 @@ public sealed class GpuWorkerGrain(
         if (replica.Send.IsFaulted)
             return Task.FromResult(new ReplicaStatus(step, false, 0, replica.Send.Exception!.InnerException!.Message));
         var (bytes, shard) = replica.Send.Result;
-        return Task.FromResult(new ReplicaStatus(step, true, bytes, null, System.Text.Json.JsonSerializer.Serialize(shard, CheckpointManifest.Json), _trainer!.DataFingerprint));
+        return Task.FromResult(new ReplicaStatus(step, true, bytes, null, System.Text.Json.JsonSerializer.Serialize(shard, CheckpointManifest.Json), _rank!.DataFingerprint));
     }
 
     [NoProfiling] // data plane: thousands of calls a step, kept out of the Orleans dashboard's statistics
@@ -459,6 +409,8 @@ public sealed class GpuWorkerGrain(
 
     public async Task<ProbeResult> Probe(ProbeRequest request)
     {
+        if (!executors.HasDataPlane)
+            throw new ClusterRequestException($"worker {Key} is a simulated device ({node.Devices}); it moves no bytes to probe");
         if (_assignment is { } held)
             throw new ClusterRequestException($"worker {Key} is busy with job {held.JobId}; probe idle workers");
         if (request.RankWorkers.Count == 0 || request.Rank < 0 || request.Rank >= request.RankWorkers.Count || request.RankWorkers[request.Rank] != Key)
@@ -478,9 +430,9 @@ public sealed class GpuWorkerGrain(
         }
     }
 
-    private RankTrainer Holding(string jobId, int incarnation) =>
-        _assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation && _trainer is { } trainer
-            ? trainer
+    private IRankExecutor Holding(string jobId, int incarnation) =>
+        _assignment is { } a && a.JobId == jobId && a.Incarnation == incarnation && _rank is { } rank
+            ? rank
             : throw new WorkerNotHoldingJobException(Key, jobId, incarnation);
 
     /// <summary>
@@ -533,9 +485,9 @@ public sealed class GpuWorkerGrain(
         }
         if (_assignment is { } a)
             _mailbox.Close(a.JobId, a.Incarnation);
-        if (_trainer is { } trainer && !_hung.Task.IsCompleted)
-            await _thread!.Run(trainer.Dispose); // a hung device's rank stays with its thread
-        _trainer = null;
+        if (_rank is { } held && !_hung.Task.IsCompleted)
+            await _thread!.Run(held.Dispose); // a hung device's rank stays with its thread
+        _rank = null;
         _telemetry = null;
         _assignment = null;
         _lastReport = null;

@@ -38,7 +38,7 @@ public static class JobValidator
         Require((Int128)t.Steps * t.GlobalBatch * model.SeqLen <= long.MaxValue,
             $"train.steps × train.global_batch × model.seq_len = {t.Steps} × {t.GlobalBatch} × {model.SeqLen} tokens overflows a 64-bit count; give fewer steps");
         Require(Precisions.Contains(t.Precision), $"train.precision '{t.Precision}' is not one of {string.Join(", ", Precisions)}");
-        Require(TryParseDevice(t.Device, out _), $"train.device '{t.Device}' is not cpu, cuda or cuda:N");
+        Require(t.Device == SimDevice || TryParseDevice(t.Device, out _), $"train.device '{t.Device}' is not cpu, cuda, cuda:N or sim");
         Require(t.Threads >= 0, $"train.threads must be 0 (one per core) or positive (got {t.Threads})");
         Require(t.Threads <= MaxThreads, $"train.threads={t.Threads} is more than {MaxThreads}; give 0 for one per core");
         Require(t.LogEvery > 0, $"train.log_every must be positive (got {t.LogEvery})");
@@ -95,7 +95,10 @@ public static class JobValidator
     /// <summary>Torch intra-op threads beyond this are a typo, not a machine.</summary>
     public const int MaxThreads = 4096;
 
-    /// <summary><c>cpu</c> (index −1), <c>cuda</c> (0) or <c>cuda:N</c>.</summary>
+    /// <summary>The device of a job on simulated servers (<c>flm sim</c>): its work is modelled, not computed.</summary>
+    public const string SimDevice = "sim";
+
+    /// <summary><c>cpu</c> (index −1), <c>cuda</c> (0) or <c>cuda:N</c>: a device torch can compute on.</summary>
     public static bool TryParseDevice(string device, out int cudaIndex)
     {
         cudaIndex = device switch

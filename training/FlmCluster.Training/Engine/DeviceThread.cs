@@ -2,11 +2,43 @@ using System.Collections.Concurrent;
 
 namespace FlmCluster.Training.Engine;
 
+/// <summary>Where one rank's work runs, one item at a time.</summary>
+public interface IRankThread : IDisposable
+{
+    Task<T> Run<T>(Func<T> work);
+
+    Task Run(Action work) => Run(() =>
+    {
+        work();
+        return true;
+    });
+}
+
+/// <summary>Runs a rank's work on the caller's thread: for ranks whose work is only modelled (simulated devices), never blocking.</summary>
+public sealed class InlineThread : IRankThread
+{
+    public Task<T> Run<T>(Func<T> work)
+    {
+        try
+        {
+            return Task.FromResult(work());
+        }
+        catch (Exception ex)
+        {
+            return Task.FromException<T>(ex);
+        }
+    }
+
+    public void Dispose()
+    {
+    }
+}
+
 /// <summary>
 /// A dedicated thread that runs one rank's compute, one work item at a time. Compute never runs on a
 /// caller's (or Orleans') scheduler; collectives may block this thread while peers catch up.
 /// </summary>
-public sealed class DeviceThread : IDisposable
+public sealed class DeviceThread : IRankThread
 {
     private readonly BlockingCollection<Action> _work = new();
     private readonly Thread _thread;

@@ -44,4 +44,22 @@ public static class MemoryPlanner
         var optimizer = p * (2L * stateBytes + masterBytes);
         return new RankMemory(stage, p, p * paramBytes, p * paramBytes, optimizer, (long)Math.Ceiling((double)optimizer / layout.Dp));
     }
+
+    /// <summary>
+    /// Activation bytes a rank of pipeline stage <paramref name="stage"/> keeps for backward at its peak, with 2-byte
+    /// activations: per layer and micro-batch s·b·h·(10 + 24/tp) (Korthikanti et al. 2022, "Reducing Activation
+    /// Recomputation in Large Transformer Models", without sequence parallelism and without the s² attention scores,
+    /// which fused attention does not keep), times the micro-batches in flight on the stage under 1F1B
+    /// (min(pp − stage, m)). With full recomputation only each layer's input (2·s·b·h) is kept, plus one layer's
+    /// activations while it is recomputed.
+    /// </summary>
+    public static long ActivationBytes(ModelConfig model, ParallelLayout layout, int stage, int microBatchSize, bool recompute)
+    {
+        var sbh = (double)model.SeqLen * microBatchSize * model.Hidden;
+        var perLayer = sbh * (10 + 24.0 / layout.Tp);
+        var layers = model.Layers / layout.Pp;
+        var inFlight = Math.Min(layout.Pp - stage, layout.MicroBatches);
+        var bytes = recompute ? inFlight * layers * 2 * sbh + perLayer : inFlight * layers * perLayer;
+        return (long)Math.Ceiling(bytes);
+    }
 }

@@ -18,6 +18,8 @@ public static class TorchEnvironment
     /// <summary>Refuses a device this process cannot use (a CUDA device on a CPU build or a machine without it) before anything starts.</summary>
     public static void RequireDevice(string device)
     {
+        if (device == Config.JobValidator.SimDevice)
+            throw new FlmUserException("train.device 'sim' runs only on simulated servers ('flm sim'); use --set train.device=cpu or cuda to train");
         if (!Config.JobValidator.TryParseDevice(device, out var index))
             throw new FlmUserException($"train.device '{device}' is not cpu, cuda or cuda:N");
         if (index < 0)

@@ -39,6 +39,7 @@ public static class FlmTelemetry
         public const string Rebuild = "flm.rebuild";
         public const string Worker = "flm.worker";
         public const string Phase = "flm.phase";
+        public const string Part = "flm.part";
         public const string Use = "flm.use";
         public const string Method = "flm.method";
         public const string Refusal = "flm.refusal";
@@ -51,6 +52,14 @@ public static class FlmTelemetry
 
     /// <summary>Wall time of a committed step as the coordinator saw it (fan-out to fan-in).</summary>
     public static readonly Histogram<double> StepDuration = Seconds("flm.job.step.duration", "Step time, fan-out to fan-in");
+
+    /// <summary>
+    /// Real (wall-clock) time of the coordinator's part of a committed step; tag part: "fan_out" (the step sent to
+    /// every rank and every report back — with real devices this includes their compute) or "commit" (aggregating
+    /// the reports, persisting the step, its telemetry). Unlike <see cref="StepDuration"/> never on a simulation's
+    /// virtual clock: on simulated devices it is all of the step's real time.
+    /// </summary>
+    public static readonly Histogram<double> StepControl = Seconds("flm.job.step.control", "Real time of a step's fan-out and commit");
 
     public static readonly Counter<long> Steps = Meter.CreateCounter<long>("flm.job.steps", "{step}", "Committed steps");
 
