@@ -165,7 +165,9 @@ internal sealed class RefusalCount : IDisposable
     {
         _listener.InstrumentPublished = (instrument, listener) =>
         {
-            if (instrument == FlmTelemetry.AccessRefused)
+            // By name: comparing with FlmTelemetry.AccessRefused here would run FlmTelemetry's static initializer
+            // inside its own instrument's publication, where that field is still null.
+            if (instrument.Meter.Name == FlmTelemetry.Name && instrument.Name == "flm.access.refused")
                 listener.EnableMeasurementEvents(instrument);
         };
         _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
