@@ -220,7 +220,9 @@ public sealed class ScalingCliTests : IDisposable
     [Fact]
     public void Predict_loss_writes_data_fit_plot_and_the_predicted_curve()
     {
-        var r = FlmProcess.Run(_dir, "predict-loss", "--widths", "16,32,48", "--holdout", "64", "--steps", "40", "--eval-every", "20", "--eval-batches", "1", "--out", "pl");
+        // Four small trainings one after another: minutes when the machine also runs the other test projects.
+        var r = FlmProcess.Run(_dir, new Dictionary<string, string>(), TimeSpan.FromMinutes(12),
+            "predict-loss", "--widths", "16,32,48", "--holdout", "64", "--steps", "40", "--eval-every", "20", "--eval-batches", "1", "--out", "pl");
         Assert.Equal(0, r.ExitCode);
         Assert.Contains("predicted", r.Output);
         Assert.Matches(@"error [+-]\d+\.\d\d%", r.Output);

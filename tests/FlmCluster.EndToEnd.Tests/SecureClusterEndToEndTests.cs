@@ -15,7 +15,7 @@ namespace FlmCluster.EndToEnd.Tests;
 [Trait("Category", "EndToEnd")]
 public sealed class SecureClusterEndToEndTests : IDisposable
 {
-    private const int BasePort = 22011;
+    private const int BasePort = 24411; // a port range of its own: end-to-end test classes run in parallel
     private readonly Flm _flm = new("flm-secure-");
 
     public void Dispose() => _flm.Dispose();

@@ -12,7 +12,7 @@ namespace FlmCluster.EndToEnd.Tests;
 [Trait("Category", "EndToEnd")]
 public sealed class TelemetryEndToEndTests : IDisposable
 {
-    private const int Steps = 120; // long enough to pause it while it runs
+    private const int Steps = 240; // long enough to pause it while it runs, however slowly the client's status calls come
     private const int TokensPerStep = 8 * 64; // train.global_batch × model.seq_len
     private const int Ranks = 4;
 
@@ -47,7 +47,7 @@ public sealed class TelemetryEndToEndTests : IDisposable
 
         // Paused mid-job, the figures stand still: each metric is compared with the job's own account of its steps.
         var watch = Stopwatch.StartNew();
-        while (Status(job).GetProperty("step").GetInt64() < 8 && watch.Elapsed < TimeSpan.FromMinutes(3))
+        while (Status(job).GetProperty("step").GetInt64() < 3 && watch.Elapsed < TimeSpan.FromMinutes(3))
             Thread.Sleep(100);
         var pause = _flm.Run("pause", job);
         Assert.True(pause.ExitCode == 0, pause.Output + pause.Error);
