@@ -17,11 +17,7 @@ public sealed class ControlPlaneFailoverEndToEndTests : IDisposable
 
     public void Dispose() => _flm.Dispose();
 
-    private string[] Job(string dir, int steps) =>
-    [
-        "submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.seq_len=64",
-        "--layout", "dp=2,tp=2", "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", "--set", "checkpoint.interval=2",
-    ];
+    private static string[] Job(string dir, int steps) => Flm.TinySubmit("dp=2,tp=2", steps, dir, "checkpoint.interval=2");
 
     [Fact]
     public void The_coordinator_and_the_scheduler_move_to_other_silos_and_the_job_loses_no_step()

@@ -9,6 +9,16 @@ namespace FlmCluster.EndToEnd.Tests;
 /// </summary>
 public sealed class Flm : IDisposable
 {
+    /// <summary>
+    /// `flm submit` of the tiny preset on byte tokens and 64-token sequences, in <paramref name="layout"/>, checkpointing
+    /// into <paramref name="dir"/>, with more `--set` key=value pairs.
+    /// </summary>
+    public static string[] TinySubmit(string layout, int steps, string dir, params string[] settings) =>
+    [
+        "submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.seq_len=64",
+        "--layout", layout, "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", .. settings.SelectMany(kv => new[] { "--set", kv }),
+    ];
+
     public string Home { get; }
     public RedisServer Redis { get; } = new();
     public string Profile => Path.Combine(Home, "cluster.json");

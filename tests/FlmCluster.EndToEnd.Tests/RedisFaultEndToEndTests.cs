@@ -17,12 +17,7 @@ public sealed class RedisFaultEndToEndTests : IDisposable
 
     public void Dispose() => _flm.Dispose();
 
-    private string[] Job(string dir, int steps) =>
-    [
-        "submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.seq_len=64",
-        "--layout", "dp=2", "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", "--set", "checkpoint.interval=10",
-        "--set", "recovery.storage_wait_seconds=6",
-    ];
+    private static string[] Job(string dir, int steps) => Flm.TinySubmit("dp=2", steps, dir, "checkpoint.interval=10", "recovery.storage_wait_seconds=6");
 
     [Fact]
     public void A_job_outlives_a_redis_restart_and_stops_resumably_when_redis_stays_away()

@@ -16,12 +16,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
 
     public void Dispose() => _flm.Dispose();
 
-    private string[] Job(string dir, int steps) =>
-    [
-        "submit", "--config", "tiny", "--set", "tokenizer=bytes", "--set", "model.vocab_pad_multiple=128", "--set", "model.seq_len=64",
-        "--layout", "dp=2,tp=2", "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", "--set", "checkpoint.interval=20",
-        "--set", "checkpoint.memory_interval=5",
-    ];
+    private static string[] Job(string dir, int steps) => Flm.TinySubmit("dp=2,tp=2", steps, dir, "checkpoint.interval=20", "checkpoint.memory_interval=5");
 
     [Fact]
     public void A_dead_servers_ranks_move_to_an_idle_server_and_come_back_from_their_peers_replicas()
