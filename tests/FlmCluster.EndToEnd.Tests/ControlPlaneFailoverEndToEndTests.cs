@@ -42,7 +42,7 @@ public sealed class ControlPlaneFailoverEndToEndTests : IDisposable
         var status = _flm.Run("status", jobId);
         Assert.True(Regex.Matches(status.Output + follow.Error, "resumed: coordinator activated on").Count >= 1, follow.Error); // events: standard error
         // Nothing redone: repeated steps were answered from the workers' reports, nothing was rolled back.
-        Assert.Matches(@"redone 0\.0 s", status.Output);
+        Assert.True(Regex.IsMatch(status.Output, @"redone 0\.0 s"), status.Output + follow.Error);
         using (var final = JsonDocument.Parse(File.ReadAllText(Path.Combine(killed, $"step-{steps:D8}", "manifest.json"))))
             Assert.Equal(steps * 8L, final.RootElement.GetProperty("samples_consumed").GetInt64());
 

@@ -118,6 +118,13 @@ public static class FlmSiloBuilderExtensions
         else
             silo.Services.AddSingleton<ICollectivesFactory, OrleansCollectivesFactory>();
         silo.UseSiloMetadata(metadata);
+        // A worker's rank lives only in its activation. With Orleans' default directory, a silo that dies takes its
+        // directory partition with it, and every other silo deactivates the activations registered there: a
+        // control-plane silo's death would wipe ranks on healthy GPU servers. The distributed directory recovers
+        // a lost partition from the surviving silos' activations instead, so only the dead silo's grains are lost.
+#pragma warning disable ORLEANSEXP003 // experimental in Orleans 10; Orleans' own test clusters run on it
+        silo.AddDistributedGrainDirectory();
+#pragma warning restore ORLEANSEXP003
         silo.AddPlacementDirector<NodePinnedPlacementStrategy, NodePinnedPlacementDirector>();
         silo.AddPlacementDirector<ControlPlanePlacementStrategy, ControlPlanePlacementDirector>();
         silo.AddPlacementDirector<SiloPinnedPlacementStrategy, SiloPinnedPlacementDirector>();
