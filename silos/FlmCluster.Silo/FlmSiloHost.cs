@@ -6,6 +6,7 @@ using FlmCluster.Training.Sim;
 using FlmCluster.Grains.History;
 using FlmCluster.Silo.Dashboard;
 using FlmCluster.Silo.Health;
+using FlmCluster.Silo.Web;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.Extensions.Configuration;
@@ -22,7 +23,7 @@ namespace FlmCluster.Silo;
 /// Configures a host as one FlmCluster silo (a GPU server, or a control-plane node with cpu:0). A silo with a
 /// web port (Flm:HttpPort) is a web application that also serves the dashboard (/), the Orleans dashboard
 /// (/orleans), the health endpoints (/health/live, /health/ready) and, with the prometheus exporter, the scrape
-/// endpoint (/metrics).
+/// endpoint (/metrics). A secure silo serves them over HTTPS to the cluster's clients only (<see cref="WebAccess"/>).
 /// </summary>
 public static class FlmSiloHost
 {
@@ -42,15 +43,27 @@ public static class FlmSiloHost
         if (s.HttpPort > 0)
         {
             web = WebApplication.CreateEmptyBuilder(new WebApplicationOptions { ContentRootPath = AppContext.BaseDirectory });
+            // Secure: HTTPS with the silo's certificate (tokens and session cookies never cross the network in clear).
+            var certificate = s.Secure ? ClusterCertificates.LoadWithKey(s.TlsCertificate, s.TlsKey, "Flm:TlsCertificate") : null;
             web.WebHost.UseKestrelCore().ConfigureKestrel(k =>
             {
                 if (s.LoopbackOnly)
-                    k.Listen(IPAddress.Loopback, s.HttpPort);
+                    k.Listen(IPAddress.Loopback, s.HttpPort, Https);
                 else
-                    k.ListenAnyIP(s.HttpPort);
+                    k.ListenAnyIP(s.HttpPort, Https);
             });
+            if (certificate is not null)
+                web.WebHost.UseKestrelHttpsConfiguration();
             web.Services.AddRouting();
+            if (s.Secure)
+                web.Services.AddFlmWebAccess();
             web.Services.AddFlmDashboard();
+
+            void Https(Microsoft.AspNetCore.Server.Kestrel.Core.ListenOptions listen)
+            {
+                if (certificate is not null)
+                    listen.UseHttps(certificate);
+            }
             web.Services.AddSiloHealth(s);
             builder = web;
         }
@@ -69,6 +82,8 @@ public static class FlmSiloHost
         if (web is null)
             return ((HostApplicationBuilder)builder).Build();
         var app = web.Build();
+        if (s.Secure)
+            app.UseFlmWebAccess();
         app.MapFlmDashboard();
         app.MapSiloHealth();
         if (grainStatistics)

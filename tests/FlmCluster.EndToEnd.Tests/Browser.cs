@@ -47,9 +47,10 @@ public sealed class Browser : IAsyncDisposable
         return new Browser(playwright, browser);
     }
 
-    public async Task<IPage> Open(string url, int width = 1400, int height = 1100)
+    /// <param name="authority">The site's certificate comes from a cluster's own authority, which the browser does not know.</param>
+    public async Task<IPage> Open(string url, int width = 1400, int height = 1100, bool authority = false)
     {
-        var page = await _browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = width, Height = height } });
+        var page = await _browser.NewPageAsync(new BrowserNewPageOptions { ViewportSize = new ViewportSize { Width = width, Height = height }, IgnoreHTTPSErrors = authority });
         page.Console += (_, message) =>
         {
             if (message.Type == "error")

@@ -14,7 +14,10 @@ public static partial class Prometheus
 {
     private static readonly HttpClient Http = new() { Timeout = TimeSpan.FromSeconds(10) };
 
-    public static async Task<IReadOnlyList<Sample>> Scrape(string url) => Parse(await Http.GetStringAsync(url));
+    public static async Task<IReadOnlyList<Sample>> Scrape(string url) => await Scrape(Http, url);
+
+    /// <summary>With a client of its own (a secure silo's: HTTPS and a bearer token).</summary>
+    public static async Task<IReadOnlyList<Sample>> Scrape(HttpClient http, string url) => Parse(await http.GetStringAsync(url));
 
     public static IReadOnlyList<Sample> Parse(string text)
     {

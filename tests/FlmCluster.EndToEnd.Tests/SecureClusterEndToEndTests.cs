@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using FlmCluster.Client;
 using FlmCluster.Grains.Abstractions;
 using FlmCluster.Tests.Process;
+using Microsoft.Playwright;
 
 namespace FlmCluster.EndToEnd.Tests;
 
@@ -55,11 +56,15 @@ public sealed class SecureClusterEndToEndTests : IDisposable
         Assert.Contains("secure: TLS with the authority", up.Output);
         var log = File.ReadAllText(Path.Combine(_flm.Home, "cluster", "logs", "node0.log"));
         Assert.Contains("Secure mode: mutual TLS between silos", log);
-        using (var http = new HttpClient())
+        var profile = ClusterProfile.Load(_flm.Profile);
+        using (var probe = new SiloWeb(profile, TimeSpan.FromSeconds(10), withToken: false))
         {
-            var ready = await http.GetAsync($"http://127.0.0.1:{_flm.SiloHttpPorts()[1]}/health/ready", TestContext.Current.CancellationToken);
+            // Probes need no credentials, but the port speaks HTTPS only, with a certificate of the cluster's authority.
+            var ready = await probe.Http.GetAsync($"{probe.At(_flm.SiloHttpPorts()[1])}/health/ready", TestContext.Current.CancellationToken);
             Assert.Equal(HttpStatusCode.OK, ready.StatusCode);
             Assert.Contains("cluster: Healthy (active member", await ready.Content.ReadAsStringAsync(TestContext.Current.CancellationToken));
+            using var plain = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            await Assert.ThrowsAsync<HttpRequestException>(() => plain.GetAsync($"http://127.0.0.1:{_flm.SiloHttpPorts()[1]}/health/ready", TestContext.Current.CancellationToken));
         }
 
         AssertRefused(RunWithProfile(_ => { }, Submit), "this client sent no credentials");
@@ -85,17 +90,83 @@ public sealed class SecureClusterEndToEndTests : IDisposable
         Assert.Contains("no job 'no-such-job'", byCertificate.Error);
 
         // A raw grain call from an operator's client to a worker's internal method.
-        var profile = ClusterProfile.Load(_flm.Profile);
         await using var client = await FlmClusterClient.ConnectAsync(profile);
         var refused = await Assert.ThrowsAsync<AccessDeniedException>(() =>
             client.Grains.GetGrain<IGpuWorkerGrain>("node0/gpu0").FetchReplica(jobId, 0, 6, 0));
         Assert.Equal(AccessRefusal.Internal, refused.Reason);
         Assert.Equal("IGpuWorkerGrain.FetchReplica", refused.Method);
 
-        // Refusals are counted on the silo that refused them (every silo serves /metrics).
-        var refusals = 0.0;
+        var webPort = _flm.SiloHttpPorts()[1];
+        await WebPortRefusesWhoHasNoToken(profile, webPort, jobId);
+
+        // Refusals are counted on the silo that refused them (every silo serves /metrics, to the cluster's clients).
+        using var viewer = new SiloWeb(profile with { TokenFile = Path.Combine(Credentials, "viewer.token") }, TimeSpan.FromSeconds(10));
+        var refusals = new List<Sample>();
         foreach (var port in _flm.SiloHttpPorts())
-            refusals += (await Prometheus.Scrape($"http://127.0.0.1:{port}/metrics")).Where(s => s.Name == "flm_access_refused_total").Sum(s => s.Value);
-        Assert.Equal(5, refusals);
+            refusals.AddRange((await Prometheus.Scrape(viewer.Http, $"{viewer.At(port)}/metrics")).Where(s => s.Name == "flm_access_refused_total"));
+        Assert.Equal(5, refusals.Where(s => !s["flm_method"]!.Contains(' ')).Sum(s => s.Value)); // grain calls: Interface.Method
+        var web = refusals.Where(s => s["flm_method"]!.Contains(' ')).ToList(); // web requests: VERB route
+        Assert.Equal(3, web.Where(s => s["flm_refusal"] == "no_credentials").Sum(s => s.Value));
+        Assert.Equal(1, web.Where(s => s["flm_refusal"] == "bad_credentials").Sum(s => s.Value));
+        Assert.Contains(web, s => s["flm_method"] == "GET /api/jobs/{id}"); // the route, not the job's id
+
+        await SignInToTheDashboard(webPort, jobId);
+    }
+
+    /// <summary>
+    /// The web port of a secure silo (dashboard API, pages, /metrics) answers only with a token of the cluster:
+    /// scripts get 401, a browser's page request goes to the sign-in form. Four refusals, all on this port.
+    /// </summary>
+    private async Task WebPortRefusesWhoHasNoToken(ClusterProfile profile, int port, string jobId)
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var anonymous = new SiloWeb(profile with { TokenFile = "" }, TimeSpan.FromSeconds(10));
+        var api = $"{anonymous.At(port)}/api/jobs/{jobId}";
+        using (var refused = await anonymous.Http.GetAsync(api, ct))
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+            Assert.Equal("Bearer realm=\"flmcluster\"", refused.Headers.WwwAuthenticate.ToString());
+        }
+        using (var refused = await anonymous.Http.GetAsync($"{anonymous.At(port)}/metrics", ct))
+            Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+        using (var page = new HttpRequestMessage(HttpMethod.Get, $"{anonymous.At(port)}/static/index.html"))
+        {
+            page.Headers.Accept.ParseAdd("text/html");
+            using var redirected = await anonymous.Http.SendAsync(page, HttpCompletionOption.ResponseHeadersRead, ct);
+            // Followed to the sign-in form, which anyone may load.
+            Assert.Equal(HttpStatusCode.OK, redirected.StatusCode);
+            Assert.Equal("/login", redirected.RequestMessage!.RequestUri!.AbsolutePath);
+            Assert.Contains("ReturnUrl=%2Fstatic%2Findex.html", redirected.RequestMessage.RequestUri.Query);
+        }
+        var forged = Path.Combine(_flm.Home, "forged.token");
+        using (var forger = new SiloWeb(profile with { TokenFile = forged }, TimeSpan.FromSeconds(10)))
+        using (var refused = await forger.Http.GetAsync(api, ct))
+            Assert.Equal(HttpStatusCode.Unauthorized, refused.StatusCode);
+
+        // A viewer's token reads everything the port serves.
+        using var viewer = new SiloWeb(profile with { TokenFile = Path.Combine(Credentials, "viewer.token") }, TimeSpan.FromSeconds(10));
+        using var job = await viewer.Http.GetAsync(api, ct);
+        Assert.Equal(HttpStatusCode.OK, job.StatusCode);
+        Assert.Contains($"\"{jobId}\"", await job.Content.ReadAsStringAsync(ct));
+    }
+
+    /// <summary>A browser: the dashboard sends it to the sign-in form; a wrong token is refused there; the viewer's token opens the job's page.</summary>
+    private async Task SignInToTheDashboard(int port, string jobId)
+    {
+        await using var browser = await Browser.Launch();
+        var page = await browser.Open($"https://127.0.0.1:{port}/#/jobs/{jobId}", authority: true);
+        await page.WaitForSelectorAsync("input#token");
+        await Browser.Screenshot(page, "dashboard-sign-in.png");
+        await page.FillAsync("input#token", "not-a-token-of-this-cluster");
+        await page.ClickAsync("button[type=submit]");
+        Assert.Equal("that token is not one of this cluster's", await page.Locator(".error").InnerTextAsync());
+        await page.FillAsync("input#token", File.ReadAllText(Path.Combine(Credentials, "viewer.token")).Trim());
+        await page.ClickAsync("button[type=submit]");
+        await page.WaitForURLAsync(url => url.Contains("/static/index.html", StringComparison.Ordinal));
+        await page.GotoAsync($"https://127.0.0.1:{port}/static/index.html#/jobs/{jobId}");
+        await page.WaitForFunctionAsync("() => window.flmCharts && flmCharts.loss && flmCharts.loss.data[0].length === 6");
+        var cookie = Assert.Single(await page.Context.CookiesAsync(), c => c.Name == "flm_session");
+        Assert.True(cookie.HttpOnly && cookie.Secure);
+        Assert.Equal(SameSiteAttribute.Strict, cookie.SameSite);
     }
 }

@@ -177,7 +177,7 @@ public static partial class ClusterCommands
         var watch = Stopwatch.StartNew();
         foreach (var s in started)
         {
-            if (await WaitReady(s, watch, timeout) is { } problem)
+            if (await WaitReady(profile, s, watch, timeout) is { } problem)
             {
                 StopAll(started);
                 File.Delete(profilePath);
@@ -195,11 +195,15 @@ public static partial class ClusterCommands
             }
         }
         Console.WriteLine($"cluster {clusterId} up in {watch.Elapsed.TotalSeconds:0.0} s: {nodes} server(s) × {gpus} GPU(s){(controls == 1 ? " + control node" : controls > 1 ? $" + {controls} control nodes" : "")}, {profile.Describe()}");
+        var web = credentials is null ? "http" : "https";
         foreach (var s in started)
-            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, web http://127.0.0.1:{s.HttpPort}/, log {s.Log}");
-        Console.WriteLine($"dashboard: http://127.0.0.1:{started[0].HttpPort}/ (every silo serves it; the Orleans dashboard at /orleans, Prometheus metrics at /metrics)");
+            Console.WriteLine($"  {s.Node}: pid {s.Pid}, silo port {s.SiloPort}, gateway {s.GatewayPort}, web {web}://127.0.0.1:{s.HttpPort}/, log {s.Log}");
+        Console.WriteLine($"dashboard: {web}://127.0.0.1:{started[0].HttpPort}/ (every silo serves it; the Orleans dashboard at /orleans, Prometheus metrics at /metrics)");
         if (credentials is not null)
+        {
             Console.WriteLine($"secure: TLS with the authority {credentials.Authority}; this profile uses the operator token {credentials.OperatorToken} (viewer: FLM_TOKEN_FILE={credentials.ViewerToken})");
+            Console.WriteLine($"  the web port needs a token too: sign in to the dashboard with the contents of {credentials.ViewerToken}; scripts and Prometheus send 'Authorization: Bearer TOKEN'");
+        }
         Console.WriteLine($"profile {profilePath}; stop with 'flm cluster down'");
         return CliRunner.Ok;
     }
@@ -223,7 +227,7 @@ public static partial class ClusterCommands
         profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
         profile.Save(profilePath);
         var watch = Stopwatch.StartNew();
-        if (await WaitReady(restarted, watch, timeout) is { } problem)
+        if (await WaitReady(profile, restarted, watch, timeout) is { } problem)
             throw new FlmUserException(problem);
         Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
         return CliRunner.Ok;
@@ -247,15 +251,15 @@ public static partial class ClusterCommands
     /// Waits until a silo's readiness endpoint answers 200 (an active member, its devices and storage there); the
     /// problem when it exits or the time is up first, else null.
     /// </summary>
-    private static async Task<string?> WaitReady(SiloProcess silo, Stopwatch watch, TimeSpan timeout)
+    private static async Task<string?> WaitReady(ClusterProfile profile, SiloProcess silo, Stopwatch watch, TimeSpan timeout)
     {
-        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(5) };
-        var ready = $"http://127.0.0.1:{silo.HttpPort}/health/ready";
+        using var web = new SiloWeb(profile, TimeSpan.FromSeconds(5), withToken: false);
+        var ready = $"{web.At(silo.HttpPort)}/health/ready";
         while (true)
         {
             try
             {
-                using var response = await http.GetAsync(ready);
+                using var response = await web.Http.GetAsync(ready);
                 if (response.IsSuccessStatusCode)
                     return null;
             }

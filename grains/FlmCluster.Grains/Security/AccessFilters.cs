@@ -68,8 +68,8 @@ internal sealed partial class AccessFilter(AccessOptions access, ClientAuthentic
             refusal = AccessRefusal.NeedsOperator;
         if (refusal is { } refused)
         {
-            FlmTelemetry.AccessRefused.Add(1, new TagList { { FlmTelemetry.Tags.Method, method }, { FlmTelemetry.Tags.Refusal, Name(refused) } });
-            LogRefused(log, method, Name(refused), context.SourceId?.ToString() ?? "unknown");
+            FlmTelemetry.AccessRefused.Add(1, new TagList { { FlmTelemetry.Tags.Method, method }, { FlmTelemetry.Tags.Refusal, refused.TagName() } });
+            LogRefused(log, method, refused.TagName(), context.SourceId?.ToString() ?? "unknown");
             throw new AccessDeniedException(method, refused, Explain(method, refused));
         }
         // A client's credentials stop here: the calls this one leads to are the cluster's own.
@@ -91,13 +91,6 @@ internal sealed partial class AccessFilter(AccessOptions access, ClientAuthentic
         : authenticator.Authenticate(RequestContext.Get(CallCredentials.Token) as string, RequestContext.Get(CallCredentials.Certificate) as string,
             RequestContext.Get(CallCredentials.Proof) as string, RequestContext.Get(CallCredentials.Signature) as string);
 
-    private static string Name(AccessRefusal refusal) => refusal switch
-    {
-        AccessRefusal.Internal => "internal",
-        AccessRefusal.NoCredentials => "no_credentials",
-        AccessRefusal.BadCredentials => "bad_credentials",
-        _ => "needs_operator",
-    };
 
     private static string Explain(string method, AccessRefusal refusal) => refusal switch
     {
@@ -109,4 +102,16 @@ internal sealed partial class AccessFilter(AccessOptions access, ClientAuthentic
 
     [LoggerMessage(Level = LogLevel.Warning, Message = "Refused a client call to {Method} ({Refusal}) from {Source}")]
     private static partial void LogRefused(ILogger logger, string method, string refusal, string source);
+}
+
+public static class AccessRefusalNames
+{
+    /// <summary>The refusal as metrics and logs tag it.</summary>
+    public static string TagName(this AccessRefusal refusal) => refusal switch
+    {
+        AccessRefusal.Internal => "internal",
+        AccessRefusal.NoCredentials => "no_credentials",
+        AccessRefusal.BadCredentials => "bad_credentials",
+        _ => "needs_operator",
+    };
 }

@@ -37,8 +37,9 @@ public static class SiloHealth
 
     public static void MapSiloHealth(this WebApplication app)
     {
-        app.MapHealthChecks(LivePath, new HealthCheckOptions { Predicate = _ => false, ResponseWriter = Write });
-        app.MapHealthChecks(ReadyPath, new HealthCheckOptions { Predicate = r => r.Tags.Contains(Ready), ResponseWriter = Write });
+        // Open on a secure silo too: orchestrators' probes carry no credentials, and the answers reveal only up or down.
+        app.MapHealthChecks(LivePath, new HealthCheckOptions { Predicate = _ => false, ResponseWriter = Write }).AllowAnonymous();
+        app.MapHealthChecks(ReadyPath, new HealthCheckOptions { Predicate = r => r.Tags.Contains(Ready), ResponseWriter = Write }).AllowAnonymous();
     }
 
     /// <summary>One line per check: "cluster: Healthy (active member S127.0.0.1:11111:…)".</summary>

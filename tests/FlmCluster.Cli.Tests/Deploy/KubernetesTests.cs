@@ -78,6 +78,9 @@ public sealed class KubernetesTests
             Assert.Equal(SiloHealth.ReadyPath, container.Get("readinessProbe", "httpGet", "path").Text());
             Assert.Equal("http", container.Get("livenessProbe", "httpGet", "port").Text());
             Assert.Equal("http", container.Get("readinessProbe", "httpGet", "port").Text());
+            // The silos are secure: their web port speaks HTTPS only.
+            Assert.Equal("HTTPS", container.Get("livenessProbe", "httpGet", "scheme").Text());
+            Assert.Equal("HTTPS", container.Get("readinessProbe", "httpGet", "scheme").Text());
             Assert.Equal($"{settings.HttpPort}", pod.Get("metadata", "annotations", "prometheus.io/port").Text());
             Assert.Equal("flm-silo", pod.Get("spec", "serviceAccountName").Text());
             Assert.Equal("true", pod.Get("spec", "securityContext", "runAsNonRoot").Text());
