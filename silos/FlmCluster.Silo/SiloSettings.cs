@@ -85,7 +85,8 @@ public sealed record SiloSettings
     public int DataBufferMiB { get; init; } = 64;
 
     /// <summary>
-    /// This silo's certificate (PEM, with <see cref="TlsKey"/>; or a .pfx holding both): secure mode, with mutual TLS
+    /// This silo's certificate (PEM, with <see cref="TlsKey"/>; a .pfx holding both; or store:LOCATION/STORE/THUMBPRINT,
+    /// a certificate store's with its key): secure mode, with mutual TLS
     /// between silos, TLS for clients and client authentication. Empty: open mode (development).
     /// </summary>
     public string TlsCertificate { get; init; } = "";
@@ -295,13 +296,20 @@ public sealed record SiloSettings
                 throw new ArgumentException($"Flm:{stray.Item1} is set without Flm:TlsCertificate (--tls-cert); secure mode needs this silo's certificate");
             return;
         }
-        if (TlsKey.Length == 0 && !ClusterCertificates.IsPkcs12(TlsCertificate))
-            throw new ArgumentException("Flm:TlsKey (--tls-key) must name the private key of Flm:TlsCertificate (PEM), or give a .pfx holding both");
+        var inStore = ClusterCertificates.IsStoreReference(TlsCertificate);
+        if (inStore)
+        {
+            ClusterCertificates.ParseStoreReference(TlsCertificate, "Flm:TlsCertificate");
+            if (TlsKey.Length > 0)
+                throw new ArgumentException("Flm:TlsKey (--tls-key) is set, but Flm:TlsCertificate names a certificate store, which holds the key; give no key file");
+        }
+        else if (TlsKey.Length == 0 && !ClusterCertificates.IsPkcs12(TlsCertificate))
+            throw new ArgumentException("Flm:TlsKey (--tls-key) must name the private key of Flm:TlsCertificate (PEM), or give a .pfx holding both, or store:CurrentUser/My/THUMBPRINT");
         if (TlsCa.Length == 0)
             throw new ArgumentException("Flm:TlsCa (--tls-ca) must name the cluster's certificate authority in secure mode (silos trust each other through it)");
         if (ClusterKeyFile.Length == 0)
             throw new ArgumentException("Flm:ClusterKeyFile (--cluster-key) must name the file of the cluster key in secure mode ('flm cluster credentials' makes one)");
-        foreach (var (name, file) in secureOnly.Prepend(("TlsCertificate", TlsCertificate)))
+        foreach (var (name, file) in inStore ? secureOnly : secureOnly.Prepend(("TlsCertificate", TlsCertificate)))
             if (file.Length > 0 && !File.Exists(file))
                 throw new ArgumentException($"Flm:{name} '{file}' does not exist");
     }

@@ -23,6 +23,9 @@ public sealed class SiloSettingsTests
     [InlineData("--tls-cert /nonexistent/silo.pem --tls-key silo.key --tls-ca ca.pem --cluster-key cluster.key", "Flm:TlsCertificate '/nonexistent/silo.pem' does not exist")]
     [InlineData("--advertise 10.1.2.3", "Flm:AdvertisedAddress 10.1.2.3 is not a loopback address, but the silo listens on loopback only")]
     [InlineData("--kubernetes true", "Flm:Kubernetes needs Redis clustering")]
+    [InlineData("--tls-cert store:Nowhere/My/0123456789abcdef0123456789abcdef01234567 --tls-ca ca.pem --cluster-key cluster.key", "Flm:TlsCertificate: 'store:Nowhere/My/0123456789abcdef0123456789abcdef01234567' is not store:LOCATION/STORE/THUMBPRINT")]
+    [InlineData("--tls-cert store:CurrentUser/My/abc --tls-ca ca.pem --cluster-key cluster.key", "Flm:TlsCertificate: 'store:CurrentUser/My/abc' is not store:LOCATION/STORE/THUMBPRINT")]
+    [InlineData("--tls-cert store:CurrentUser/My/0123456789abcdef0123456789abcdef01234567 --tls-key silo.key --tls-ca ca.pem --cluster-key cluster.key", "Flm:TlsKey (--tls-key) is set, but Flm:TlsCertificate names a certificate store")]
     public Task Bad_security_settings_stop_the_silo_before_it_starts(string settings, string expected) => AssertRefusedAtStart(settings, expected);
 
     private static async Task AssertRefusedAtStart(string settings, string expected)

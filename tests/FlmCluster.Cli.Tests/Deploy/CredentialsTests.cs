@@ -54,4 +54,32 @@ public sealed class CredentialsTests : IDisposable
         Assert.True(ClusterCertificates.Verify(op, statement, signature));
         Assert.False(ClusterCertificates.Verify(viewer, statement, signature));
     }
+
+    [Fact]
+    public void A_silo_certificate_loads_from_a_certificate_store_by_thumbprint_with_its_key()
+    {
+        var files = FlmCluster.Client.CredentialFiles.Create(Path.Combine(_dir, "store"), [], TimeSpan.FromDays(1));
+        using var fromFiles = ClusterCertificates.LoadWithKey(files.SiloCertificate, files.SiloKey, "test");
+        using var imported = X509CertificateLoader.LoadPkcs12(fromFiles.Export(X509ContentType.Pkcs12), null, X509KeyStorageFlags.Exportable | X509KeyStorageFlags.PersistKeySet);
+        using var store = new X509Store(StoreName.My, StoreLocation.CurrentUser);
+        store.Open(OpenFlags.ReadWrite);
+        store.Add(imported);
+        try
+        {
+            using var loaded = ClusterCertificates.LoadWithKey($"store:CurrentUser/My/{imported.Thumbprint}", "", "Flm:TlsCertificate");
+            Assert.Equal(fromFiles.Thumbprint, loaded.Thumbprint);
+            // The store's copy holds the key: what it signs verifies with the certificate from the files.
+            var statement = CallCredentials.ProofStatement("flmcluster", "store");
+            Assert.True(ClusterCertificates.Verify(fromFiles, statement, ClusterCertificates.Sign(loaded, statement)));
+            using var authority = ClusterCertificates.LoadAuthority(files.Authority, "test");
+            Assert.True(ClusterTls.IsSilo(loaded, authority));
+
+            var absent = Assert.Throws<ArgumentException>(() => ClusterCertificates.LoadWithKey($"store:CurrentUser/My/{new string('0', 40)}", "", "Flm:TlsCertificate"));
+            Assert.Equal($"Flm:TlsCertificate: the store CurrentUser/My holds no certificate with thumbprint {new string('0', 40)}", absent.Message);
+        }
+        finally
+        {
+            store.Remove(imported);
+        }
+    }
 }
