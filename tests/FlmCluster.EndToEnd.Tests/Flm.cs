@@ -38,10 +38,10 @@ public sealed class Flm : IDisposable
     /// Test classes run in parallel: each takes its own base port, 100 apart (a cluster uses base…base+n−1,
     /// +1000…, +2000…), below the kernel's ephemeral ports (32768…).
     /// </summary>
-    public FlmResult Up(int nodes, int gpusPerNode, int basePort, int controlNodes = 1, bool sim = false)
+    public FlmResult Up(int nodes, int gpusPerNode, int basePort, int controlNodes = 1, bool sim = false, int readySeconds = 120)
     {
-        var up = Run(["cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-nodes", $"{controlNodes}", "--redis", Redis.ConnectionString,
-            "--base-port", $"{basePort}", .. sim ? ["--sim"] : Array.Empty<string>()]);
+        var up = Run(TimeSpan.FromSeconds(readySeconds + 120), ["cluster", "up", "--nodes", $"{nodes}", "--gpus-per-node", $"{gpusPerNode}", "--control-nodes", $"{controlNodes}",
+            "--redis", Redis.ConnectionString, "--base-port", $"{basePort}", "--timeout", $"{readySeconds}", .. sim ? ["--sim"] : Array.Empty<string>()]);
         Assert.True(up.ExitCode == 0, up.Output + up.Error);
         return up;
     }

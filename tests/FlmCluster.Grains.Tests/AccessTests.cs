@@ -38,7 +38,40 @@ public sealed class OpenAccessTests() : ClusterTestClass(2, 0)
         Assert.Equal(AccessRefusal.Internal, ex.Reason);
         Assert.EndsWith($".{method}", ex.Method);
         Assert.Contains("internal to the cluster", ex.Message);
-        Assert.Equal(1, refused.Of("internal"));
+        Assert.Equal(1, refused.Of("internal", ex.Method));
+    }
+
+    /// <summary>
+    /// Orleans' system targets are the silos' protocol: a client that addresses one (silo control's and
+    /// membership's ping, through Orleans' own interfaces for them) is refused before anything runs there, while the
+    /// same call from inside a silo answers. Clients' one system target, the gateway's manifest, answers: every
+    /// client here connected through it.
+    /// </summary>
+    [Theory]
+    [InlineData("silo-control", "ISiloControl", "hello")]
+    [InlineData("clustering", "IMembershipService", 1)]
+    public async Task A_client_cannot_call_the_silos_system_targets(string systemTarget, string orleansInterface, object pingArgument)
+    {
+        var silo = (await Cluster.Client.GetGrain<IManagementGrain>(0).GetHosts(true, TestContext.Current.CancellationToken)).Keys.First();
+        await Ping(InsideCluster, systemTarget, orleansInterface, silo, pingArgument);
+        using var refused = new RefusalCount();
+        var ex = await Assert.ThrowsAsync<AccessDeniedException>(() => Ping(Cluster.Client, systemTarget, orleansInterface, silo, pingArgument));
+        Assert.Equal(AccessRefusal.Internal, ex.Reason);
+        Assert.Equal($"{orleansInterface}.Ping", ex.Method);
+        Assert.Equal(1, refused.Of("internal", ex.Method));
+    }
+
+    /// <summary>Ping on a silo's system target through Orleans' internal interface for it, as a crafted caller would.</summary>
+    private static Task Ping(IGrainFactory grains, string systemTarget, string orleansInterface, SiloAddress silo, object argument)
+    {
+        var type = typeof(IManagementGrain).Assembly.GetTypes().Single(t => t.IsInterface && t.Name == orleansInterface);
+        var id = SystemTargetGrainId.Create(SystemTargetGrainId.CreateGrainType(systemTarget), silo).GrainId;
+        var getGrain = typeof(IGrainFactory).GetMethods().Single(m => m.Name == nameof(IGrainFactory.GetGrain) && m.IsGenericMethod && m.GetParameters() is [{ ParameterType: var p }] && p == typeof(GrainId));
+        var target = getGrain.MakeGenericMethod(type).Invoke(grains, [id]);
+        var ping = type.GetMethods().Single(m => m.Name == "Ping");
+        // Ping's first parameter, and the defaults of the rest (a cancellation token, where Orleans has one).
+        object?[] arguments = [argument, .. ping.GetParameters().Skip(1).Select(p => p.HasDefaultValue ? p.DefaultValue : Activator.CreateInstance(p.ParameterType))];
+        return (Task)ping.Invoke(target, arguments)!;
     }
 
     [Fact]
@@ -118,7 +151,7 @@ public sealed class SecureAccessTests : ClusterTestClass
         using var refused = new RefusalCount();
         var ex = await Assert.ThrowsAsync<AccessDeniedException>(() => As(ViewerToken, () => Scheduler.Cancel("j")));
         Assert.Equal(AccessRefusal.NeedsOperator, ex.Reason);
-        Assert.Equal(1, refused.Of("needs_operator"));
+        Assert.Equal(1, refused.Of("needs_operator", ex.Method));
     }
 
     [Fact]
@@ -172,18 +205,23 @@ internal sealed class RefusalCount : IDisposable
         };
         _listener.SetMeasurementEventCallback<long>((_, value, tags, _) =>
         {
+            string? refusal = null, method = null;
             foreach (var tag in tags)
                 if (tag.Key == FlmTelemetry.Tags.Refusal)
-                    lock (_counts)
-                        _counts[(string)tag.Value!] = _counts.GetValueOrDefault((string)tag.Value!) + value;
+                    refusal = (string)tag.Value!;
+                else if (tag.Key == FlmTelemetry.Tags.Method)
+                    method = (string)tag.Value!;
+            lock (_counts)
+                _counts[$"{refusal} {method}"] = _counts.GetValueOrDefault($"{refusal} {method}") + value;
         });
         _listener.Start();
     }
 
-    public long Of(string refusal)
+    /// <summary>Refusals of this kind of calls to <paramref name="method"/> (the listener hears every test class of the process: the method tells this test's).</summary>
+    public long Of(string refusal, string method)
     {
         lock (_counts)
-            return _counts.GetValueOrDefault(refusal);
+            return _counts.GetValueOrDefault($"{refusal} {method}");
     }
 
     public void Dispose() => _listener.Dispose();

@@ -49,6 +49,8 @@ public static class TestClusters
                 HangGrace = TimeSpan.FromSeconds(3),
                 TorchThreads = 1,
                 DataPlane = dataPlane,
+                // The test host's client asks its silos' hooks whether the cluster has settled.
+                ClientSystemTargets = ["manifest", "test.hooks"],
             });
             silo.AddFlmFileStorage(storage);
             silo.UseInMemoryReminderService();

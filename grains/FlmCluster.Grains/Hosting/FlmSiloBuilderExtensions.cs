@@ -65,6 +65,12 @@ public sealed record FlmNodeOptions
     public AccessOptions? Access { get; init; }
 
     /// <summary>
+    /// The Orleans system targets a client may call, by grain type name (without Orleans' "sys.svc." prefix): the
+    /// manifest every client reads from its gateway. A test host adds its own hooks.
+    /// </summary>
+    public IReadOnlyList<string> ClientSystemTargets { get; init; } = ["manifest"];
+
+    /// <summary>
     /// Set on every silo of a simulated cluster: its jobs run on the simulation's virtual clock, and its sim devices
     /// (<c>sim:N</c>, which need it) model their work with the simulation's cost model.
     /// </summary>

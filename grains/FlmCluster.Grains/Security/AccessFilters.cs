@@ -47,35 +47,51 @@ internal sealed class InternalCallMarker(AccessOptions access) : IOutgoingGrainC
 /// <summary>
 /// Lets a call in when a silo made it (it carries the cluster key) or when the client's role allows the method;
 /// refuses the rest with <see cref="AccessDeniedException"/>, logged and counted (flm.access.refused). Orleans'
-/// system targets (membership, directory, the manifest clients read …) and its plumbing (timer ticks) pass: they
-/// are Orleans' own protocol, which clients speak too, so the filter governs grain methods only.
+/// system targets (membership, directory, silo control …) are the silos' own protocol: of them a client may call
+/// only its gateway's manifest (the grain types it reads on connecting). Orleans' plumbing (timer ticks) passes.
 /// </summary>
-internal sealed partial class AccessFilter(AccessOptions access, ClientAuthenticator authenticator, ILogger<AccessFilter> log) : IIncomingGrainCallFilter
+internal sealed partial class AccessFilter(AccessOptions access, ClientAuthenticator authenticator, FlmNodeOptions node, ILogger<AccessFilter> log) : IIncomingGrainCallFilter
 {
     private readonly byte[] _clusterKey = Encoding.UTF8.GetBytes(access.ClusterKey);
 
+    /// <summary>The system targets clients call: the manifest a client reads from its gateway.</summary>
+    private readonly HashSet<GrainType> _clientSystemTargets = [.. node.ClientSystemTargets.Select(SystemTargetGrainId.CreateGrainType)];
+
     public async Task Invoke(IIncomingGrainCallContext context)
     {
-        if (context.TargetId.IsSystemTarget() || CallRules.IsRuntimePlumbing(context.InterfaceMethod) || FromSilo())
+        var method = $"{context.InterfaceMethod.DeclaringType?.Name}.{context.InterfaceMethod.Name}";
+        if (context.TargetId.IsSystemTarget())
+        {
+            // Orleans' own calls between silos come from system targets and grains; a call from a client id is a
+            // client's unless it carries the cluster key (a silo's hosted client: the dashboard, tools in the silo).
+            if (context.SourceId is { } source && source.IsClient() && !_clientSystemTargets.Contains(context.TargetId.Type) && !FromSilo())
+                Refuse(context, method, AccessRefusal.Internal);
+            await context.Invoke();
+            return;
+        }
+        if (CallRules.IsRuntimePlumbing(context.InterfaceMethod) || FromSilo())
         {
             await context.Invoke();
             return;
         }
-        var method = $"{context.InterfaceMethod.DeclaringType?.Name}.{context.InterfaceMethod.Name}";
         var required = CallRules.RequiredRole(context.InterfaceMethod);
         var (role, refusal) = required is null ? (null, AccessRefusal.Internal) : Authenticate();
         if (refusal is null && required == ClientRole.Operator && role == ClientRole.Viewer)
             refusal = AccessRefusal.NeedsOperator;
         if (refusal is { } refused)
-        {
-            FlmTelemetry.AccessRefused.Add(1, new TagList { { FlmTelemetry.Tags.Method, method }, { FlmTelemetry.Tags.Refusal, refused.TagName() } });
-            LogRefused(log, method, refused.TagName(), context.SourceId?.ToString() ?? "unknown");
-            throw new AccessDeniedException(method, refused, Explain(method, refused));
-        }
+            Refuse(context, method, refused);
         // A client's credentials stop here: the calls this one leads to are the cluster's own.
         foreach (var entry in (string[])[CallCredentials.Token, CallCredentials.Certificate, CallCredentials.Proof, CallCredentials.Signature])
             RequestContext.Remove(entry);
         await context.Invoke();
+    }
+
+    [System.Diagnostics.CodeAnalysis.DoesNotReturn]
+    private void Refuse(IIncomingGrainCallContext context, string method, AccessRefusal refused)
+    {
+        FlmTelemetry.AccessRefused.Add(1, new TagList { { FlmTelemetry.Tags.Method, method }, { FlmTelemetry.Tags.Refusal, refused.TagName() } });
+        LogRefused(log, method, refused.TagName(), context.SourceId?.ToString() ?? "unknown");
+        throw new AccessDeniedException(method, refused, Explain(method, refused));
     }
 
     private bool FromSilo()
