@@ -24,7 +24,7 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     public async Task<T[]> FanOut<T>(Func<IGpuWorkerGrain, int, Task<T>> call, TimeSpan? deadline = null)
     {
         OperationTime.Stamp(job.Now);
-        return await Gather(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)).ToList(), deadline);
+        return await Gather(job.Ranks.Select((worker, rank) => Named(worker, call(Worker(worker), rank))).ToList(), deadline);
     }
 
     /// <summary>
@@ -35,7 +35,8 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     {
         OperationTime.Stamp(job.Now);
         var servers = job.Ranks.Select((worker, rank) => (Worker: worker, Rank: rank)).GroupBy(r => NodeMetadata.NodeOfWorker(r.Worker)).ToList();
-        var replies = await Gather(servers.Select(s => grains.GetGrain<IServerGrain>(ServerGrain.KeyOf(s.Key)).RunStep(step, s.Select(r => r.Worker).ToList())).ToList(), deadline);
+        var replies = await Gather(servers.Select(s => Named(s.First().Worker, grains.GetGrain<IServerGrain>(ServerGrain.KeyOf(s.Key)).RunStep(step, s.Select(r => r.Worker).ToList()),
+            $"server {s.Key} (the job's workers {string.Join(", ", s.Select(r => r.Worker))})")).ToList(), deadline);
         var reports = new WorkerStepReport[job.Ranks.Count];
         foreach (var (server, reply) in servers.Zip(replies))
             foreach (var (rank, report) in server.Select(r => r.Rank).Zip(reply))
@@ -97,14 +98,45 @@ public sealed class RankCalls(JobStateMachine job, IGrainFactory grains, ILogger
     public async Task<T[]> All<T>(Func<IGpuWorkerGrain, int, Task<T>> call)
     {
         OperationTime.Stamp(job.Now);
-        return await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+        return await Task.WhenAll(job.Ranks.Select((worker, rank) => Named(worker, call(Worker(worker), rank))));
     }
 
     public async Task All(Func<IGpuWorkerGrain, int, Task> call)
     {
         OperationTime.Stamp(job.Now);
-        await Task.WhenAll(job.Ranks.Select((worker, rank) => call(Worker(worker), rank)));
+        await Task.WhenAll(job.Ranks.Select((worker, rank) => Named(worker, Completed(call(Worker(worker), rank)))));
     }
+
+    private static async Task<bool> Completed(Task call)
+    {
+        await call;
+        return true;
+    }
+
+    /// <summary>
+    /// A call whose transport failed (its server's silo gone or unreachable, the call timed out) becomes the lost
+    /// worker it is, named with its server, instead of Orleans' message about a message.
+    /// </summary>
+    private static async Task<T> Named<T>(string worker, Task<T> call, string? who = null)
+    {
+        try
+        {
+            return await call;
+        }
+        catch (Exception ex) when (Unreachable(ex) is { } why)
+        {
+            throw new WorkerLostException(worker, $"{who ?? $"worker {worker} on server {NodeMetadata.NodeOfWorker(worker)}"} is out of reach: {why}");
+        }
+    }
+
+    private static string? Unreachable(Exception ex) => ex switch
+    {
+        SiloUnavailableException => "its server's silo is unavailable",
+        Orleans.Runtime.Messaging.ConnectionFailedException => "the connection to its server failed",
+        OrleansMessageRejectionException => "Orleans rejected the call (its server's silo is gone or unreachable)",
+        TimeoutException => "the call timed out",
+        _ => null,
+    };
 
     /// <summary>Whether every worker the job holds answers a status call within <paramref name="timeout"/>.</summary>
     public async Task<bool> AllAnswer(TimeSpan timeout)
