@@ -61,6 +61,26 @@ public sealed class Flm : IDisposable
             Assert.True(watch.Elapsed < TimeSpan.FromMinutes(5), $"job {jobId} did not reach step {step}");
     }
 
+    /// <summary>
+    /// Once the job holds in-memory replicas, kill -9 of the server of its rank 0 (the first server `flm status`
+    /// lists); returns that server's name.
+    /// </summary>
+    public string KillRankZerosServerOnceReplicated(string jobId, TimeSpan within)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (true)
+        {
+            var status = Run("status", jobId);
+            if (System.Text.RegularExpressions.Regex.IsMatch(status.Output, @"in-memory replicas at step \d+"))
+            {
+                var victim = System.Text.RegularExpressions.Regex.Match(status.Output, @"^  (\w+): rank", System.Text.RegularExpressions.RegexOptions.Multiline).Groups[1].Value;
+                System.Diagnostics.Process.GetProcessById(SiloPid(victim)).Kill();
+                return victim;
+            }
+            Assert.True(watch.Elapsed < within, status.Output + status.Error);
+        }
+    }
+
     /// <summary>The checksums of the shards of a committed checkpoint: equal lists mean the same bytes.</summary>
     public static List<string> ShardChecksums(string dir, long step)
     {

@@ -33,18 +33,7 @@ public sealed class FullScaleSimEndToEndTests(ITestOutputHelper output) : IDispo
         var jobId = submit.Output.Trim();
 
         // Once replicas are held, the server of the job's rank 0 dies.
-        string victim;
-        while (true)
-        {
-            var status = _flm.Run("status", jobId);
-            if (Regex.IsMatch(status.Output, @"in-memory replicas at step \d+"))
-            {
-                victim = Regex.Match(status.Output, @"^  (\w+): rank", RegexOptions.Multiline).Groups[1].Value;
-                break;
-            }
-            Assert.True(watch.Elapsed < TimeSpan.FromMinutes(8), status.Output + status.Error);
-        }
-        Process.GetProcessById(_flm.SiloPid(victim)).Kill();
+        var victim = _flm.KillRankZerosServerOnceReplicated(jobId, TimeSpan.FromMinutes(8));
 
         var follow = _flm.Run(TimeSpan.FromMinutes(8), "status", jobId, "--watch");
         output.WriteLine(follow.Error);

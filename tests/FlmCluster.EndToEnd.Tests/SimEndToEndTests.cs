@@ -29,18 +29,7 @@ public sealed class SimEndToEndTests(ITestOutputHelper output) : IDisposable
 
         // Once a replica is held, the server of the job's rank 0 dies (the job holds two of the three).
         var watch = Stopwatch.StartNew();
-        string victim;
-        while (true)
-        {
-            var status = _flm.Run("status", jobId);
-            if (Regex.IsMatch(status.Output, @"in-memory replicas at step \d+"))
-            {
-                victim = Regex.Match(status.Output, @"^  (\w+): rank", RegexOptions.Multiline).Groups[1].Value;
-                break;
-            }
-            Assert.True(watch.Elapsed < TimeSpan.FromMinutes(3), status.Output + status.Error);
-        }
-        Process.GetProcessById(_flm.SiloPid(victim)).Kill();
+        var victim = _flm.KillRankZerosServerOnceReplicated(jobId, TimeSpan.FromMinutes(3));
 
         var follow = _flm.Run(TimeSpan.FromMinutes(5), "status", jobId, "--watch");
         output.WriteLine(follow.Output);
