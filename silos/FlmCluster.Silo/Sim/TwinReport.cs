@@ -31,6 +31,7 @@ public sealed record TwinReport(
     TwinSpeed Twin,
     ProjectionReport? Projection)
 {
+    [JsonIgnore]
     public bool Completed => State == "completed";
 
     /// <summary>The report as the bench and <c>flm sim</c> print it: markdown tables and lines.</summary>
