@@ -98,6 +98,7 @@ public sealed class SimCommandTests : IDisposable
         Assert.Equal(expected, (double)p["expected_interruptions"]!);
         Assert.Equal((double)p["failure_free_days"]! + expected * mean / 86400, (double)p["projected_days"]!);
         Assert.InRange((double)p["failure_free_days"]!, 15, 26); // 300 steps stretched to the card's tokens
+        Assert.Equal((double)json["total_days_at_card_steps"]!, (double)p["failure_free_days"]!);
         Assert.Equal(21.54, (double)p["card_stage_days"]!, 1e-9);
         Assert.Equal(26, (double)p["card_total_days_bound"]!);
 

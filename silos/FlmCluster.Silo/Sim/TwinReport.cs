@@ -42,7 +42,7 @@ public sealed record TwinReport(
         if (!Completed)
             return;
         o.WriteLine();
-        o.WriteLine("| stage | layout | steps | modelled step s | median step s (twin) | TFLOP/s per GPU (twin) | card | MFU | days (twin) | card days | days at the card's steps |");
+        o.WriteLine("| stage | layout | steps | modelled step s | median step s (twin) | TFLOP/s per GPU (twin) | card | MFU | days (twin) | card days | days at the card's steps, without losses |");
         o.WriteLine("|---|---|---|---|---|---|---|---|---|---|---|");
         foreach (var s in Stages)
             Line($"| {s.Name} | {s.Layout} | {s.Steps} | {s.ModelledStepSeconds:0.000} | {s.StepSeconds:0.000} | {s.TflopsPerGpu:0.0} | {Or(s.CardTflopsPerGpu)} | " +
@@ -56,7 +56,7 @@ public sealed record TwinReport(
             $"growth {t.GrowthSeconds / 3600:0.00}, startup {t.StartupSeconds / 3600:0.00}, overhead {t.OverheadSeconds / 3600:0.00}, recovery {t.RecoverySeconds / 3600:0.00}, " +
             $"paused {t.PausedSeconds / 3600:0.00}, queued {t.QueuedSeconds / 3600:0.00}");
         Line($"accounted {t.AccountedSeconds:0.000} s of {t.WallSeconds:0.000} s from submission to completion (difference {t.AccountedSeconds - t.WallSeconds:0.000} s); ETTR {Ettr:P2}");
-        Line($"whole run {TotalDays:0.00} simulated days{(TotalDaysAtCardSteps is { } d ? $", {d:0.00} at the card's steps" : "")}; " +
+        Line($"whole run {TotalDays:0.00} simulated days{(TotalDaysAtCardSteps is { } d ? $", {d:0.00} at the card's steps without the losses" : "")}; " +
             $"twin speed {Twin.SimulatedDaysPerRealMinute:0.00} simulated days per real minute");
         o.WriteLine();
         Line($"server losses ({FailureModel}): {Failures.Count}");
@@ -88,7 +88,7 @@ public sealed record TwinReport(
 
 /// <summary>A stage from its first step's start to its last step's commit.</summary>
 /// <param name="StepSeconds">Median step on the job's clock (modelled work plus the real control plane).</param>
-/// <param name="DaysAtCardSteps">The stage's days scaled to the card's tokens (FLM-101B only).</param>
+/// <param name="DaysAtCardSteps">The stage's days without its losses' cost, scaled to the card's tokens (FLM-101B only).</param>
 public sealed record StageReport(
     string Name,
     string Layout,

@@ -283,11 +283,13 @@ public sealed class TwinRun
             var to = Days(records[^1].At);
             var published = card ? PublishedSchedule.Flm101b[i] : null;
             var factor = published is null ? 1 : published.Tokens / ((double)s.Job.Train.Steps * s.Job.Train.GlobalBatch * s.Job.Model.SeqLen);
+            // Losses are taken out before scaling: a short stage's loss would otherwise count as often as the stage is scaled up.
+            var lossesInStage = failures.Where(f => f.Stage == s.Name && !f.DuringGrowth).Sum(f => f.CostSeconds) / 86400;
             stageReports.Add(new StageReport(s.Name, layout.ToString(), s.Job.Train.Steps, layout.WorldSize, modelled, median, tflops,
-                tflops * 1e12 / sim.Cluster.Hardware.PeakFlops, from, to, to - from, published?.TflopsPerGpu, published?.Days, published is null ? null : (to - from) * factor));
+                tflops * 1e12 / sim.Cluster.Hardware.PeakFlops, from, to, to - from, published?.TflopsPerGpu, published?.Days,
+                published is null ? null : (to - from - lossesInStage) * factor));
             if (i == 0)
                 failureFree += from; // submission to the first step
-            var lossesInStage = failures.Where(f => f.Stage == s.Name && !f.DuringGrowth).Sum(f => f.CostSeconds) / 86400;
             failureFree += (to - from - lossesInStage) * factor;
             if (i > 0)
             {
@@ -298,7 +300,7 @@ public sealed class TwinRun
             }
         }
         failureFree += Days(end) - stageReports[^1].EndDays; // the final checkpoint
-        double? atCardSteps = card ? stageReports.Sum(s => s.DaysAtCardSteps!.Value) + growth.Sum(g => g.EndDays - g.StartDays) + stageReports[0].StartDays + Days(end) - stageReports[^1].EndDays : null;
+        double? atCardSteps = card ? failureFree : null;
         var projection = ProjectionReport.Of(failureFree, failures, o.Servers * o.GpusPerServer, o.ProjectionRatePerGpuHour, o.ProjectionRateSource);
         return new TwinReport(_job.Name, o.Servers, o.GpusPerServer, o.Spares, o.Seed, o.Scale, o.Failures.Description, State(), status.Error,
             stageReports, growth, t.CheckpointStall, wall / 86400, atCardSteps, t.Ettr, time, failures, notInjected, samples, twin, projection);
