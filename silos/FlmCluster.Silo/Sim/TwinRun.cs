@@ -145,6 +145,8 @@ public sealed class TwinRun
         var injected = new List<Injected>();
         var notInjected = new List<string>();
         var down = new List<(string Node, DateTime Due)>();
+        var stepSeconds = _stages.ToDictionary(s => s.Name, _ => new List<double>());
+        var seen = -1L;
         JobStatus status;
         while (true)
         {
@@ -159,6 +161,10 @@ public sealed class TwinRun
                 await Task.Delay(20, cancel);
                 continue; // the coordinator is moving
             }
+            // Step times from the status's recent steps: reading a 192-rank history of 66,400 steps back is slower than the run.
+            foreach (var point in status.Recent.Where(p => p.Step > seen))
+                stepSeconds[point.Stage].Add(point.StepMs / 1000);
+            seen = status.Recent.Count > 0 ? status.Recent[^1].Step : seen;
             if (status.State.IsFinal())
                 break;
             var now = sim.Clock.GetUtcNow().UtcDateTime;
@@ -193,8 +199,11 @@ public sealed class TwinRun
         foreach (var loss in Remaining(plan))
             notInjected.Add($"{loss.Server} at {loss.When}: the job had ended");
         var coordinatorGrain = cluster.Grains(cluster.Nodes.First(cluster.IsRunning)).GetGrain<IJobCoordinatorGrain>(id);
-        var (steps, events) = await History(coordinatorGrain);
-        return Report(status, steps, events, injected, notInjected, sim, id, real.Elapsed.TotalSeconds, cpuSeconds);
+        var events = await Events(coordinatorGrain);
+        var stageEnds = new List<DateTime>();
+        foreach (var end in status.State == JobPhase.Completed ? _stageEnds : [])
+            stageEnds.Add((await Patiently(() => coordinatorGrain.GetHistory(end - 1, int.MaxValue, 1))).Steps.Single().At);
+        return Report(status, stepSeconds, stageEnds, events, injected, notInjected, sim, id, real.Elapsed.TotalSeconds, cpuSeconds);
     }
 
     private IEnumerable<PlannedLoss> Remaining(FailurePlan plan)
@@ -230,23 +239,37 @@ public sealed class TwinRun
         _ => server,
     };
 
-    private static async Task<(List<StepRecord> Steps, List<JobEvent> Events)> History(IJobCoordinatorGrain coordinator)
+    /// <summary>The job's events, page by page (without steps).</summary>
+    private static async Task<List<JobEvent>> Events(IJobCoordinatorGrain coordinator)
     {
-        var steps = new List<StepRecord>();
         var events = new List<JobEvent>();
-        var (sinceStep, sinceEvent) = (0L, 0);
         while (true)
         {
-            var page = await coordinator.GetHistory(sinceStep, sinceEvent, JobHistory.MaxPage);
-            steps.AddRange(page.Steps);
+            var page = await Patiently(() => coordinator.GetHistory(long.MaxValue, events.Count, JobHistory.MaxPage));
+            if (page.Events.Count == 0)
+                return events;
             events.AddRange(page.Events);
-            if (page.Steps.Count == 0 && page.Events.Count == 0)
-                return (steps, events);
-            (sinceStep, sinceEvent) = (page.NextStep, page.NextEvent);
         }
     }
 
-    private TwinReport Report(JobStatus status, List<StepRecord> steps, List<JobEvent> events, List<Injected> injected, List<string> notInjected,
+    /// <summary>
+    /// A history read, again while it times out: the first read of a long job indexes its whole step file, which
+    /// under load outlasts a grain call's timeout; the read goes on and a later one finds the index built.
+    /// </summary>
+    private static async Task<JobHistory> Patiently(Func<Task<JobHistory>> read)
+    {
+        for (var attempt = 1; ; attempt++)
+            try
+            {
+                return await read();
+            }
+            catch (TimeoutException) when (attempt < 40)
+            {
+            }
+    }
+
+    private TwinReport Report(JobStatus status, Dictionary<string, List<double>> stepSeconds, List<DateTime> stageEnds, List<JobEvent> events,
+        List<Injected> injected, List<string> notInjected,
         FlmSimulation sim, string id, double realSeconds, double cpuSeconds)
     {
         var o = _options;
@@ -259,7 +282,7 @@ public sealed class TwinRun
         var twin = new TwinSpeed(realSeconds, cpuSeconds, wall / 86400 / (realSeconds / 60));
         var failures = Failures(injected, t, events, status.SubmittedAt);
         string State() => Text(status.State);
-        if (status.State != JobPhase.Completed || steps.Count == 0)
+        if (status.State != JobPhase.Completed)
             return new TwinReport(_job.Name, o.Servers, o.GpusPerServer, o.Spares, o.Seed, o.Scale, o.Failures.Description, State(), status.Error,
                 [], [], t.CheckpointStall, wall / 86400, null, t.Ettr, time, failures, notInjected, samples, twin, null);
 
@@ -271,16 +294,14 @@ public sealed class TwinRun
         for (var i = 0; i < _stages.Count; i++)
         {
             var s = _stages[i];
-            var records = steps.Where(r => r.Point.Stage == s.Name).ToList();
             var layout = ParallelLayout.FromConfig(s.Job.Layout);
             var modelled = StepCostModel.For(s.Job.Model, layout, s.Job.Train.GlobalBatch, s.Job.Train.Precision, sim.Cluster).Seconds;
-            var median = Median(records.Select(r => r.Point.StepMs / 1000));
+            var median = Median(stepSeconds[s.Name]);
             var tflops = ModelFlops.TrainingStep(s.Job.Model, s.Job.Train.GlobalBatch) / median / layout.WorldSize / 1e12;
-            // A stage starts where the first growth into it ended (steps redone after a loss keep only their last record).
-            var grown = i == 0 ? events.FirstOrDefault(e => e.Kind == "started")
-                : events.FirstOrDefault(e => e.Kind == "growth" && e.Message.StartsWith($"{_stages[i - 1].Name} → {s.Name} at step", StringComparison.Ordinal));
-            var from = grown is not null ? Days(grown.At) : Days(records[0].At) - records[0].Point.StepMs / 86_400_000;
-            var to = Days(records[^1].At);
+            // A stage starts where the job started or the first growth into it ended, and ends at its last step's (last) commit.
+            var from = Days(i == 0 ? events.First(e => e.Kind == "started").At
+                : events.First(e => e.Kind == "growth" && e.Message.StartsWith($"{_stages[i - 1].Name} → {s.Name} at step", StringComparison.Ordinal)).At);
+            var to = Days(stageEnds[i]);
             var published = card ? PublishedSchedule.Flm101b[i] : null;
             var factor = published is null ? 1 : published.Tokens / ((double)s.Job.Train.Steps * s.Job.Train.GlobalBatch * s.Job.Model.SeqLen);
             // Losses are taken out before scaling: a short stage's loss would otherwise count as often as the stage is scaled up.
