@@ -12,6 +12,7 @@ var root = new RootCommand("flm: train FLM-style language models, locally or on 
     TrainCommand.Create(),
     GenerateCommand.Create(),
     ParamsCommand.Create(),
+    SimCommand.Create(),
     DataCommand.Create(),
     ScalingCommands.Mup(),
     ScalingCommands.PredictLoss(),

@@ -61,5 +61,5 @@ public sealed class SvgPlot(string title, string xLabel, string yLabel, bool log
         return svg.ToString();
     }
 
-    private static string Escape(string s) => s.Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;");
+    internal static string Escape(string s) => s.Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;");
 }

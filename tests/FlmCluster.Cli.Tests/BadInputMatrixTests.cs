@@ -185,6 +185,38 @@ public sealed partial class BadInputMatrixTests : IDisposable
         },
         new("checkpoint save without a cluster", ["checkpoint", "save", "job-1"], "no cluster is configured") { ExitCode = CliRunner.Unavailable },
 
+        // sim: everything checked before a silo starts
+        new("sim of an unknown preset", ["sim", "--config", "nosuch"], "unknown preset 'nosuch'"),
+        new("sim on too few servers", ["sim", "--servers", "4"], "needs 192 GPUs, 4 servers × 8 have 32; give --servers 24 or more"),
+        new("sim with a NaN rate", ["sim", "--interruption-rate", "NaN"], "--interruption-rate NaN is not a rate"),
+        new("sim with an infinite MTBF", ["sim", "--mtbf", "Infinity"], "--mtbf Infinity is not a time between failures"),
+        new("sim with a negative rate", ["sim", "--interruption-rate", "-2e-5"], "--interruption-rate -2E-05 is not a rate"),
+        new("sim with a rate that overflows", ["sim", "--mtbf", "1e999"], "--mtbf Infinity is not a time between failures"),
+        new("sim with a zero scale", ["sim", "--scale", "0"], "--scale 0 is not a fraction of the schedule"),
+        new("sim with a missing failures file", ["sim", "--failures", "losses.json"], "--failures file 'losses.json' does not exist"),
+        new("sim with a malformed failures file", ["sim", "--failures", "losses.json"], "is not a valid failures file")
+        {
+            Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [ { \"at_step\": 10, "),
+        },
+        new("sim with a loss of two moments", ["sim", "--failures", "losses.json"], "loss 0 has 2 of at_step, at_hours and at_growth; give exactly one")
+        {
+            Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [ { \"at_step\": 10, \"at_hours\": 1 } ] }"),
+        },
+        new("sim with a loss past the schedule", ["sim", "--failures", "losses.json"], "a server loss at step 99999 is past the schedule's last step 66399")
+        {
+            Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [ { \"at_step\": 99999 } ] }"),
+        },
+        new("sim with a loss of an unknown server", ["sim", "--failures", "losses.json"], "server 'node99' is not one of the twin's")
+        {
+            Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [ { \"at_step\": 10, \"server\": \"node99\" } ] }"),
+        },
+        new("sim with both a file and a rate", ["sim", "--failures", "losses.json", "--interruption-rate", "2e-5"], "--failures and --interruption-rate both set the server losses")
+        {
+            Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [] }"),
+        },
+        new("sim --timeline under a file", ["sim", "--timeline", "file/t.svg"], "is a file; give a path under a folder") { Prepare = f => f.WriteFile("file", "x") },
+        new("sim --processes", ["sim", "--processes"], "--processes is not supported yet"),
+
         // export
         new("export from a folder without checkpoint", ["export", "--hf", ".", "out"], "no manifest.json") { Outputs = ["out"] },
         new("export into an existing file", ["export", "--hf", "ckpt", "file"], "export folder 'file' is a file")
