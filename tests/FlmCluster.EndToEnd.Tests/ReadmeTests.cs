@@ -6,7 +6,8 @@ namespace FlmCluster.EndToEnd.Tests;
 /// <summary>
 /// Every command line README.md shows runs, in the README's order, on a fresh folder, so that the README
 /// cannot drift from the code. Commands run as written, made quick: steps (and step numbers in paths and
-/// intervals) divided by 100, the byte tokenizer, a private port range for the local cluster, small sweeps.
+/// intervals) divided by 100, the byte tokenizer, a private port range for the local cluster, small sweeps, the
+/// twin on the tiny growth schedule.
 /// </summary>
 [Trait("Category", "EndToEnd")]
 public sealed class ReadmeTests : IDisposable
@@ -99,6 +100,12 @@ public sealed class ReadmeTests : IDisposable
                 break;
             case "cluster" when args[1] == "up":
                 args.AddRange(["--base-port", "21411"]);
+                break;
+            case "sim":
+                // The same options on the tiny growth schedule: FLM-101B's takes its 192 simulated GPUs some 20 minutes.
+                args[args.IndexOf("--config") + 1] = "tiny-growth";
+                args[args.IndexOf("--servers") + 1] = "2";
+                args.AddRange(["--gpus-per-server", "4", "--scale", "0.01"]);
                 break;
             case "mup":
                 args.AddRange(["--lrs", "1e-3,1e-2", "--widths", "32", "--steps", "10", "--eval-every", "10", "--eval-batches", "1"]);

@@ -168,5 +168,14 @@ public sealed class SecureClusterEndToEndTests : IDisposable
         var cookie = Assert.Single(await page.Context.CookiesAsync(), c => c.Name == "flm_session");
         Assert.True(cookie.HttpOnly && cookie.Secure);
         Assert.Equal(SameSiteAttribute.Strict, cookie.SameSite);
+        Assert.Equal("viewer Sign out", (await page.Locator("#signout").InnerTextAsync()).Trim());
+        await Browser.Screenshot(page, "dashboard-signed-in.png");
+
+        // Signing out ends the session: the dashboard sends the browser back to the form.
+        await page.ClickAsync("#signout button");
+        await page.WaitForSelectorAsync("input#token");
+        await page.GotoAsync($"https://127.0.0.1:{port}/static/index.html");
+        await page.WaitForSelectorAsync("input#token");
+        Assert.DoesNotContain(await page.Context.CookiesAsync(), c => c.Name == "flm_session");
     }
 }

@@ -1,5 +1,6 @@
 using System.Net.ServerSentEvents;
 using System.Runtime.CompilerServices;
+using System.Security.Claims;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using FlmCluster.Grains.Abstractions;
@@ -51,6 +52,8 @@ public static class DashboardEndpoints
                 return Results.BadRequest(new { error = ex.Message });
             }
         });
+        // Who is signed in, for the page's header: a role on a secure silo; none on an open one, which has no sessions.
+        api.MapGet("/session", (ClaimsPrincipal user) => new { role = user.FindFirstValue(ClaimTypes.Role) });
         api.MapGet("/cluster", (DashboardData data) => data.Cluster());
         api.MapGet("/jobs/{id}", (DashboardData data, string id) => data.Job(id));
         api.MapGet("/jobs/{id}/history", (DashboardData data, string id, long? sinceStep, int? sinceEvent, int? max) =>

@@ -309,3 +309,11 @@ async function route() {
 
 window.addEventListener("hashchange", route);
 route();
+
+// A secure silo says who signed in (an open one has no sessions, no role): then the header offers to sign out.
+fetch("/api/session").then(r => (r.ok ? r.json() : null)).then(session => {
+  if (!session || !session.role) return;
+  const form = document.getElementById("signout");
+  form.querySelector(".who").textContent = session.role;
+  form.hidden = false;
+}).catch(() => {});
