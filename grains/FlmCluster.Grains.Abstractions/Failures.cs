@@ -46,7 +46,7 @@ public sealed class RankAbortedException : Exception
     [Id(0)] public string Worker { get; init; } = "";
 }
 
-/// <summary>A rank waited longer than the collective timeout for a peer: the peer is gone or hung.</summary>
+/// <summary>A rank lost a peer: it waited longer than the collective timeout for it, or the peer's server became unreachable. The peer is gone or hung.</summary>
 [GenerateSerializer, Alias("flm.PeerTimeoutException")]
 public sealed class PeerTimeoutException : Exception
 {

@@ -69,6 +69,11 @@ public sealed class FailureClassifierTests
     {
         Assert.IsType<RankAbortedException>(WorkerFailures.Translate(new Training.Parallel.CollectiveAbortedException("aborted"), "n/gpu0", 0));
         Assert.IsType<PeerTimeoutException>(WorkerFailures.Translate(new Training.Parallel.CollectiveTimeoutException("waited"), "n/gpu0", 0));
+        // A send to a peer whose server died: the peer is lost, not this rank failed.
+        var peerGone = Assert.IsType<PeerTimeoutException>(WorkerFailures.Translate(new SiloUnavailableException("target silo became unavailable"), "n/gpu0", 0));
+        Assert.Equal(FailureKind.WorkerLost, FailureClassifier.Classify(peerGone).Kind);
+        var cutOff = Assert.IsType<WorkerLostException>(WorkerFailures.Translate(new TaskCanceledException(), "n/gpu0", 0));
+        Assert.Equal(FailureKind.WorkerLost, FailureClassifier.Classify(cutOff).Kind);
         Assert.IsType<ClusterRequestException>(WorkerFailures.Translate(new FlmUserException("data path gone"), "n/gpu0", 0));
         Assert.IsType<ClusterRequestException>(WorkerFailures.Translate(new InvalidCheckpointException("corrupt"), "n/gpu0", 0));
         var failed = Assert.IsType<RankFailedException>(WorkerFailures.Translate(new AggregateException(new ArgumentException("shape")), "n/gpu1", 3));

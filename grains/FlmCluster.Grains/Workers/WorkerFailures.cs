@@ -25,6 +25,12 @@ public static class WorkerFailures
         {
             Training.Parallel.CollectiveAbortedException => new RankAbortedException(worker, ex.Message),
             Training.Parallel.CollectiveTimeoutException => new PeerTimeoutException(worker, ex.Message),
+            // A tensor sent to a peer whose server went away (the peer may have answered its step just before).
+            Orleans.Runtime.SiloUnavailableException or Orleans.Runtime.Messaging.ConnectionFailedException or Orleans.Runtime.OrleansMessageRejectionException
+                => new PeerTimeoutException(worker, $"rank {rank} on {worker} lost a peer: its server is out of reach"),
+            // Orleans cancelled a call the rank's work waited on (its own silo stopping, a peer's call cut off);
+            // the job's own aborts arrive as CollectiveAbortedException.
+            OperationCanceledException => new WorkerLostException(worker, $"rank {rank} on {worker} was cut off: a call it waited on was cancelled"),
             FlmUserException or InvalidCheckpointException => new ClusterRequestException(ex.Message),
             ClusterRequestException or WorkerLostException or WorkerNotHoldingJobException or ReplicaUnavailableException or RankHungException
                 or RankAbortedException or PeerTimeoutException or RankFailedException => ex,
