@@ -156,8 +156,10 @@ public sealed class TelemetryEndToEndTests : IDisposable
             all.Where(l => l.GetProperty("type").GetString() == "step").Select(l => l.GetProperty("step").GetInt64()));
         var events = all.Where(l => l.GetProperty("type").GetString() == "event").ToList();
         Assert.Equal(Enumerable.Range(0, events.Count).Select(i => (long)i), events.Select(e => e.GetProperty("index").GetInt64()));
+        // The lifecycle in order. Saves and replicas come on their intervals; a straggler report depends on how
+        // busy this machine is (a loaded 2-core runner slows one silo's ranks), and is only a report here.
         Assert.Equal(["submitted", "allocated", "started", "paused", "resumed", "completed"],
-            events.Select(e => e.GetProperty("kind").GetString()!).Where(k => k is not ("checkpoint" or "replica")));
+            events.Select(e => e.GetProperty("kind").GetString()!).Where(k => k is not ("checkpoint" or "replica" or "straggler")));
         Assert.Contains(events, e => e.GetProperty("kind").GetString() == "checkpoint");
         var since = Logs(job, "--since", $"{Steps - 4}");
         Assert.Equal(Enumerable.Range(Steps - 4, 4).Select(i => (long)i),
