@@ -106,6 +106,13 @@ public interface IJobCoordinatorGrain : IGrainWithStringKey
     Task<JobStatus> GetStatus();
 
     /// <summary>
+    /// Nothing but bringing the coordinator back: called when membership declares a silo dead, so that a
+    /// coordinator that lived there resumes its job now (activation does that) instead of at its next reminder.
+    /// </summary>
+    [AlwaysInterleave]
+    Task Wake();
+
+    /// <summary>
     /// The job's durable history: committed steps numbered <paramref name="sinceStep"/> and later, events from
     /// index <paramref name="sinceEvent"/>, at most <paramref name="max"/> (1 … <see cref="JobHistory.MaxPage"/>) of each.
     /// </summary>
@@ -167,4 +174,8 @@ public interface IClusterSchedulerGrain : IGrainWithStringKey
     /// </summary>
     [AlwaysInterleave]
     Task JobEnded(string jobId, JobPhase final);
+
+    /// <summary>Wakes the coordinator of every running job (a silo was declared dead; see <see cref="IJobCoordinatorGrain.Wake"/>).</summary>
+    [AlwaysInterleave]
+    Task WakeJobs();
 }

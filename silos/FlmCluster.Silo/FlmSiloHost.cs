@@ -105,9 +105,13 @@ public static class FlmSiloHost
         {
             var modelled = new SharedModelledTime(Path.GetFullPath(s.SimClock));
             var clock = new VirtualClock(modelled);
-            simulation = new FlmSimulation(new SimCluster(ClusterHardware.Load(s.SimHardware), CostConstants.Fitted), clock);
+            // A new journal per process: a silo started again after a kill -9 does not append to a line the kill cut short.
+            var ledger = string.IsNullOrWhiteSpace(s.SimLedger) ? null : new SampleLedger(Path.Combine(s.SimLedger, $"{s.Node}-{Environment.ProcessId}.ledger"));
+            simulation = new FlmSimulation(new SimCluster(ClusterHardware.Load(s.SimHardware), CostConstants.Fitted), clock, ledger);
             builder.Services.AddSingleton(_ => modelled); // made by a factory: disposed with the host
             builder.Services.AddSingleton(_ => clock);
+            if (ledger is not null)
+                builder.Services.AddSingleton(_ => ledger);
         }
         builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(30));
         builder.UseOrleans(silo =>

@@ -68,6 +68,12 @@ public sealed record SiloSettings
     /// <summary>What sim devices model: a hardware preset (dgx-a800, dgx-a100, dgx-h100, dgx-h200) or a JSON file.</summary>
     public string SimHardware { get; init; } = ClusterHardware.DgxA800.Name;
 
+    /// <summary>
+    /// A folder where this silo's sim devices journal the samples every step trained (one file per silo process), for
+    /// checking a simulated cluster's sample accounting across processes. Empty: no journal.
+    /// </summary>
+    public string SimLedger { get; init; } = "";
+
     /// <summary>The socket data plane's port (0: any free port, published in the silo's metadata).</summary>
     public int DataPort { get; init; }
 
@@ -167,6 +173,7 @@ public sealed record SiloSettings
         ["--data-plane"] = "Flm:DataPlane",
         ["--sim-clock"] = "Flm:SimClock",
         ["--sim-hardware"] = "Flm:SimHardware",
+        ["--sim-ledger"] = "Flm:SimLedger",
         ["--data-port"] = "Flm:DataPort",
         ["--data-tls-cert"] = "Flm:DataTlsCertificate",
         ["--data-tls-key"] = "Flm:DataTlsKey",
@@ -214,6 +221,10 @@ public sealed record SiloSettings
             throw new ArgumentException("Flm:Devices: sim devices model their work on a virtual clock; give Flm:SimClock (--sim-clock FILE), the file the simulated cluster's silos share");
         if (!string.IsNullOrWhiteSpace(SimClock) && !Directory.Exists(Path.GetDirectoryName(Path.GetFullPath(SimClock))))
             throw new ArgumentException($"Flm:SimClock (--sim-clock) '{SimClock}': its folder does not exist");
+        if (!string.IsNullOrWhiteSpace(SimLedger) && string.IsNullOrWhiteSpace(SimClock))
+            throw new ArgumentException("Flm:SimLedger (--sim-ledger) journals what sim devices train; give it with Flm:SimClock (--sim-clock), or leave it out");
+        if (!string.IsNullOrWhiteSpace(SimLedger) && !Directory.Exists(SimLedger))
+            throw new ArgumentException($"Flm:SimLedger (--sim-ledger) '{SimLedger}' is not a folder; create it or give an existing one");
         if (!string.IsNullOrWhiteSpace(SimClock))
         {
             try

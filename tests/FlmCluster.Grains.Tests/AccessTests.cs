@@ -14,7 +14,7 @@ public sealed class OpenAccessTests() : ClusterTestClass(2, 0)
 {
     private static WorkerAssignment Assignment => new("raw", 1, "{}", 0, ["Silo_0/gpu0"], 0, 0, 0, Rebuild.Fresh);
 
-    public static TheoryData<string> InternalCalls => ["Assign", "HoldReplica", "FetchReplica", "Deliver", "Release", "JobEnded", "Reallocate", "Initialize"];
+    public static TheoryData<string> InternalCalls => ["Assign", "HoldReplica", "FetchReplica", "Deliver", "Release", "JobEnded", "Reallocate", "WakeJobs", "Wake", "Initialize"];
 
     [Theory]
     [MemberData(nameof(InternalCalls))]
@@ -31,6 +31,8 @@ public sealed class OpenAccessTests() : ClusterTestClass(2, 0)
             "Release" => () => worker.Release("j", 1),
             "JobEnded" => () => scheduler.JobEnded("j", JobPhase.Completed),
             "Reallocate" => () => scheduler.Reallocate("j", [1], 1, 1),
+            "WakeJobs" => scheduler.WakeJobs,
+            "Wake" => () => Cluster.Client.GetGrain<IJobCoordinatorGrain>("j").Wake(),
             _ => () => Cluster.Client.GetGrain<IJobCoordinatorGrain>("j").Initialize(new AcceptedJob("j", new JobSubmission("{}"), "run", 1, 1, 1, 1, "cpu", DateTime.UnixEpoch)),
         };
         using var refused = new RefusalCount();

@@ -6,6 +6,7 @@ using FlmCluster.Training.Config;
 using FlmCluster.Training.Jobs;
 using FlmCluster.Training.Parallel;
 using FlmCluster.Training.Sim;
+using Microsoft.Extensions.DependencyInjection;
 using Orleans.TestingHost;
 
 namespace FlmCluster.Grains.Tests;
@@ -96,6 +97,32 @@ public sealed class SimJobTests : IAsyncLifetime
         Assert.True(time.Recovery.Restore > 0, Events()); // the replicas' modelled load
         AssertAccountsForTheWallTime(status);
         AssertEverySampleOnce(id, steps, 192);
+    }
+
+    [Fact]
+    public async Task A_coordinator_whose_silo_dies_resumes_once_membership_declares_it_dead_with_no_call_from_anyone()
+    {
+        var started = Stopwatch.StartNew();
+        var id = await Scheduler.Submit(TestClusters.Submission(Job16b(2000)));
+        var running = await TestClusters.WaitFor(_cluster.Client, id, s => s.State == JobPhase.Running && s.Step >= 5 || s.State.IsFinal());
+        Assert.Equal(JobPhase.Running, running.State);
+        var port = int.Parse(running.Coordinator!.Split(':')[1]);
+        var host = _cluster.Silos.Single(s => s.SiloAddress.Endpoint.Port == port);
+        await _cluster.KillSiloAsync(host, TestContext.Current.CancellationToken);
+
+        // From here on nobody calls the job: its events are read from the history store of a silo that is still up.
+        var history = _cluster.Silos.First(s => s != host).ServiceProvider.GetRequiredService<FlmCluster.Grains.History.IJobHistoryStore>();
+        JobEvent? resumed = null;
+        while (resumed is null && started.Elapsed < TimeSpan.FromSeconds(55))
+        {
+            resumed = (await history.Read(id, long.MaxValue, 0, JobHistory.MaxPage)).Events.FirstOrDefault(e => e.Kind == "resumed");
+            await Task.Delay(100, TestContext.Current.CancellationToken);
+        }
+        // The coordinator's reminder first fires a minute after the job started: a resume before that was the
+        // dead-silo watch's doing.
+        Assert.True(resumed is not null, $"the job did not resume within {started.Elapsed.TotalSeconds:0} s of its start, with its coordinator's silo dead");
+        Assert.Contains("continuing from committed step", resumed.Message);
+        await Scheduler.Cancel(id);
     }
 
     [Fact]

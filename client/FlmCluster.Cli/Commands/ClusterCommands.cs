@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using FlmCluster.Client;
 using FlmCluster.Training;
 using Spectre.Console;
@@ -8,7 +7,7 @@ using Spectre.Console;
 namespace FlmCluster.Cli.Commands;
 
 /// <summary><c>flm cluster up|down</c> (a local multi-process cluster) and <c>flm nodes</c>.</summary>
-public static partial class ClusterCommands
+public static class ClusterCommands
 {
     public static Command Cluster()
     {
@@ -106,8 +105,6 @@ public static partial class ClusterCommands
 
     private const int MaxLocalSilos = 1000;
 
-    /// <summary>A local cluster's silo i serves its web endpoints here.</summary>
-    private static int WebPort(int basePort, int silo) => basePort + 2000 + silo;
     private const int MaxDevicesPerNode = 1024;
 
     private static async Task<int> Up(int nodes, int gpus, int controls, string? redis, int basePort, string? dir, TimeSpan timeout, bool secure, bool sim)
@@ -130,7 +127,7 @@ public static partial class ClusterCommands
             throw new FlmUserException("--redis is empty; give a connection string such as localhost:6379");
         var profilePath = ClusterProfile.DefaultPath;
         OutputLocation.RequireCreatableFile(profilePath, "the cluster profile");
-        if (File.Exists(profilePath) && ClusterProfile.Load(profilePath).Silos.Any(s => IsAlive(s.Pid)))
+        if (File.Exists(profilePath) && ClusterProfile.Load(profilePath).Silos.Any(s => LocalSilos.IsAlive(s.Pid)))
             throw new FlmUserException($"a cluster is already up (profile {profilePath}); run 'flm cluster down' first");
         var home = Path.GetFullPath(dir ?? Path.Combine(Path.GetDirectoryName(profilePath)!, "cluster"));
         Directory.CreateDirectory(Path.Combine(home, "logs"));
@@ -138,7 +135,6 @@ public static partial class ClusterCommands
         var credentials = !secure ? null
             : File.Exists(new CredentialFiles(Path.Combine(home, "credentials")).Authority) ? new CredentialFiles(Path.Combine(home, "credentials"))
             : CredentialFiles.Create(Path.Combine(home, "credentials"), [], TimeSpan.FromDays(365));
-        var silo = Path.Combine(AppContext.BaseDirectory, "FlmCluster.Silo.dll");
         var specs = Enumerable.Range(0, nodes).Select(i => ($"node{i}", $"{(sim ? "sim" : "cpu")}:{gpus}")).ToList();
         specs.InsertRange(0, Enumerable.Range(0, controls).Select(k => (k == 0 ? "control" : $"control{k}", "cpu:0")));
         if (sim)
@@ -149,19 +145,14 @@ public static partial class ClusterCommands
         {
             var (node, devices) = specs[i];
             var log = Path.Combine(home, "logs", $"{node}.log");
-            List<string> args =
-            [
-                silo, "--node", node, "--devices", devices, "--silo-port", $"{basePort + i}", "--gateway-port", $"{basePort + 1000 + i}",
-                "--primary-port", $"{basePort}", "--cluster-id", clusterId, "--storage-dir", Path.Combine(home, "storage"),
-                "--http-port", $"{WebPort(basePort, i)}", "--listen", "loopback",
-            ];
+            var args = LocalSilos.Arguments(node, devices, i, basePort, clusterId, home);
             if (credentials is not null)
                 args.AddRange(credentials.SiloArguments);
             if (redis is not null)
                 args.AddRange(["--clustering", "redis", "--redis", redis]);
             if (sim)
                 args.AddRange(["--sim-clock", Path.Combine(home, "sim-clock")]);
-            started.Add(new SiloProcess(node, StartDetached(args, log), basePort + i, basePort + 1000 + i, log, args, WebPort(basePort, i)));
+            started.Add(new SiloProcess(node, LocalSilos.Start(args, log), basePort + i, LocalSilos.GatewayPort(basePort, i), log, args, LocalSilos.WebPort(basePort, i)));
         }
         var profile = new ClusterProfile
         {
@@ -177,7 +168,7 @@ public static partial class ClusterCommands
         var watch = Stopwatch.StartNew();
         foreach (var s in started)
         {
-            if (await WaitReady(profile, s, watch, timeout) is { } problem)
+            if (await LocalSilos.WaitReady(profile, s, watch, timeout) is { } problem)
             {
                 StopAll(started);
                 File.Delete(profilePath);
@@ -219,15 +210,15 @@ public static partial class ClusterCommands
         var profile = ClusterProfile.Load(profilePath);
         var silo = profile.Silos.FirstOrDefault(s => s.Node == node)
             ?? throw new FlmUserException($"the local cluster has no node '{node}'; its nodes are {string.Join(", ", profile.Silos.Select(s => s.Node))}");
-        if (IsAlive(silo.Pid))
+        if (LocalSilos.IsAlive(silo.Pid))
             throw new FlmUserException($"node {node} is running (pid {silo.Pid}); stop it first");
         if (silo.Args is not { Count: > 0 } args || silo.HttpPort == 0)
             throw new FlmUserException($"the profile does not say how node {node} was started; start the cluster again with 'flm cluster up'");
-        var restarted = silo with { Pid = StartDetached(args, silo.Log, append: true) };
+        var restarted = silo with { Pid = LocalSilos.Start(args, silo.Log, append: true) };
         profile = profile with { Silos = [.. profile.Silos.Select(s => s.Node == node ? restarted : s)] };
         profile.Save(profilePath);
         var watch = Stopwatch.StartNew();
-        if (await WaitReady(profile, restarted, watch, timeout) is { } problem)
+        if (await LocalSilos.WaitReady(profile, restarted, watch, timeout) is { } problem)
             throw new FlmUserException(problem);
         Console.WriteLine($"{node}: pid {restarted.Pid}, active in {watch.Elapsed.TotalSeconds:0.0} s");
         return CliRunner.Ok;
@@ -241,82 +232,15 @@ public static partial class ClusterCommands
         var profile = ClusterProfile.Load(profilePath);
         // Secondaries first, the primary (membership table of development clustering) last.
         foreach (var s in profile.Silos.Reverse())
-            await Stop(s.Pid, TimeSpan.FromSeconds(30));
+            await LocalSilos.Stop(s.Pid, TimeSpan.FromSeconds(30));
         File.Delete(profilePath);
         Console.WriteLine($"stopped {profile.Silos.Count} silo(s)");
         return CliRunner.Ok;
     }
 
-    /// <summary>
-    /// Waits until a silo's readiness endpoint answers 200 (an active member, its devices and storage there); the
-    /// problem when it exits or the time is up first, else null.
-    /// </summary>
-    private static async Task<string?> WaitReady(ClusterProfile profile, SiloProcess silo, Stopwatch watch, TimeSpan timeout)
-    {
-        using var web = new SiloWeb(profile, TimeSpan.FromSeconds(5), withToken: false);
-        var ready = $"{web.At(silo.HttpPort)}/health/ready";
-        while (true)
-        {
-            try
-            {
-                using var response = await web.Http.GetAsync(ready);
-                if (response.IsSuccessStatusCode)
-                    return null;
-            }
-            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException)
-            {
-                // not listening yet
-            }
-            if (!IsAlive(silo.Pid) || watch.Elapsed > timeout)
-            {
-                var tail = File.Exists(silo.Log) ? string.Join(" | ", File.ReadLines(silo.Log).TakeLast(3)) : "";
-                return $"silo {silo.Node} did not become ready{(IsAlive(silo.Pid) ? $" within {timeout.TotalSeconds:0} s" : " (it exited)")}: {tail} (log {silo.Log}, readiness {ready})";
-            }
-            await Task.Delay(200);
-        }
-    }
-
-    private static int StartDetached(IReadOnlyList<string> args, string log, bool append = false)
-    {
-        // setsid: the silo keeps running after this command exits and ignores the terminal's Ctrl+C.
-        var start = new ProcessStartInfo("setsid") { UseShellExecute = false };
-        start.ArgumentList.Add("sh");
-        start.ArgumentList.Add("-c");
-        start.ArgumentList.Add(append ? "exec \"$0\" \"$@\" >> \"$FLM_SILO_LOG\" 2>&1 < /dev/null" : "exec \"$0\" \"$@\" > \"$FLM_SILO_LOG\" 2>&1 < /dev/null");
-        start.ArgumentList.Add(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
-        foreach (var a in args)
-            start.ArgumentList.Add(a);
-        start.Environment["FLM_SILO_LOG"] = log;
-        using var process = Process.Start(start) ?? throw new InvalidOperationException("could not start a silo process");
-        return process.Id;
-    }
-
     private static void StopAll(IEnumerable<SiloProcess> silos)
     {
         foreach (var s in silos)
-            Kill(s.Pid, 9);
+            LocalSilos.KillNow(s.Pid);
     }
-
-    private static async Task Stop(int pid, TimeSpan grace)
-    {
-        if (!IsAlive(pid))
-            return;
-        Kill(pid, 15);
-        var watch = Stopwatch.StartNew();
-        while (IsAlive(pid) && watch.Elapsed < grace)
-            await Task.Delay(100);
-        if (IsAlive(pid))
-            Kill(pid, 9);
-    }
-
-    private static bool IsAlive(int pid) => Kill(pid, 0) == 0 && !IsZombie(pid);
-
-    private static bool IsZombie(int pid)
-    {
-        var stat = $"/proc/{pid}/stat";
-        return File.Exists(stat) && File.ReadAllText(stat).Split(' ') is { Length: > 2 } fields && fields[2] == "Z";
-    }
-
-    [LibraryImport("libc", EntryPoint = "kill", SetLastError = true)]
-    private static partial int Kill(int pid, int signal);
 }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using FlmCluster.Cli.Sim;
 using FlmCluster.Silo.Sim;
 using FlmCluster.Training;
 using FlmCluster.Training.Config;
@@ -7,8 +8,9 @@ using FlmCluster.Training.Config;
 namespace FlmCluster.Cli.Commands;
 
 /// <summary>
-/// <c>flm sim</c>: a growth schedule on a simulated cluster in this process (<see cref="TwinRun"/>), with server
-/// losses from a schedule file or a rate, and the report as tables or JSON, a timeline and a projection.
+/// <c>flm sim</c>: a growth schedule on a simulated cluster (<see cref="TwinRun"/>) — silos in this process, or
+/// one silo process per server on Redis with <c>--processes</c> — with server losses from a schedule file or a
+/// rate, and the report as tables or JSON, a timeline and a projection.
 /// </summary>
 public static class SimCommand
 {
@@ -30,15 +32,16 @@ public static class SimCommand
         var json = new Option<bool>("--json") { Description = "Print the report as one JSON object" };
         var timeline = new Option<string?>("--timeline") { Description = "Write an SVG timeline of the run to this file" };
         var storage = new Option<string?>("--storage") { Description = "Folder for the run's checkpoints and silo state (default: the temp folder; deleted after)" };
-        var processes = new Option<bool>("--processes") { Description = "One silo process per server on Redis (not supported yet)" };
-        var command = new Command("sim", "Run a growth schedule on simulated GPU servers in this process, with server losses, and report days, ETTR and a projection")
+        var processes = new Option<bool>("--processes") { Description = "One silo process per server (and a control-plane one) on Redis, instead of silos in this process; a loss is kill -9" };
+        var redis = new Option<string?>("--redis") { Description = "With --processes: the Redis the silos meet on (default localhost:6379)" };
+        var basePort = new Option<int?>("--base-port") { Description = "With --processes: silo ports start here, gateways at +1000, web ports at +2000 (default 31111)" };
+        var command = new Command("sim", "Run a growth schedule on simulated GPU servers, with server losses, and report days, ETTR and a projection")
         {
-            servers, gpusPerServer, config, spares, failures, mtbf, rate, projectionRate, seed, scale, json, timeline, storage, processes,
+            servers, gpusPerServer, config, spares, failures, mtbf, rate, projectionRate, seed, scale, json, timeline, storage, processes, redis, basePort,
         };
         command.SetAction(async (parse, cancel) =>
         {
-            if (parse.GetValue(processes))
-                throw new FlmUserException("--processes is not supported yet; run without it (silos in this process)");
+            var asProcesses = Processes(parse.GetValue(processes), parse.GetValue(redis), parse.GetValue(basePort), parse.GetValue(servers) + parse.GetValue(spares));
             var plan = Plan(parse.GetValue(failures), parse.GetValue(mtbf), parse.GetValue(rate), parse.GetValue(servers), parse.GetValue(gpusPerServer), parse.GetValue(seed));
             var projection = parse.GetValue(projectionRate);
             if (!double.IsFinite(projection) || projection <= 0)
@@ -53,8 +56,12 @@ public static class SimCommand
                 parse.GetValue(seed), parse.GetValue(scale), Path.GetFullPath(dir), projection,
                 parse.GetResult(projectionRate) is { Implicit: false } ? "given with --projection-rate" : ProjectionReport.Llama3Source));
 
+            if (asProcesses is not null)
+                await ProcessTwinCluster.RequireRedis(asProcesses.Redis);
+
             var asJson = parse.GetValue(json);
-            var report = await run.RunAsync(line => (asJson ? Console.Error : Console.Out).WriteLine(line), cancel);
+            var report = await run.RunAsync(line => (asJson ? Console.Error : Console.Out).WriteLine(line), cancel,
+                asProcesses is null ? null : spec => ProcessTwinCluster.StartAsync(spec, asProcesses, cancel));
             if (svg is not null && report.Completed)
                 await File.WriteAllTextAsync(svg, SvgTimeline.Render(report), cancel);
             if (asJson)
@@ -70,6 +77,28 @@ public static class SimCommand
         });
         return command;
     }
+
+    /// <summary>Where the silo processes go with --processes; null without it (the process options are then refused).</summary>
+    private static ProcessTwinOptions? Processes(bool processes, string? redis, int? basePort, int silos)
+    {
+        if (!processes)
+        {
+            if (redis is not null || basePort is not null)
+                throw new FlmUserException($"{(redis is not null ? "--redis" : "--base-port")} is for silo processes; add --processes, or leave it out");
+            return null;
+        }
+        if (redis is not null && string.IsNullOrWhiteSpace(redis))
+            throw new FlmUserException("--redis is empty; give a connection string such as localhost:6379");
+        var port = basePort ?? DefaultBasePort;
+        // Silo ports are base … base+silos, gateways base+1000 …, web ports base+2000 …: at most 1000 silos, all below 65536.
+        if (port is < 1024 or > 65535 - 3000)
+            throw new FlmUserException($"--base-port {port} must leave room for silo, gateway and web ports (1024 … {65535 - 3000})");
+        if (silos + 1 > 1000)
+            throw new FlmUserException($"--servers and --spares make {silos + 1} silo processes with the control node; a local cluster's ports allow 1000");
+        return new ProcessTwinOptions(redis ?? "localhost:6379", port);
+    }
+
+    private const int DefaultBasePort = 31111;
 
     /// <summary>At most one source of losses: a schedule file, a per-server MTBF, or a per-GPU rate; none means no losses.</summary>
     private static FailurePlan Plan(string? file, double? mtbf, double? rate, int servers, int gpusPerServer, int seed)

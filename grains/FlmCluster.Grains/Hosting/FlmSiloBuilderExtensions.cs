@@ -144,6 +144,7 @@ public static class FlmSiloBuilderExtensions
         else
             silo.Services.AddSingleton<IRankExecutors, TorchRankExecutors>();
         silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, WorkersLeaveOnStop>();
+        silo.Services.AddSingleton<ILifecycleParticipant<ISiloLifecycle>, Scheduling.DeadSiloWatch>();
         silo.Services.Configure<Orleans.Serialization.OrleansJsonSerializerOptions>(ConfigureStateJson);
         silo.Services.TryAddSingleton(TimeProvider.System);
         silo.Services.AddSingleton(sp => options.Access ?? AccessOptions.Open(sp.GetRequiredService<IOptions<ClusterOptions>>().Value.ServiceId));

@@ -123,6 +123,8 @@ public sealed class JobCoordinatorGrain : Grain, IJobCoordinatorGrain, IRemindab
             checkpointDir, S.LastCheckpoint?.Step, S.LastReplica?.Step, S.Time.Account(), S.SkippedData.ToList(), RuntimeIdentity));
     }
 
+    public Task Wake() => Task.CompletedTask; // activating this grain is what resumes its job
+
     public Task<JobHistory> GetHistory(long sinceStep, int sinceEvent, int max)
     {
         if (!_job.Exists)

@@ -111,6 +111,22 @@ public sealed class ClusterSchedulerGrain(
         return statuses.OrderBy(s => s.SubmittedAt).ToList();
     }
 
+    public async Task WakeJobs()
+    {
+        var running = S.Jobs.Where(j => j.Value.Phase == JobPhase.Running).Select(j => j.Key).ToList();
+        await Task.WhenAll(running.Select(async id =>
+        {
+            try
+            {
+                await grains.GetGrain<IJobCoordinatorGrain>(id).Wake();
+            }
+            catch (Exception ex)
+            {
+                log.LogWarning("Job {Job}: its coordinator did not wake ({Message}); its reminder will", id, ex.Message);
+            }
+        }));
+    }
+
     public async Task<ClusterInventory> GetInventory()
     {
         var members = membership.CurrentSnapshot.Members.Values.OrderBy(m => m.SiloAddress.ToString()).ToList();

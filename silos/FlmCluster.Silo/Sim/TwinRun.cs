@@ -113,17 +113,22 @@ public sealed class TwinRun
         name.StartsWith("node", StringComparison.Ordinal) && int.TryParse(name.AsSpan(4), System.Globalization.NumberStyles.None, null, out var i) && i < nodes
         && name == $"node{i}";
 
-    /// <summary>Starts the cluster, runs the schedule to its end with the planned losses, and reports.</summary>
-    public async Task<TwinReport> RunAsync(Action<string>? progress = null, CancellationToken cancel = default)
+    /// <summary>
+    /// Starts the cluster (<paramref name="startCluster"/>; silos in this process by default), runs the schedule to
+    /// its end with the planned losses, and reports.
+    /// </summary>
+    public async Task<TwinReport> RunAsync(Action<string>? progress = null, CancellationToken cancel = default,
+        Func<TwinClusterSpec, Task<ITwinCluster>>? startCluster = null)
     {
         var dir = Directory.CreateDirectory(Path.Combine(_options.StorageDir, $"flm-sim-{Guid.NewGuid():N}")).FullName;
-        var hardware = SimCluster.Default.Hardware with { GpusPerServer = _options.GpusPerServer };
-        using var clock = new VirtualClock();
-        var sim = new FlmSimulation(SimCluster.Default with { Hardware = hardware }, clock, new SampleLedger());
+        var hardware = SimCluster.Default with { Hardware = SimCluster.Default.Hardware with { GpusPerServer = _options.GpusPerServer } };
         try
         {
             var job = _job with { Checkpoint = _job.Checkpoint with { Dir = Path.Combine(dir, "checkpoints") } };
-            return await Run(job, sim, dir, progress ?? (_ => { }), cancel);
+            var started = Stopwatch.StartNew();
+            await using var cluster = await (startCluster ?? InProcessTwinCluster.StartAsync)(new TwinClusterSpec(_options.Servers + _options.Spares, Path.Combine(dir, "state"), hardware));
+            (progress ?? (_ => { }))($"{cluster.Nodes.Count} silos up in {started.Elapsed.TotalSeconds:0.0} s");
+            return await Run(job, cluster, hardware, progress ?? (_ => { }), cancel);
         }
         finally
         {
@@ -131,35 +136,47 @@ public sealed class TwinRun
         }
     }
 
-    private async Task<TwinReport> Run(JobConfig job, FlmSimulation sim, string dir, Action<string> progress, CancellationToken cancel)
+    private async Task<TwinReport> Run(JobConfig job, ITwinCluster cluster, SimCluster hardware, Action<string> progress, CancellationToken cancel)
     {
         var random = new Random(_options.Seed);
         var plan = _options.Failures;
         var real = Stopwatch.StartNew();
-        var cpu = Environment.CpuUsage.TotalTime;
-        await using var cluster = await LocalCluster.StartAsync(_options.Servers + _options.Spares, _options.GpusPerServer,
-            storageDir: Path.Combine(dir, "state"), observe: false, simulation: sim);
-        var id = await cluster.Grains(cluster.Nodes[0]).GetGrain<IClusterSchedulerGrain>("cluster").Submit(new JobSubmission(JobConfigLoader.ToJson(job)));
+        var cpu = cluster.CpuTime();
+        var id = await cluster.Grains.GetGrain<IClusterSchedulerGrain>("cluster").Submit(new JobSubmission(JobConfigLoader.ToJson(job)));
         progress($"submitted {id}: {string.Join(" + ", _stages.Select(s => $"{s.Job.Train.Steps} ({s.Name})"))} steps on {_options.Servers} × {_options.GpusPerServer} " +
             $"simulated GPUs + {_options.Spares} spare servers; {plan.Description}");
         var injected = new List<Injected>();
         var notInjected = new List<string>();
         var down = new List<(string Node, DateTime Due)>();
+        var repairs = new List<Task>();
         var stepSeconds = _stages.ToDictionary(s => s.Name, _ => new List<double>());
         var seen = -1L;
         JobStatus status;
+        var submitted = cluster.Clock.GetUtcNow().UtcDateTime; // for progress lines; the report reads the job's own time
         while (true)
         {
             cancel.ThrowIfCancellationRequested();
+            // Repairs first (with every server down, nothing answers for the job until one is back), without waiting
+            // for the silo to come up: the job goes on meanwhile, and the next losses must land at their steps.
+            var now = cluster.Clock.GetUtcNow().UtcDateTime;
+            foreach (var repaired in down.Where(d => now >= d.Due).ToList())
+            {
+                down.Remove(repaired);
+                var at = (now - submitted).TotalDays;
+                repairs.Add(cluster.StartAsync(repaired.Node).ContinueWith(
+                    started => progress($"{repaired.Node} repaired at {at:0.000} simulated days{(started.IsFaulted ? $", but its silo did not start: {started.Exception!.InnerException!.Message}" : "")}"),
+                    TaskScheduler.Default));
+            }
             try
             {
                 // Any silo that is up answers for the cluster.
-                status = await cluster.Grains(cluster.Nodes.First(cluster.IsRunning)).GetGrain<IJobCoordinatorGrain>(id).GetStatus();
+                // Briefly: a call to a coordinator on a server just killed waits for a response that will not come.
+                status = await cluster.Grains.GetGrain<IJobCoordinatorGrain>(id).GetStatus().WaitAsync(TimeSpan.FromSeconds(5), cancel);
             }
-            catch (Exception ex) when (ex is OrleansException or TimeoutException)
+            catch (Exception ex) when (ex is OrleansException or TimeoutException or NoSiloRunningException)
             {
                 await Task.Delay(20, cancel);
-                continue; // the coordinator is moving
+                continue; // the coordinator is moving, or its servers are all down
             }
             // Step times from the status's recent steps: reading a 192-rank history of 66,400 steps back is slower than the run.
             foreach (var point in status.Recent.Where(p => p.Step > seen))
@@ -167,13 +184,7 @@ public sealed class TwinRun
             seen = status.Recent.Count > 0 ? status.Recent[^1].Step : seen;
             if (status.State.IsFinal())
                 break;
-            var now = sim.Clock.GetUtcNow().UtcDateTime;
-            foreach (var repaired in down.Where(d => now >= d.Due).ToList())
-            {
-                await cluster.StartAsync(repaired.Node);
-                down.Remove(repaired);
-                progress($"{repaired.Node} repaired at {(now - status.SubmittedAt).TotalDays:0.000} simulated days");
-            }
+            now = cluster.Clock.GetUtcNow().UtcDateTime;
             if (plan.Next is { } loss && Due(loss, status, now) && status.Workers.Count > 0 && status.Time is { } time)
             {
                 plan.Advance();
@@ -195,15 +206,16 @@ public sealed class TwinRun
             await Task.Delay(20, cancel);
         }
         real.Stop();
-        var cpuSeconds = (Environment.CpuUsage.TotalTime - cpu).TotalSeconds;
+        await Task.WhenAll(repairs);
+        var cpuSeconds = (cluster.CpuTime() - cpu).TotalSeconds;
         foreach (var loss in Remaining(plan))
             notInjected.Add($"{loss.Server} at {loss.When}: the job had ended");
-        var coordinatorGrain = cluster.Grains(cluster.Nodes.First(cluster.IsRunning)).GetGrain<IJobCoordinatorGrain>(id);
+        var coordinatorGrain = cluster.Grains.GetGrain<IJobCoordinatorGrain>(id);
         var events = await Events(coordinatorGrain);
         var stageEnds = new List<DateTime>();
         foreach (var end in status.State == JobPhase.Completed ? _stageEnds : [])
             stageEnds.Add((await Patiently(() => coordinatorGrain.GetHistory(end - 1, int.MaxValue, 1))).Steps.Single().At);
-        return Report(status, stepSeconds, stageEnds, events, injected, notInjected, sim, id, real.Elapsed.TotalSeconds, cpuSeconds);
+        return Report(status, stepSeconds, stageEnds, events, injected, notInjected, hardware, cluster.Samples(id), cluster.Clock, real.Elapsed.TotalSeconds, cpuSeconds);
     }
 
     private IEnumerable<PlannedLoss> Remaining(FailurePlan plan)
@@ -230,7 +242,7 @@ public sealed class TwinRun
         return status.Step > end || (status.Step == end && status.State == JobPhase.Starting);
     }
 
-    private static string? Pick(string server, JobStatus status, LocalCluster cluster, Random random) => server switch
+    private static string? Pick(string server, JobStatus status, ITwinCluster cluster, Random random) => server switch
     {
         PlannedLoss.Coordinator => status.Coordinator is { } silo ? cluster.NodeOfSilo(silo) : null,
         PlannedLoss.Random => status.Workers.Select(w => w[..w.IndexOf('/')]).Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList() is { Count: > 0 } nodes
@@ -270,12 +282,12 @@ public sealed class TwinRun
 
     private TwinReport Report(JobStatus status, Dictionary<string, List<double>> stepSeconds, List<DateTime> stageEnds, List<JobEvent> events,
         List<Injected> injected, List<string> notInjected,
-        FlmSimulation sim, string id, double realSeconds, double cpuSeconds)
+        SimCluster hardware, IReadOnlyDictionary<long, StepSamples> ledger, VirtualClock clock, double realSeconds, double cpuSeconds)
     {
         var o = _options;
-        var samples = Samples(sim.Samples!.Of(id));
+        var samples = Samples(ledger);
         var completedEvent = events.LastOrDefault(e => e.Kind == "completed");
-        var end = completedEvent?.At ?? sim.Clock.GetUtcNow().UtcDateTime;
+        var end = completedEvent?.At ?? clock.GetUtcNow().UtcDateTime;
         var wall = (end - status.SubmittedAt).TotalSeconds;
         var t = status.Time ?? new TimeAccount(0, 0, 0, 0, 0, 0, 0, 0, new RecoveryTime(0, 0, 0, 0, 0, 0, 0, 0));
         var time = new TimeReport(t.Queued, t.Startup, t.Productive, t.Redone, t.CheckpointStall, t.Growth, t.Paused, t.Overhead, t.Recovery.Total, t.Accounted, wall);
@@ -295,7 +307,7 @@ public sealed class TwinRun
         {
             var s = _stages[i];
             var layout = ParallelLayout.FromConfig(s.Job.Layout);
-            var modelled = StepCostModel.For(s.Job.Model, layout, s.Job.Train.GlobalBatch, s.Job.Train.Precision, sim.Cluster).Seconds;
+            var modelled = StepCostModel.For(s.Job.Model, layout, s.Job.Train.GlobalBatch, s.Job.Train.Precision, hardware).Seconds;
             var median = Median(stepSeconds[s.Name]);
             var tflops = ModelFlops.TrainingStep(s.Job.Model, s.Job.Train.GlobalBatch) / median / layout.WorldSize / 1e12;
             // A stage starts where the job started or the first growth into it ended, and ends at its last step's (last) commit.
@@ -307,7 +319,7 @@ public sealed class TwinRun
             // Losses are taken out before scaling: a short stage's loss would otherwise count as often as the stage is scaled up.
             var lossesInStage = failures.Where(f => f.Stage == s.Name && !f.DuringGrowth).Sum(f => f.CostSeconds) / 86400;
             stageReports.Add(new StageReport(s.Name, layout.ToString(), s.Job.Train.Steps, layout.WorldSize, modelled, median, tflops,
-                tflops * 1e12 / sim.Cluster.Hardware.PeakFlops, from, to, to - from, published?.TflopsPerGpu, published?.Days,
+                tflops * 1e12 / hardware.Hardware.PeakFlops, from, to, to - from, published?.TflopsPerGpu, published?.Days,
                 published is null ? null : (to - from - lossesInStage) * factor));
             if (i == 0)
                 failureFree += from; // submission to the first step
