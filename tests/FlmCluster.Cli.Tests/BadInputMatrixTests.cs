@@ -215,7 +215,10 @@ public sealed partial class BadInputMatrixTests : IDisposable
             Prepare = f => f.WriteFile("losses.json", "{ \"losses\": [] }"),
         },
         new("sim --timeline under a file", ["sim", "--timeline", "file/t.svg"], "is a file; give a path under a folder") { Prepare = f => f.WriteFile("file", "x") },
-        new("sim --processes", ["sim", "--processes"], "--processes is not supported yet"),
+        new("sim --redis without processes", ["sim", "--redis", "localhost:6379"], "--redis is for silo processes; add --processes, or leave it out"),
+        new("sim --processes on a privileged port", ["sim", "--processes", "--base-port", "80"], "--base-port 80 must leave room for silo, gateway and web ports"),
+        new("sim --processes with an empty Redis", ["sim", "--processes", "--redis", " "], "--redis is empty"),
+        new("sim --processes with no Redis there", ["sim", "--processes", "--servers", "24", "--redis", "127.0.0.1:1"], "--redis 127.0.0.1:1: no Redis answers there"),
 
         // export
         new("export from a folder without checkpoint", ["export", "--hf", ".", "out"], "no manifest.json") { Outputs = ["out"] },

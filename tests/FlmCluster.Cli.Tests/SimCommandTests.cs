@@ -111,4 +111,90 @@ public sealed class SimCommandTests : IDisposable
         // The run's checkpoints and silo state went with it.
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(_dir, "state")));
     }
+
+    /// <summary>
+    /// <c>--processes</c>: a control-plane silo and three servers of four simulated GPUs as silo processes on a real
+    /// Redis, a small three-stage schedule at dp=4 × tp=2 (so each server holds half the job and its replicas the
+    /// other half's), and three kill -9s: a server during the first stage, the other during the growth into the
+    /// second stage, the coordinator's silo during the third. Every silo journals what it trained, so the sample
+    /// ledger spans processes, killed ones included.
+    /// </summary>
+    [Fact]
+    [Trait("Category", "EndToEnd")]
+    public void With_processes_each_server_is_a_silo_process_on_redis_and_three_kills_lose_no_sample()
+    {
+        using var redis = new RedisServer();
+        File.WriteAllText(Path.Combine(_dir, "small.json"), """
+            {
+              "name": "small-growth",
+              "model": { "layers": 2, "hidden": 64, "heads": 2, "seq_len": 128, "mup": { "base_width": 64, "output_mult": 1.0 } },
+              "train": { "global_batch": 16 },
+              "optimizer": { "lr": 0.003, "min_lr": 0.0003, "warmup_steps": 10 },
+              "layout": { "dp": 4, "tp": 2 },
+              "stages": [
+                { "name": "a", "steps": 100 },
+                { "name": "b", "layers": 3, "hidden": 128, "heads": 4, "steps": 100, "mask_ramp_steps": 10 },
+                { "name": "c", "layers": 4, "hidden": 128, "heads": 4, "steps": 100, "mask_ramp_steps": 10, "depth_placement": "interpolate" }
+              ]
+            }
+            """);
+        File.WriteAllText(Path.Combine(_dir, "losses.json"), """
+            { "losses": [
+                { "at_step": 60, "server": "random", "repair_hours": 0.002 },
+                { "at_growth": "b", "server": "node1", "repair_hours": 0.002 },
+                { "at_step": 250, "server": "coordinator", "repair_hours": 0.002 }
+            ] }
+            """);
+        Directory.CreateDirectory(Path.Combine(_dir, "state"));
+        var r = FlmProcess.Run(_dir, new Dictionary<string, string>(), TimeSpan.FromMinutes(8),
+            "sim", "--processes", "--redis", redis.ConnectionString, "--base-port", "27211", "--servers", "2", "--gpus-per-server", "4", "--spares", "1",
+            "--config", "small.json", "--failures", "losses.json", "--json", "--storage", "state");
+        Assert.True(r.ExitCode == 0, r.Error);
+        Assert.Contains("4 silos up in", r.Error);
+        var json = JsonNode.Parse(r.Output)!.AsObject();
+        Assert.Equal("completed", (string?)json["state"]);
+
+        var failures = json["failures"]!.AsArray();
+        Assert.Empty(json["losses_not_injected"]!.AsArray());
+        Assert.Equal(["step 60", "growth into b", "step 250"], failures.Select(f => (string?)f!["planned"]));
+        Assert.Equal(["worker", "worker", "coordinator"], failures.Select(f => (string?)f!["kind"]));
+        // Coordinators and the scheduler live on the control-plane silo while it is up.
+        Assert.Equal("control", (string?)failures[2]!["server"]);
+        Assert.Equal("node1", (string?)failures[1]!["server"]);
+        Assert.True((bool)failures[1]!["during_growth"]!);
+        Assert.Equal(1, (int)failures[2]!["recoveries"]!);
+
+        // Every step trained its batch once, across four processes and three kill -9s: 300 × 16 samples.
+        var samples = json["samples"]!.AsObject();
+        Assert.True((bool)samples["exact"]!, samples.ToJsonString());
+        Assert.Equal(300, (long)samples["steps"]!);
+        Assert.Equal(4800, (long)samples["consumed"]!);
+
+        // Nothing is left behind: no silo process, no key in Redis, no file.
+        var silos = System.Diagnostics.Process.GetProcesses().Where(p => CommandLine(p.Id).Contains(Path.Combine(_dir, "state"), StringComparison.Ordinal)).ToList();
+        Assert.Empty(silos);
+        Assert.Equal("0", RedisCli(redis, "DBSIZE"));
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(_dir, "state")));
+    }
+
+    private static string CommandLine(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+        }
+        catch (IOException)
+        {
+            return ""; // gone meanwhile
+        }
+    }
+
+    private static string RedisCli(RedisServer redis, string command)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo("redis-cli", ["-p", $"{redis.Port}", command]) { RedirectStandardOutput = true };
+        using var cli = System.Diagnostics.Process.Start(start)!;
+        var output = cli.StandardOutput.ReadToEnd().Trim();
+        cli.WaitForExit();
+        return output;
+    }
 }

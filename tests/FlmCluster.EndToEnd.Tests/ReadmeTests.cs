@@ -105,7 +105,13 @@ public sealed class ReadmeTests : IDisposable
                 // The same options on the tiny growth schedule: FLM-101B's takes its 192 simulated GPUs some 20 minutes.
                 args[args.IndexOf("--config") + 1] = "tiny-growth";
                 args[args.IndexOf("--servers") + 1] = "2";
-                args.AddRange(["--gpus-per-server", "4", "--scale", "0.01"]);
+                args.AddRange(["--gpus-per-server", "4"]);
+                if (args.IndexOf("--scale") is >= 0 and var scale)
+                    args[scale + 1] = "0.01";
+                else
+                    args.AddRange(["--scale", "0.01"]);
+                if (args.Contains("--processes"))
+                    args.AddRange(["--redis", _flm.Redis.ConnectionString, "--base-port", "27311"]);
                 break;
             case "mup":
                 args.AddRange(["--lrs", "1e-3,1e-2", "--widths", "32", "--steps", "10", "--eval-every", "10", "--eval-batches", "1"]);

@@ -34,7 +34,7 @@ public static class SimCommand
         var storage = new Option<string?>("--storage") { Description = "Folder for the run's checkpoints and silo state (default: the temp folder; deleted after)" };
         var processes = new Option<bool>("--processes") { Description = "One silo process per server (and a control-plane one) on Redis, instead of silos in this process; a loss is kill -9" };
         var redis = new Option<string?>("--redis") { Description = "With --processes: the Redis the silos meet on (default localhost:6379)" };
-        var basePort = new Option<int?>("--base-port") { Description = "With --processes: silo ports start here, gateways at +1000, web ports at +2000 (default 31111)" };
+        var basePort = new Option<int?>("--base-port") { Description = "With --processes: silo ports start here, gateways at +1000, web ports at +2000 (default 17111)" };
         var command = new Command("sim", "Run a growth schedule on simulated GPU servers, with server losses, and report days, ETTR and a projection")
         {
             servers, gpusPerServer, config, spares, failures, mtbf, rate, projectionRate, seed, scale, json, timeline, storage, processes, redis, basePort,
@@ -98,7 +98,7 @@ public static class SimCommand
         return new ProcessTwinOptions(redis ?? "localhost:6379", port);
     }
 
-    private const int DefaultBasePort = 31111;
+    private const int DefaultBasePort = 17111; // clear of flm cluster up's 11111 … 13111 and below the ephemeral ports (32768 …)
 
     /// <summary>At most one source of losses: a schedule file, a per-server MTBF, or a per-GPU rate; none means no losses.</summary>
     private static FailurePlan Plan(string? file, double? mtbf, double? rate, int servers, int gpusPerServer, int seed)

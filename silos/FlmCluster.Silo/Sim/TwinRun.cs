@@ -317,7 +317,9 @@ public sealed class TwinRun
             var published = card ? PublishedSchedule.Flm101b[i] : null;
             var factor = published is null ? 1 : published.Tokens / ((double)s.Job.Train.Steps * s.Job.Train.GlobalBatch * s.Job.Model.SeqLen);
             // Losses are taken out before scaling: a short stage's loss would otherwise count as often as the stage is scaled up.
-            var lossesInStage = failures.Where(f => f.Stage == s.Name && !f.DuringGrowth).Sum(f => f.CostSeconds) / 86400;
+            // A loss counts where its cost fell: in the stage when it struck after the growth into it was done (a
+            // loss while the grown stage's ranks were starting is one), in the transition when before.
+            var lossesInStage = failures.Where(f => f.AtDays >= from && f.AtDays <= to).Sum(f => f.CostSeconds) / 86400;
             stageReports.Add(new StageReport(s.Name, layout.ToString(), s.Job.Train.Steps, layout.WorldSize, modelled, median, tflops,
                 tflops * 1e12 / hardware.Hardware.PeakFlops, from, to, to - from, published?.TflopsPerGpu, published?.Days,
                 published is null ? null : (to - from - lossesInStage) * factor));
@@ -327,7 +329,7 @@ public sealed class TwinRun
             if (i > 0)
             {
                 var previous = stageReports[i - 1];
-                var during = failures.Where(f => f.Stage == s.Name && f.DuringGrowth).ToList();
+                var during = failures.Where(f => f.AtDays >= previous.EndDays && f.AtDays < from).ToList();
                 growth.Add(new GrowthReport(previous.Name, s.Name, previous.EndDays, from, (from - previous.EndDays) * 86400, during.Count));
                 failureFree += from - previous.EndDays - during.Sum(f => f.CostSeconds) / 86400;
             }
