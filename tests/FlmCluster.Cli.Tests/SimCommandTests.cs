@@ -43,6 +43,10 @@ public sealed class SimCommandTests : IDisposable
             Assert.True((double)s!["days"]! > 0);
             Assert.True((double)s["step_seconds"]! >= (double)s["modelled_step_seconds"]!); // the modelled work plus the real control plane
             Assert.InRange((double)s["mfu"]!, 0.4, 0.6);
+            // The card's throughput within 5 %, and its days within 10 % once the stage is stretched to the card's
+            // steps with the losses' cost taken out (constants fitted: 2, SimCostModelTests).
+            Assert.InRange((double)s["tflops_per_gpu"]! / (double)s["card_tflops_per_gpu"]! - 1, -0.05, 0.05);
+            Assert.InRange((double)s["days_at_card_steps"]! / (double)s["card_days"]! - 1, -0.10, 0.10);
         });
         var growth = json["growth"]!.AsArray();
         Assert.Equal(2, growth.Count);

@@ -99,6 +99,42 @@ public sealed class SimJobTests : IAsyncLifetime
         AssertEverySampleOnce(id, steps, 192);
     }
 
+    /// <summary>
+    /// A growth job whose stages fit fewer GPUs differently: on 16 of its 24 GPUs stage a (batch 36, tp 2) uses only 12
+    /// and stage b (tp 4 × pp 2) all 16, so the fitted job's widest stage has another tp × pp than the submitted one's.
+    /// Its size must be compared in the scheduler's units, or the job "grows back" to the GPUs it holds, over and over.
+    /// </summary>
+    [Fact]
+    public async Task A_growth_job_shrunk_onto_fewer_gpus_stays_there_while_no_more_are_free()
+    {
+        var micro = TestClusters.MicroJob(1, 1, 1, 1, 10);
+        var job = JobValidator.Validate(micro with
+        {
+            Name = "sim-shrink",
+            Layout = new LayoutConfig { Dp = 12, Tp = 2, Pp = 1, MicroBatches = 1 },
+            Train = micro.Train with { Precision = "bf16", Device = JobValidator.SimDevice, GlobalBatch = 36 },
+            Checkpoint = new CheckpointConfig { Dir = _checkpoints, Interval = 5, MemoryInterval = 2 },
+            Recovery = new RecoveryConfig { WaitSeconds = 1 },
+            Stages =
+            [
+                new StageConfig { Name = "a", Steps = 30 },
+                new StageConfig { Name = "b", Hidden = 128, Heads = 8, Steps = 10, MaskRampSteps = 3, GlobalBatch = 24, Layout = new LayoutConfig { Dp = 3, Tp = 4, Pp = 2, MicroBatches = 2 } },
+            ],
+        });
+        var id = await Scheduler.Submit(TestClusters.Submission(job));
+        var running = await TestClusters.WaitFor(_cluster.Client, id, s => s.LastReplicaStep >= 4 || s.State.IsFinal());
+        var lost = running.Workers[^1][..running.Workers[^1].IndexOf('/')];
+        await _cluster.KillSiloAsync(_cluster.Silos.Single(s => s.Name == lost), TestContext.Current.CancellationToken);
+        var status = await TestClusters.WaitFor(_cluster.Client, id, s => s.State.IsFinal(), TimeSpan.FromMinutes(3));
+        var events = await TestClusters.Events(_cluster.Client, id);
+        string Events() => string.Join("\n", events.Select(e => $"{e.Kind}: {e.Message}"));
+        Assert.True(status.State == JobPhase.Completed, $"{status.State}: {status.Error}\n{Events()}");
+        Assert.Contains(events, e => e.Kind == "shrunk" && e.Message.Contains("24 GPUs, layout dp=12,tp=2,pp=1") && e.Message.Contains("→ 16 GPUs, layout dp=6,tp=2,pp=1"));
+        Assert.DoesNotContain(events, e => e.Kind is "growing-back" or "grown-back");
+        Assert.Equal(1, status.Time!.Recovery.Count);
+        AssertEverySampleOnce(id, 40, [.. Enumerable.Repeat(36, 30), .. Enumerable.Repeat(24, 10)]);
+    }
+
     [Fact]
     public async Task A_coordinator_whose_silo_dies_resumes_once_membership_declares_it_dead_with_no_call_from_anyone()
     {
@@ -189,17 +225,22 @@ public sealed class SimJobTests : IAsyncLifetime
     }
 
     /// <summary>The steps the job kept trained samples 0 … steps × batch − 1, each exactly once, split over all replicas.</summary>
-    private void AssertEverySampleOnce(string job, int steps, int batch)
+    private void AssertEverySampleOnce(string job, int steps, int batch) => AssertEverySampleOnce(job, steps, [.. Enumerable.Repeat(batch, steps)]);
+
+    /// <summary>Step i trained batches[i] samples, right after step i − 1's, each split over all its replicas.</summary>
+    private void AssertEverySampleOnce(string job, int steps, IReadOnlyList<int> batches)
     {
         var ledger = _sim.Samples!.Of(job);
         Assert.Equal(Enumerable.Range(0, steps).Select(s => (long)s), ledger.Keys.Order());
+        var first = 0L;
         for (var step = 0; step < steps; step++)
         {
             var s = ledger[step];
             Assert.Equal(s.DataParallel, s.Replicas);
-            Assert.Equal((long)step * batch, s.First);
-            Assert.Equal(s.First + batch, s.End);
-            Assert.Equal(batch, s.Samples);
+            Assert.Equal(first, s.First);
+            Assert.Equal(s.First + batches[step], s.End);
+            Assert.Equal(batches[step], s.Samples);
+            first = s.End;
         }
     }
 }

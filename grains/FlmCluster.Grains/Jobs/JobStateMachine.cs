@@ -52,6 +52,13 @@ public sealed class JobStateMachine(IPersistentState<JobState> store, IJobHistor
 
     public JobProgress Progress => _progress ??= new JobProgress(Job);
 
+    /// <summary>
+    /// The GPUs the job holds now, as data-parallel replicas of the submitted widest layout: the unit the
+    /// scheduler's shrink and grow-back choices come in. The fitted job's own widest stage may have another
+    /// tp × pp (its stages fit a smaller allocation differently), so its dp is not comparable with them.
+    /// </summary>
+    public int DataParallelSize => Job.WidestLayout.WorldSize / (Submitted.WidestLayout.Tp * Submitted.WidestLayout.Pp);
+
     /// <summary>The stage being trained: its shape, layout, batch.</summary>
     public JobConfig StageJob => Progress.StageJob(State.Cursor);
 

@@ -78,7 +78,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
     {
         if (S.GrowBackDp is null)
         {
-            if (job.Job.WidestLayout.Dp >= job.Submitted.WidestLayout.Dp || job.Now - _lastReview < Max(settings.Wait, settings.RetryEvery))
+            if (job.DataParallelSize >= job.Submitted.WidestLayout.Dp || job.Now - _lastReview < Max(settings.Wait, settings.RetryEvery))
                 return false;
             _lastReview = job.Now;
             if (RecoveryPolicy.Decide(Snapshot(null), null, await Survey(), settings, job.Now) is not RecoveryDecision.GrowBack grow)
@@ -92,7 +92,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
             return true;
         job.Spend(TimeUse.Allocate, TimeUse.CheckpointStall);
         var widest = job.Submitted.WidestLayout;
-        var choices = job.Submitted.DataParallelChoices.Where(dp => dp > job.Job.WidestLayout.Dp).ToList();
+        var choices = job.Submitted.DataParallelChoices.Where(dp => dp > job.DataParallelSize).ToList();
         var allocation = await scheduler.Reallocate(job.JobId, choices, widest.Tp, widest.Pp);
         S.GrowBackDp = null;
         if (allocation is null)
@@ -184,7 +184,7 @@ public sealed class Recovery(JobStateMachine job, RecoveryPoints points, RankCal
         job.Phase,
         S.Rebuild?.Kind,
         S.RestoresWithoutProgress,
-        job.Job.WidestLayout.Dp,
+        job.DataParallelSize,
         job.Submitted.WidestLayout.Dp,
         job.Cursor.NextStep,
         S.LastReplica?.Step,
