@@ -6,7 +6,7 @@ namespace FlmCluster.Cli.Tests;
 
 /// <summary>
 /// <c>flm sim</c> end to end: the real command runs FLM-101B's three stages, shortened, on 24 simulated servers and
-/// a spare in its own process, losing two servers at the steps a failures file names.
+/// two spares in its own process, losing five servers as a failures file says; and on silo processes.
 /// </summary>
 public sealed class SimCommandTests : IDisposable
 {
@@ -16,17 +16,21 @@ public sealed class SimCommandTests : IDisposable
 
     [Fact]
     [Trait("Category", "EndToEnd")]
-    public void A_scaled_schedule_with_two_losses_reports_consistent_json_and_a_timeline()
+    public void A_scaled_schedule_with_five_losses_reports_consistent_json_and_a_timeline()
     {
+        // Servers come back after half an hour, so that a spare is free for every loss.
         File.WriteAllText(Path.Combine(_dir, "losses.json"), """
             { "losses": [
-                { "at_step": 60, "server": "random" },
-                { "at_step": 250, "server": "coordinator", "repair_hours": 1 }
+                { "at_step": 60, "server": "random", "repair_hours": 0.5 },
+                { "at_growth": "51b", "server": "random", "repair_hours": 0.5 },
+                { "at_step": 150, "server": "random", "repair_hours": 0.5 },
+                { "at_step": 250, "server": "coordinator", "repair_hours": 0.5 },
+                { "at_step": 280, "server": "random", "repair_hours": 0.5 }
             ] }
             """);
         Directory.CreateDirectory(Path.Combine(_dir, "state"));
         var r = FlmProcess.Run(_dir, new Dictionary<string, string>(), TimeSpan.FromMinutes(8),
-            "sim", "--servers", "24", "--gpus-per-server", "8", "--config", "flm-101b", "--spares", "1", "--scale", "0.001",
+            "sim", "--servers", "24", "--gpus-per-server", "8", "--config", "flm-101b", "--spares", "2", "--scale", "0.001",
             "--failures", "losses.json", "--seed", "3", "--json", "--timeline", "timeline.svg", "--storage", "state");
         Assert.True(r.ExitCode == 0, r.Error);
         var json = JsonNode.Parse(r.Output)!.AsObject();
@@ -67,11 +71,15 @@ public sealed class SimCommandTests : IDisposable
 
         // One entry per injected loss, each with one recovery whose phases make up its recovery time.
         var failures = json["failures"]!.AsArray();
-        Assert.Equal(2, failures.Count);
+        Assert.Equal(5, failures.Count);
         Assert.Empty(json["losses_not_injected"]!.AsArray());
-        Assert.Equal(["step 60", "step 250"], failures.Select(f => (string?)f!["planned"]));
-        Assert.Equal("coordinator", (string?)failures[1]!["kind"]);
-        Assert.Equal(["16b", "101b"], failures.Select(f => (string?)f!["stage"]));
+        Assert.Equal(["step 60", "growth into 51b", "step 150", "step 250", "step 280"], failures.Select(f => (string?)f!["planned"]));
+        Assert.Equal("coordinator", (string?)failures[3]!["kind"]);
+        Assert.Equal(["16b", "51b", "51b", "101b", "101b"], failures.Select(f => (string?)f!["stage"]));
+        // A loss at a growth lands when the twin sees the job in the transition, or just after it (a transition of
+        // well under a second can pass between two looks): at the boundary step, either way.
+        Assert.InRange((long)failures[1]!["at_step"]!, 100, 105);
+        Assert.All(failures.Where((_, i) => i != 1), f => Assert.False((bool)f!["during_growth"]!));
         Assert.All(failures, f =>
         {
             Assert.Equal(1, (int)f!["recoveries"]!);
@@ -110,8 +118,8 @@ public sealed class SimCommandTests : IDisposable
         var svg = XDocument.Load(Path.Combine(_dir, "timeline.svg"));
         XNamespace ns = "http://www.w3.org/2000/svg";
         Assert.Equal(ns + "svg", svg.Root!.Name);
-        Assert.Equal(2, svg.Descendants(ns + "line").Count(l => (string?)l.Attribute("stroke") == "#e15759"));
-        Assert.Equal(3 + 2 + 2 + 1, svg.Descendants(ns + "rect").Count()); // stages, growth, recoveries, background
+        Assert.Equal(5, svg.Descendants(ns + "line").Count(l => (string?)l.Attribute("stroke") == "#e15759"));
+        Assert.Equal(3 + 2 + 5 + 1, svg.Descendants(ns + "rect").Count()); // stages, growth, recoveries, background
         // The run's checkpoints and silo state went with it.
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(_dir, "state")));
     }
@@ -165,7 +173,8 @@ public sealed class SimCommandTests : IDisposable
         // Coordinators and the scheduler live on the control-plane silo while it is up.
         Assert.Equal("control", (string?)failures[2]!["server"]);
         Assert.Equal("node1", (string?)failures[1]!["server"]);
-        Assert.True((bool)failures[1]!["during_growth"]!);
+        // This schedule's transitions take milliseconds: the loss lands in one, or in the steps just after it.
+        Assert.InRange((long)failures[1]!["at_step"]!, 100, 249);
         Assert.Equal(1, (int)failures[2]!["recoveries"]!);
 
         // Every step trained its batch once, across four processes and three kill -9s: 300 × 16 samples.

@@ -96,7 +96,7 @@ public sealed class FullScaleSimEndToEndTests(ITestOutputHelper output) : IDispo
         Assert.Empty(json["losses_not_injected"]!.AsArray());
         Assert.Equal(["worker", "worker", "coordinator"], failures.Select(f => (string?)f!["kind"]));
         Assert.Equal(["16b", "101b", "101b"], failures.Select(f => (string?)f!["stage"]));
-        Assert.True((bool)failures[1]!["during_growth"]!);
+        Assert.InRange((long)failures[1]!["at_step"]!, 200, 205); // in the transition, or just after it should it pass between two looks
         Assert.Equal("control", (string?)failures[2]!["server"]);
         Assert.All(failures, f => Assert.Equal(1, (int)f!["recoveries"]!));
 

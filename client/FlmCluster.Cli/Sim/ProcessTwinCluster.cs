@@ -78,6 +78,7 @@ public sealed class ProcessTwinCluster : ITwinCluster
         var id = $"flm-sim-{Guid.NewGuid():N}"[..20];
         var profile = new ClusterProfile { Clustering = "redis", Redis = options.Redis, ClusterId = id, ServiceId = id };
         var silos = new List<SiloProcess>();
+        FlmClusterClient? client = null;
         try
         {
             var nodes = new List<(string Node, string Devices)> { (ControlNode, "cpu:0") };
@@ -97,22 +98,20 @@ public sealed class ProcessTwinCluster : ITwinCluster
             foreach (var silo in silos)
                 if (await LocalSilos.WaitReady(profile, silo, watch, timeout, cancel) is { } problem)
                     throw new FlmUserException(problem);
-            var client = await FlmClusterClient.ConnectAsync(profile, TimeSpan.FromSeconds(30));
-            var cluster = new ProcessTwinCluster(silos, profile, client, modelled, clock, ledger);
+            client = await FlmClusterClient.ConnectAsync(profile, TimeSpan.FromSeconds(30));
             // Ready when the scheduler sees every server's GPUs.
             while ((await client.Inventory()).Nodes.Count(n => n.Status == "active" && n.Gpus.Count > 0) < spec.Servers)
             {
                 if (watch.Elapsed > timeout)
-                {
-                    await cluster.DisposeAsync();
                     throw new FlmUserException($"the silos started but the scheduler does not see all {spec.Servers} servers within {timeout.TotalSeconds:0} s; see the logs in {Path.Combine(home, "logs")}");
-                }
                 await Task.Delay(200, cancel);
             }
-            return cluster;
+            return new ProcessTwinCluster(silos, profile, client, modelled, clock, ledger);
         }
-        catch (Exception ex) when (ex is not FlmUserException || silos.Count > 0)
+        catch
         {
+            if (client is not null)
+                await client.DisposeAsync();
             foreach (var silo in silos)
                 LocalSilos.KillNow(silo.Pid);
             await DeleteKeys(options.Redis, id);
