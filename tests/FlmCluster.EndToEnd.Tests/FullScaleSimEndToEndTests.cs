@@ -35,11 +35,12 @@ public sealed class FullScaleSimEndToEndTests(ITestOutputHelper output) : IDispo
         const int steps = 24;
         var dir = Path.Combine(_flm.Home, "checkpoints");
         var submit = _flm.Run("submit", "--config", "101b", "--set", "train.device=sim", "--steps", $"{steps}",
-            "--set", $"checkpoint.dir={dir}", "--set", "checkpoint.interval=12", "--set", "checkpoint.memory_interval=4");
+            "--set", $"checkpoint.dir={dir}", "--set", $"checkpoint.interval={steps}", "--set", "checkpoint.memory_interval=4");
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Trim();
 
-        // Once replicas are held, the server of the job's rank 0 dies.
+        // Once replicas are held, the server of the job's rank 0 dies. The only disk checkpoint is the last step's, so
+        // wherever the kill lands the newest recovery point is the peers' replicas.
         var victim = _flm.KillRankZerosServerOnceReplicated(jobId, TimeSpan.FromMinutes(8));
         output.WriteLine($"killed {victim}");
 

@@ -23,11 +23,12 @@ public sealed class SimEndToEndTests(ITestOutputHelper output) : IDisposable
         const int steps = 300;
         var dir = Path.Combine(_flm.Home, "checkpoints");
         var submit = _flm.Run("submit", "--config", "16b", "--set", "train.device=sim", "--set", "train.global_batch=192", "--layout", "dp=8,tp=2",
-            "--micro-batches", "24", "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", "--set", "checkpoint.interval=100", "--set", "checkpoint.memory_interval=10");
+            "--micro-batches", "24", "--steps", $"{steps}", "--set", $"checkpoint.dir={dir}", "--set", $"checkpoint.interval={steps}", "--set", "checkpoint.memory_interval=10");
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Trim();
 
-        // Once a replica is held, the server of the job's rank 0 dies (the job holds two of the three).
+        // Once a replica is held, the server of the job's rank 0 dies (the job holds two of the three). The only disk
+        // checkpoint is the last step's, so wherever the kill lands the newest recovery point is the peers' replicas.
         var watch = Stopwatch.StartNew();
         var victim = _flm.KillRankZerosServerOnceReplicated(jobId, TimeSpan.FromMinutes(3));
 
