@@ -16,7 +16,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
 
     public void Dispose() => _flm.Dispose();
 
-    private static string[] Job(string dir, int steps) => Flm.TinySubmit("dp=2,tp=2", steps, dir, "checkpoint.interval=20", "checkpoint.memory_interval=5");
+    private static string[] Job(string dir, int steps) => Flm.TinySubmit("dp=2,tp=2", steps, dir, "checkpoint.interval=60", "checkpoint.memory_interval=5");
 
     [Fact]
     public void A_dead_servers_ranks_move_to_an_idle_server_and_come_back_from_their_peers_replicas()
@@ -28,7 +28,8 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         Assert.True(submit.ExitCode == 0, submit.Output + submit.Error);
         var jobId = submit.Output.Trim();
 
-        // node1 dies once the in-memory replicas are newer than the checkpoint on disk.
+        // node1 dies once the in-memory replicas are newer than the checkpoint on disk (step 60). The next one is the
+        // last step's, so a kill that lands late on a loaded machine still finds the replicas newest.
         var watch = Stopwatch.StartNew();
         Status before;
         while (true)
@@ -40,6 +41,7 @@ public sealed class ReplacementEndToEndTests(ITestOutputHelper output) : IDispos
         }
         Assert.Equal(["node0", "node1"], before.Nodes);
         Process.GetProcessById(_flm.SiloPid("node1")).Kill();
+        output.WriteLine($"killed node1 {watch.Elapsed.TotalSeconds:0.0} s after the submission, seen at {before.Text}");
 
         var follow = _flm.Run(TimeSpan.FromMinutes(10), "status", jobId, "--watch");
         Assert.True(follow.ExitCode == 0, follow.Output + follow.Error);
